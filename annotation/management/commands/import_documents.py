@@ -1,0 +1,33 @@
+from pathlib import Path
+
+from django.core.management.base import BaseCommand, CommandError
+
+from annotation.importing import ImportFailed, ImportOptions, import_documents
+
+
+class Command(BaseCommand):
+    help = "Import abstracts from a JSONL or CSV file (all-or-nothing; re-importing changes nothing)."
+
+    def add_arguments(self, parser):
+        parser.add_argument("path", type=Path)
+        parser.add_argument("--format", choices=["jsonl", "csv"], default="", help="Default: from the file name.")
+        parser.add_argument("--group-by", choices=["author"], default="",
+                            help="Build samples from each first author's documents (rows without 'sample').")
+        parser.add_argument("--sample-size", type=int, default=5, help="Documents per sample with --group-by.")
+        parser.add_argument("--heldout-fraction", type=float, default=0.0,
+                            help="Share of new samples put in the held-out split (stable per sample name).")
+
+    def handle(self, *args, **options):
+        if not options["path"].exists():
+            raise CommandError(f"{options['path']}: no such file")
+        import_options = ImportOptions(
+            format=options["format"], group_by=options["group_by"], sample_size=options["sample_size"],
+            heldout_fraction=options["heldout_fraction"],
+        )
+        try:
+            result = import_documents(options["path"], import_options)
+        except ImportFailed as exc:
+            raise CommandError(exc.report()) from exc
+        except ValueError as exc:
+            raise CommandError(str(exc)) from exc
+        self.stdout.write(self.style.SUCCESS(f"{options['path'].name}: {result.summary()}"))

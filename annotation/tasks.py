@@ -1,0 +1,11 @@
+import socket
+
+from celery import shared_task
+
+from .jobs import run_job
+
+
+@shared_task
+def ping_task(job_id: int) -> None:
+    """Proves a worker is alive and shares our database: it writes its hostname into the job."""
+    run_job(job_id, lambda job, progress: f"pong from {socket.gethostname()}")

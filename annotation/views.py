@@ -1,0 +1,57 @@
+from django.contrib.auth.decorators import login_required
+from django.db import connection
+from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.shortcuts import redirect, render
+from django.views.decorators.cache import never_cache
+from django.views.decorators.http import require_GET
+
+from compx_site.celery import app as celery_app
+
+from .models import Campaign
+from .roles import is_admin, is_expert
+
+
+@login_required
+def home(request: HttpRequest) -> HttpResponse:
+    campaigns = Campaign.objects.filter(experts=request.user, is_active=True) if is_expert(request.user) else []
+    return render(request, "home.html", {
+        "is_expert": is_expert(request.user),
+        "is_admin": is_admin(request.user),
+        "campaigns": campaigns,
+    })
+
+
+def _database_ok() -> tuple[bool, str]:
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT 1")
+        return True, connection.vendor
+    except Exception as exc:  # a health check reports any failure rather than raising it
+        return False, f"{type(exc).__name__}: {exc}"
+
+
+def _broker_ok() -> tuple[bool, str]:
+    try:
+        with celery_app.connection_for_write() as conn:
+            conn.ensure_connection(max_retries=1, timeout=2)
+            return True, conn.as_uri()  # as_uri() masks any password
+    except Exception as exc:
+        return False, f"{type(exc).__name__}: {exc}"
+
+
+@never_cache
+@require_GET
+def healthz(request: HttpRequest) -> JsonResponse:
+    db_ok, db_detail = _database_ok()
+    broker_ok, broker_detail = _broker_ok()
+    healthy = db_ok and broker_ok
+    body = {
+        "status": "ok" if healthy else "error",
+        "database": {"ok": db_ok, "detail": db_detail},
+        "broker": {"ok": broker_ok, "detail": broker_detail},
+    }
+    return JsonResponse(body, status=200 if healthy else 503)
+
+
+def root(request: HttpRequest) -> HttpResponse:
+    return redirect("home")

@@ -1,0 +1,17 @@
+from django.contrib import admin
+from django.contrib.auth import views as auth_views
+from django.urls import include, path
+
+from annotation import views as annotation_views
+
+admin.site.site_header = "CompX administration"
+admin.site.site_title = "CompX admin"
+admin.site.index_title = "The loop: documents → profiles → judgments → votes → datasets → runs"
+
+urlpatterns = [
+    path("", annotation_views.home, name="home"),
+    path("healthz", annotation_views.healthz, name="healthz"),
+    path("accounts/login/", auth_views.LoginView.as_view(redirect_authenticated_user=True), name="login"),
+    path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
+    path("admin/", admin.site.urls),
+]

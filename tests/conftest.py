@@ -1,0 +1,122 @@
+"""Shared fixtures: the personas every role test uses, and a real Celery worker process."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from django.conf import settings
+
+REPO = Path(__file__).resolve().parent.parent
+PASSWORD = "correct horse battery staple"
+
+
+@pytest.fixture
+def make_user(db, django_user_model):
+    from django.contrib.auth.models import Group
+
+    from annotation.roles import EXPERTS_GROUP
+
+    def make(username: str, *, expert: bool = False, admin: bool = False):
+        user = django_user_model.objects.create_user(username=username, password=PASSWORD)
+        if admin:
+            user.is_staff = user.is_superuser = True
+            user.save()
+        if expert:
+            user.groups.add(Group.objects.get_or_create(name=EXPERTS_GROUP)[0])
+        return user
+
+    return make
+
+
+@pytest.fixture
+def alice(make_user):
+    """An expert: assigned to whatever the test assigns."""
+    return make_user("alice", expert=True)
+
+
+@pytest.fixture
+def bob(make_user):
+    """Another expert: must never see alice's work."""
+    return make_user("bob", expert=True)
+
+
+@pytest.fixture
+def charlie(make_user):
+    """Signed in, no role: should have no access."""
+    return make_user("charlie")
+
+
+@pytest.fixture
+def admin_user(make_user):
+    return make_user("root", admin=True)
+
+
+@pytest.fixture
+def client_for(client):
+    def login(user):
+        client.force_login(user)
+        return client
+
+    return login
+
+
+def pytest_collection_modifyitems(config, items):
+    from django.db import connection
+
+    if connection.vendor == "postgresql":
+        return
+    skip = pytest.mark.skip(reason="needs PostgreSQL: set DATABASE_URL=postgres://…")
+    for item in items:
+        if "postgres" in item.keywords:
+            item.add_marker(skip)
+
+
+def _database_url() -> str:
+    """The URL of the test database this process is using, for a worker process to share."""
+    from django.db import connection
+
+    db = connection.settings_dict
+    if connection.vendor == "sqlite":
+        return f"sqlite:///{db['NAME']}"
+    auth = db["USER"] + (f":{db['PASSWORD']}" if db.get("PASSWORD") else "")
+    return f"postgres://{auth}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}"
+
+
+@pytest.fixture
+def celery_worker_process(transactional_db):
+    """A real `celery worker` in its own process, on the real broker, sharing the test database."""
+    env = {**os.environ, "DATABASE_URL": _database_url(), "CELERY_BROKER_URL": settings.CELERY_BROKER_URL,
+           "PYTHONUNBUFFERED": "1"}
+    log = REPO / "var" / "test-worker.log"
+    with log.open("w") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "celery", "-A", "compx_site", "worker", "-Q", settings.CELERY_QUEUES_ALL,
+             "--pool", "solo", "--without-heartbeat", "--without-gossip", "--without-mingle", "-l", "info",
+             "-n", f"test-{os.getpid()}@%h"],
+            cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT,
+        )
+    try:
+        yield proc
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def wait_for(predicate, timeout: float = 60, interval: float = 0.2, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        result = predicate()
+        if result:
+            return result
+        time.sleep(interval)
+    log = REPO / "var" / "test-worker.log"
+    tail = log.read_text()[-3000:] if log.exists() else ""
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}\nworker log tail:\n{tail}")
