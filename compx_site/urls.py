@@ -13,5 +13,6 @@ urlpatterns = [
     path("healthz", annotation_views.healthz, name="healthz"),
     path("accounts/login/", auth_views.LoginView.as_view(redirect_authenticated_user=True), name="login"),
     path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
+    path("review/", include("annotation.urls")),
     path("admin/", admin.site.urls),
 ]
