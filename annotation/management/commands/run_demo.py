@@ -1,0 +1,65 @@
+"""`make demo`: seed the demo, start the site and real Celery workers, print the URL and logins; Ctrl-C stops all."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from io import StringIO
+
+from django.conf import settings
+from django.core.management import call_command
+from django.core.management.base import BaseCommand
+
+# Training gets its own worker so a run never blocks generation or judging.
+WORKERS = {"main": "default,generation,judging", "training": "training"}
+
+
+class Command(BaseCommand):
+    help = "Run the demo: seed data and users, start the web server and Celery workers, print the logins."
+
+    def add_arguments(self, parser):
+        parser.add_argument("--addr", default="127.0.0.1:8000")
+
+    def handle(self, *args, **options):
+        logins = StringIO()
+        call_command("seed_demo", stdout=logins)
+        processes = [self._worker(name, queues) for name, queues in WORKERS.items()]
+        processes.append(self._web(options["addr"]))
+        self._announce(options["addr"], logins.getvalue())
+        self._wait(processes)
+
+    def _worker(self, name: str, queues: str) -> subprocess.Popen:
+        log = settings.VAR_DIR / f"worker-{name}.log"
+        command = [sys.executable, "-m", "celery", "-A", "compx_site", "worker", "-Q", queues, "-c", "1",
+                   "-n", f"{name}@%h", "-l", "info", "--logfile", str(log)]
+        return subprocess.Popen(command, env=os.environ.copy())
+
+    def _web(self, addr: str) -> subprocess.Popen:
+        command = [sys.executable, "manage.py", "runserver", "--noreload", addr]
+        return subprocess.Popen(command, cwd=settings.BASE_DIR, env=os.environ.copy())
+
+    def _announce(self, addr: str, seed_output: str) -> None:
+        broker = settings.CELERY_BROKER_URL.split("://")[0]
+        self.stdout.write(self.style.SUCCESS(f"\nCompX is running at http://{addr}/"))
+        self.stdout.write(f"Admin: http://{addr}/admin/   Expert queue: http://{addr}/review/")
+        self.stdout.write(seed_output.strip())
+        self.stdout.write(f"Workers: {', '.join(WORKERS)} (broker: {broker}; logs in {settings.VAR_DIR}/worker-*.log)")
+        self.stdout.write("Press Ctrl-C to stop the site and the workers.\n")
+
+    def _wait(self, processes: list[subprocess.Popen]) -> None:
+        try:
+            while all(p.poll() is None for p in processes):
+                time.sleep(0.5)
+            self.stderr.write("A demo process stopped on its own; stopping the others.")
+        except KeyboardInterrupt:
+            self.stdout.write("\nStopping…")
+        finally:
+            for process in processes:
+                if process.poll() is None:
+                    process.send_signal(signal.SIGTERM)
+            for process in processes:
+                try:
+                    process.wait(timeout=20)
+                except subprocess.TimeoutExpired:
+                    process.kill()
