@@ -34,8 +34,11 @@ class JobProgress:
             fields["total"] = total
         self._update(**fields)
 
-    def advance(self, done: int, message: str = "") -> None:
-        self._update(done=done, message=message, heartbeat_at=timezone.now())
+    def advance(self, done: int, message: str = "", **stats) -> None:
+        fields = {"done": done, "message": message, "heartbeat_at": timezone.now()}
+        if stats:
+            fields["stats"] = {**self.job.stats, **stats}
+        self._update(**fields)
         if Job.objects.filter(pk=self.job.pk, cancel_requested=True).exists():
             raise JobCancelled
 

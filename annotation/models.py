@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from django.conf import settings
 from django.db import models
-from django.db.models import Count, F, Q
+from django.db.models import F, Q
+from django.utils import timezone
 
 
 class Split(models.TextChoices):
@@ -471,6 +472,8 @@ class Job(models.Model):
     done = models.PositiveIntegerField(default=0)
     total = models.PositiveIntegerField(default=0)
     message = models.TextField(blank=True)
+    # Rates the progress page shows, e.g. {"tokens": 1234} for generation.
+    stats = models.JSONField(default=dict, blank=True)
     error = models.TextField(blank=True)
     cancel_requested = models.BooleanField(default=False)
     created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
@@ -497,3 +500,19 @@ class Job(models.Model):
     @property
     def percent(self) -> int:
         return int(100 * self.done / self.total) if self.total else (100 if self.is_finished else 0)
+
+    def elapsed_seconds(self) -> float:
+        if not self.started_at:
+            return 0.0
+        return ((self.finished_at or timezone.now()) - self.started_at).total_seconds()
+
+    def eta_seconds(self) -> float | None:
+        """Remaining time at the rate so far; None until there is a rate to go on."""
+        if self.is_finished or not self.done or not self.total:
+            return None
+        return self.elapsed_seconds() / self.done * (self.total - self.done)
+
+    def tokens_per_second(self) -> float | None:
+        elapsed = self.elapsed_seconds()
+        tokens = self.stats.get("tokens")
+        return tokens / elapsed if tokens and elapsed > 0 else None

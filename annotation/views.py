@@ -1,14 +1,16 @@
+from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.db import connection
 from django.http import HttpRequest, HttpResponse, JsonResponse
-from django.shortcuts import redirect, render
+from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.cache import never_cache
-from django.views.decorators.http import require_GET
+from django.views.decorators.http import require_GET, require_POST
+from django_htmx.http import HttpResponseStopPolling
 
 from compx_site.celery import app as celery_app
 
-from .models import Campaign
-from .roles import is_admin, is_expert
+from .models import Campaign, Job
+from .roles import admin_required, is_admin, is_expert
 
 
 @login_required
@@ -55,3 +57,27 @@ def healthz(request: HttpRequest) -> JsonResponse:
 
 def root(request: HttpRequest) -> HttpResponse:
     return redirect("home")
+
+
+def _job_context(job: Job) -> dict:
+    return {"job": job, "eta": job.eta_seconds(), "tokens_per_second": job.tokens_per_second()}
+
+
+@admin_required
+def job_detail(request: HttpRequest, pk: int) -> HttpResponse:
+    job = get_object_or_404(Job, pk=pk)
+    if request.htmx:
+        response = render(request, "annotation/job.html#progress", _job_context(job))
+        # 286 tells htmx to stop polling: the page stops asking once the job has ended.
+        return HttpResponseStopPolling(response.content) if job.is_finished else response
+    return render(request, "annotation/job.html", _job_context(job))
+
+
+@admin_required
+@require_POST
+def job_cancel(request: HttpRequest, pk: int) -> HttpResponse:
+    job = get_object_or_404(Job, pk=pk)
+    if not job.is_finished:
+        Job.objects.filter(pk=pk).update(cancel_requested=True)
+        messages.info(request, f"Asked job #{pk} to stop; it stops after the current step.")
+    return redirect("job_detail", pk=pk)

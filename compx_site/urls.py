@@ -13,6 +13,8 @@ urlpatterns = [
     path("healthz", annotation_views.healthz, name="healthz"),
     path("accounts/login/", auth_views.LoginView.as_view(redirect_authenticated_user=True), name="login"),
     path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
+    path("jobs/<int:pk>/", annotation_views.job_detail, name="job_detail"),
+    path("jobs/<int:pk>/cancel", annotation_views.job_cancel, name="job_cancel"),
     path("review/", include("annotation.urls")),
     path("admin/", admin.site.urls),
 ]
