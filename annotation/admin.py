@@ -3,13 +3,16 @@ from pathlib import Path
 
 from django import forms
 from django.contrib import admin, messages
-from django.db.models import Count, Q
+from django.db.models import Count, Q, Sum
+from django.utils.html import format_html_join
 from django.shortcuts import redirect
 from django.template.response import TemplateResponse
 from django.urls import path
 
+from .generation import start_generation
 from .importing import ImportFailed, ImportOptions, import_documents
 from .models import (
+    Backend,
     Assignment,
     Campaign,
     CampaignItem,
@@ -26,6 +29,22 @@ from .models import (
     SampleDocument,
     Vote,
 )
+
+
+def generator_figures(generator: Generator) -> list[str]:
+    profiles = generator.profiles.all()
+    total = profiles.count()
+    if not total:
+        return ["No profiles yet."]
+    valid = profiles.filter(is_valid=True)
+    sizes = [len(c) for c in valid.values_list("competencies", flat=True)]
+    lines = [f"{total} profiles, {valid.count()} valid ({100 * valid.count() / total:.0f}%), "
+             f"{profiles.filter(duplicate_of__isnull=False).count()} near-duplicates"]
+    if sizes:
+        lines.append(f"Mean competencies per valid profile: {sum(sizes) / len(sizes):.1f}")
+    reasons = profiles.filter(is_valid=False).values("invalid_reason").annotate(n=Count("id")).order_by("-n")[:8]
+    lines += [f"Invalid ({r['n']}×): {r['invalid_reason']}" for r in reasons]
+    return lines
 
 
 class ImportDocumentsForm(forms.Form):
@@ -88,6 +107,12 @@ class DocumentAdmin(admin.ModelAdmin):
         return ""
 
 
+class GenerateForm(forms.Form):
+    generator = forms.ModelChoiceField(queryset=Generator.objects.exclude(backend=Backend.IMPORTED))
+    candidates = forms.IntegerField(min_value=1, max_value=32, required=False,
+                                    help_text="Candidates per sample; empty means the generator's own setting.")
+
+
 class SampleDocumentInline(admin.TabularInline):
     model = SampleDocument
     extra = 0
@@ -100,6 +125,20 @@ class SampleAdmin(admin.ModelAdmin):
     list_filter = ["split"]
     search_fields = ["name", "documents__title", "documents__external_id"]
     inlines = [SampleDocumentInline]
+    actions = ["generate_profiles"]
+
+    @admin.action(description="Generate profiles for the selected samples…")
+    def generate_profiles(self, request, queryset):
+        form = GenerateForm(request.POST if "apply" in request.POST else None)
+        if form.is_valid():
+            job = start_generation(form.cleaned_data["generator"], queryset, form.cleaned_data["candidates"],
+                                   user=request.user)
+            self.message_user(request, f"Generating for {job.total} sample(s); re-runs only fill what is missing.")
+            return redirect("job_detail", pk=job.pk)
+        context = {**self.admin_site.each_context(request), "form": form, "samples": queryset,
+                   "title": "Generate profiles", "opts": self.model._meta,
+                   "action_checkbox_name": admin.helpers.ACTION_CHECKBOX_NAME}
+        return TemplateResponse(request, "admin/annotation/sample/generate.html", context)
 
     def get_queryset(self, request):
         return super().get_queryset(request).annotate(
@@ -123,16 +162,33 @@ class SampleAdmin(admin.ModelAdmin):
 
 @admin.register(Generator)
 class GeneratorAdmin(admin.ModelAdmin):
-    list_display = ["name", "backend", "model", "candidates", "temperature", "profile_count", "created_at"]
+    list_display = ["name", "backend", "model", "candidates", "temperature", "profile_count", "valid_rate",
+                    "tokens_per_second"]
     list_filter = ["backend"]
     search_fields = ["name", "model"]
+    readonly_fields = ["figures"]
 
     def get_queryset(self, request):
-        return super().get_queryset(request).annotate(n_profiles=Count("profiles"))
+        return super().get_queryset(request).annotate(
+            n_profiles=Count("profiles"), n_valid=Count("profiles", filter=Q(profiles__is_valid=True)),
+            tokens=Sum("profiles__completion_tokens"), latency=Sum("profiles__latency_ms"),
+        )
 
     @admin.display(description="Profiles", ordering="n_profiles")
     def profile_count(self, obj):
         return obj.n_profiles
+
+    @admin.display(description="Valid")
+    def valid_rate(self, obj):
+        return f"{100 * obj.n_valid / obj.n_profiles:.0f}%" if obj.n_profiles else "–"
+
+    @admin.display(description="Tokens/s")
+    def tokens_per_second(self, obj):
+        return f"{1000 * obj.tokens / obj.latency:.1f}" if obj.tokens and obj.latency else "–"
+
+    @admin.display(description="Figures")
+    def figures(self, obj):
+        return format_html_join("", "<p>{}</p>", ((line,) for line in generator_figures(obj)))
 
 
 @admin.register(Profile)

@@ -70,3 +70,20 @@ def run_job(job_id: int, work) -> None:
         raise
     else:
         progress.finish(JobStatus.SUCCEEDED, message)
+
+
+def follow(job: Job, stream, poll_s: float = 0.5) -> Job:
+    """Show a job's progress as a terminal progress bar until it ends; used by the management commands."""
+    import time
+
+    from tqdm import tqdm
+
+    with tqdm(total=job.total or None, desc=job.get_kind_display(), unit="item", file=stream) as bar:
+        while True:
+            job.refresh_from_db()
+            bar.total = job.total or bar.total
+            bar.update(job.done - bar.n)
+            bar.set_postfix_str(job.status if job.status != JobStatus.QUEUED else "waiting for a worker")
+            if job.is_finished:
+                return job
+            time.sleep(poll_s)

@@ -120,3 +120,51 @@ def wait_for(predicate, timeout: float = 60, interval: float = 0.2, what: str = 
     log = REPO / "var" / "test-worker.log"
     tail = log.read_text()[-3000:] if log.exists() else ""
     raise AssertionError(f"timed out after {timeout} s waiting for {what}\nworker log tail:\n{tail}")
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def model_dir() -> Path:
+    from training.ml.models import default_model_dir
+
+    return default_model_dir(settings.MODEL_CACHE_DIR)
+
+
+@pytest.fixture(scope="session")
+def openai_server(model_dir):
+    """A real OpenAI-compatible server (`transformers serve`) on 127.0.0.1 serving the offline model."""
+    import urllib.request
+
+    port = _free_port()
+    log = REPO / "var" / "test-openai-server.log"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    with log.open("w") as out:
+        proc = subprocess.Popen(
+            [str(Path(sys.executable).parent / "transformers"), "serve", str(model_dir), "--host", "127.0.0.1",
+             "--port", str(port), "--device", "cpu"],
+            env=env, stdout=out, stderr=subprocess.STDOUT,
+        )
+
+    def healthy():
+        try:
+            return urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1).status == 200
+        except OSError:
+            return proc.poll() is not None  # stop waiting if the server died
+
+    try:
+        wait_for(healthy, timeout=120, what="transformers serve to answer /health")
+        assert proc.poll() is None, log.read_text()[-2000:]
+        yield {"base_url": f"http://127.0.0.1:{port}/v1", "model": str(model_dir), "process": proc}
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()

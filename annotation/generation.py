@@ -1,0 +1,152 @@
+"""Candidate profile generation: plan what is missing, run a backend in batches, store every candidate.
+
+Raw output is always stored; the parsed profile is validated, invalid ones are kept with their reason and
+never paired, and near-duplicates of one sample are marked. A sample's candidates are stored in one
+transaction, so a failure or a cancel never leaves a sample half-written; re-running fills only what is
+missing.
+"""
+
+from __future__ import annotations
+
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+from django.conf import settings
+from django.db import transaction
+
+from .jobs import JobProgress, create_job, enqueue
+from .llm_client import chat, make_client
+from .models import Backend, Generator, Job, JobKind, Profile, Sample
+from .profiles import mark_near_duplicates, parsed_fields
+from .prompts import EXTRACTION_PROMPT_VERSION, build_extraction_messages
+
+# Samples per local `generate` call (each with k candidates): big enough to keep the CPU busy.
+LOCAL_BATCH_SAMPLES = 4
+
+
+@dataclass
+class Output:
+    text: str
+    prompt_tokens: int | None
+    completion_tokens: int | None
+    latency_ms: int
+
+
+def conversation_for(sample: Sample) -> list[dict]:
+    return build_extraction_messages([(d.title, d.abstract) for d in sample.ordered_documents()])
+
+
+class LocalBackend:
+    """A transformers model in this worker process, loaded once and kept (training.ml.models.get_model)."""
+
+    batch_samples = LOCAL_BATCH_SAMPLES
+
+    def __init__(self, generator: Generator):
+        from training.ml.generate import DecodingSettings
+        from training.ml.models import get_model
+
+        self.model, self.tokenizer = get_model(generator.model, settings.MODEL_CACHE_DIR,
+                                               adapter_path=generator.adapter_path or None)
+        self.generator = generator
+        self.settings = DecodingSettings(
+            temperature=generator.temperature, top_p=generator.top_p,
+            repetition_penalty=generator.repetition_penalty, max_new_tokens=generator.max_new_tokens,
+            num_beams=generator.num_beams, num_beam_groups=generator.num_beam_groups,
+            diversity_penalty=generator.diversity_penalty, num_candidates=1,
+        )
+
+    def generate(self, conversations: list[list[dict]], k: int) -> list[list[Output]]:
+        from training.ml.generate import generate_batch
+
+        self.settings.num_candidates = k
+        started = time.monotonic()
+        results = generate_batch(self.model, self.tokenizer, conversations, self.settings,
+                                 batch_size=len(conversations))
+        # One generate call made them all: each candidate is charged an equal share of its wall time,
+        # so summed latencies give the real time and tokens / latency the real throughput.
+        share = int((time.monotonic() - started) * 1000 / max(1, sum(len(r) for r in results)))
+        return [[Output(c.text, c.prompt_tokens, c.completion_tokens, share) for c in cands] for cands in results]
+
+
+class OpenAIBackend:
+    """Any OpenAI-compatible endpoint; k separate requests per sample, `concurrency` at a time."""
+
+    def __init__(self, generator: Generator):
+        self.generator = generator
+        self.client = make_client(generator.base_url, generator.api_key_env)
+        self.batch_samples = max(1, generator.concurrency)
+
+    def _one(self, conversation: list[dict]) -> Output:
+        g = self.generator
+        result = chat(self.client, g.model, conversation, temperature=g.temperature, top_p=g.top_p,
+                      max_tokens=g.max_new_tokens)
+        return Output(result.text, result.prompt_tokens, result.completion_tokens, result.latency_ms)
+
+    def generate(self, conversations: list[list[dict]], k: int) -> list[list[Output]]:
+        with ThreadPoolExecutor(max_workers=self.generator.concurrency) as pool:
+            futures = [[pool.submit(self._one, c) for _ in range(k)] for c in conversations]
+            return [[f.result() for f in row] for row in futures]
+
+
+def backend_for(generator: Generator):
+    if generator.backend == Backend.LOCAL:
+        return LocalBackend(generator)
+    if generator.backend == Backend.OPENAI:
+        return OpenAIBackend(generator)
+    raise ValueError(f"generator {generator.name!r} holds imported profiles and cannot generate")
+
+
+def missing_indexes(generator: Generator, sample: Sample, k: int) -> list[int]:
+    have = set(Profile.objects.filter(generator=generator, sample=sample).values_list("candidate_index", flat=True))
+    return [i for i in range(k) if i not in have]
+
+
+@transaction.atomic
+def store_candidates(generator: Generator, sample: Sample, indexes: list[int], outputs: list[Output]) -> int:
+    decoding = generator.decoding_settings()
+    for index, output in zip(indexes, outputs):
+        Profile.objects.create(
+            sample=sample, generator=generator, candidate_index=index, raw_text=output.text,
+            prompt_version=EXTRACTION_PROMPT_VERSION, settings=decoding, prompt_tokens=output.prompt_tokens,
+            completion_tokens=output.completion_tokens, latency_ms=output.latency_ms, **parsed_fields(output.text),
+        )
+    mark_near_duplicates(sample.pk)
+    return sum(o.completion_tokens or 0 for o in outputs[: len(indexes)])
+
+
+def run_generation(job: Job, progress: JobProgress) -> str:
+    generator = Generator.objects.get(pk=job.params["generator_id"])
+    k = job.params.get("candidates") or generator.candidates
+    samples = Sample.objects.filter(pk__in=job.params["sample_ids"]).prefetch_related("documents")
+    todo = [(s, missing) for s in samples.order_by("pk") if (missing := missing_indexes(generator, s, k))]
+    progress.start(total=len(todo))
+    if not todo:
+        return "nothing missing: every sample already has its candidates"
+    backend = backend_for(generator)
+    done = tokens = 0
+    for start in range(0, len(todo), backend.batch_samples):
+        chunk = todo[start:start + backend.batch_samples]
+        outputs = backend.generate([conversation_for(s) for s, _ in chunk], max(len(m) for _, m in chunk))
+        for (sample, missing), candidates in zip(chunk, outputs):
+            tokens += store_candidates(generator, sample, missing, candidates)
+        done += len(chunk)
+        progress.advance(done, f"{done} of {len(todo)} samples", tokens=tokens)
+    return summary(generator, [s.pk for s, _ in todo])
+
+
+def summary(generator: Generator, sample_ids: list[int]) -> str:
+    profiles = Profile.objects.filter(generator=generator, sample_id__in=sample_ids)
+    total, valid = profiles.count(), profiles.filter(is_valid=True).count()
+    return f"{total} profiles for {len(sample_ids)} samples, {valid} valid ({100 * valid / max(1, total):.0f}%)"
+
+
+def start_generation(generator: Generator, samples, candidates: int | None = None, user=None) -> Job:
+    """Create the job and send it to a worker on the generation queue once the transaction commits."""
+    from .tasks import generate_profiles_task
+
+    sample_ids = list(samples.values_list("pk", flat=True))
+    params = {"generator_id": generator.pk, "generator": generator.name, "sample_ids": sample_ids,
+              "candidates": candidates or generator.candidates}
+    job = create_job(JobKind.GENERATE, params, user=user, total=len(sample_ids))
+    return enqueue(generate_profiles_task, job)
