@@ -157,10 +157,10 @@ def _parse_list(lines: list[str], first_line_number: int, ignored: list[str]) ->
         if _TRAILING_HEADER.match(line):
             ignored.append(f"trailing section from line {number}: {_quote(line)}")
             break
-        item = _item_start(line, marked)
         if not items and _is_list_intro(line, lines[offset + 1 :]):
             ignored.append(f"list introduction at line {number}: {_quote(line)}")
             continue
+        item = _item_start(line, marked)
         if item is not None:
             if marked is None:
                 marked = bool(_ITEM_MARKER.match(line))

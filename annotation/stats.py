@@ -114,7 +114,9 @@ def krippendorff_alpha_ci(
     matrix = np.array(reliability_data, dtype=object, ndmin=2)
     value = krippendorff_alpha(matrix, level)
     units = np.arange(matrix.shape[1]) if matrix.size else np.arange(0)
-    low, high = bootstrap_ci(lambda u: krippendorff_alpha(matrix[:, u], level), units, n_boot=n_boot, seed=seed, alpha=alpha)
+    low, high = bootstrap_ci(
+        lambda u: krippendorff_alpha(matrix[:, u], level), units, n_boot=n_boot, seed=seed, alpha=alpha
+    )
     return Estimate(value, low, high)
 
 
@@ -230,7 +232,8 @@ def bootstrap_rankings(
     """Each item's rating on all matches, with a percentile bootstrap interval over resampled matches.
 
     ``method``: "elo", "bradley_terry", or a function from matches to ratings. A resample that leaves an
-    item out does not count for that item's interval.
+    item out does not count for that item's interval. Elo depends on match order and resamples come in
+    random order, so an Elo point estimate can fall outside its own interval; Bradley–Terry has no order.
     """
     rate = {"elo": elo, "bradley_terry": bradley_terry}.get(method, method) if isinstance(method, str) else method
     if not callable(rate):

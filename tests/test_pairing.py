@@ -53,7 +53,9 @@ def test_four_candidates_by_hand():
 # 8 candidates: rounds of 4, 2, 1 matches = 7 judged. Round r's losers carry 2^(r-1) - 1 beaten candidates,
 # so the rounds give 4·1 + 2·2 + 1·4 = 12 preferences (7 direct + 5 implied).
 # 16 candidates: 8 + 4 + 2 + 1 = 15 matches; 8·1 + 4·2 + 2·4 + 1·8 = 32 preferences (15 direct + 17 implied).
-@pytest.mark.parametrize(("n", "matches", "preferences", "implied"), [(2, 1, 1, 0), (4, 3, 4, 1), (8, 7, 12, 5), (16, 15, 32, 17)])
+@pytest.mark.parametrize(
+    ("n", "matches", "preferences", "implied"), [(2, 1, 1, 0), (4, 3, 4, 1), (8, 7, 12, 5), (16, 15, 32, 17)]
+)
 def test_thesis_counts(n, matches, preferences, implied):
     calls = []
     t = run_tournament(list(range(n)), lambda a, b: calls.append((a, b)) or better(a, b))

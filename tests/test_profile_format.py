@@ -84,9 +84,19 @@ CASES = [
     ),
     ("header in lower case", "Domain: Ecology\n\ncompetencies:\n" + items(3), True, ""),
     ("header missing", "Domain: Ecology\n" + items(3), True, ""),
-    ("whitespace around everything", "\n\n   Domain:   Ecology   \n\n  Competencies:  \n  " + items(3) + "   \n\n", True, ""),
+    (
+        "whitespace around everything",
+        "\n\n   Domain:   Ecology   \n\n  Competencies:  \n  " + items(3) + "   \n\n",
+        True,
+        "",
+    ),
     ("trailing Note paragraph", profile(3) + "\n\nNote: this profile only uses the abstracts.\nIt is short.", True, ""),
-    ("trailing Explanation with bullets", profile(3) + "\n\nExplanation:\n- I picked the main topics.\n- Nothing else.", True, ""),
+    (
+        "trailing Explanation with bullets",
+        profile(3) + "\n\nExplanation:\n- I picked the main topics.\n- Nothing else.",
+        True,
+        "",
+    ),
     ("blank line then prose", profile(3) + "\n\nThese competencies reflect the researcher's main work.", True, ""),
     ("markdown headings", "## Domain: Ecology\n\n### Competencies\n" + items(3), True, ""),
     ("domain value on the next line", "**Domain:**\nEcology\n\n**Competencies:**\n" + items(3), True, ""),
@@ -95,7 +105,12 @@ CASES = [
     ("one preamble line", "Here is the profile:\n\n" + profile(3), True, ""),
     ("loose list with blank lines between items", "Domain: Ecology\n\n" + items(3).replace("\n", "\n\n"), True, ""),
     ("plain list without bullets", "Domain: Ecology\nCompetencies:\n" + items(3, bullet=""), True, ""),
-    ("dash as separator", "Domain: Ecology\n- A survey – counts birds.\n- B model - fits models.\n- C maps — draws maps.", True, ""),
+    (
+        "dash as separator",
+        "Domain: Ecology\n- A survey – counts birds.\n- B model - fits models.\n- C maps — draws maps.",
+        True,
+        "",
+    ),
     ("list introduced by a sentence", "Domain: Ecology\n\nThe abstracts show these competencies:\n" + items(3), True, ""),
     ("realistic noisy small-model output", SMOLLM_STYLE, True, ""),
     # --- invalid
@@ -128,7 +143,8 @@ CASES = [
     ),
     (
         "repetition loop inside a description",
-        "Domain: Ecology\n- A survey: x y.\n- B model: fits the model to the model to the model to the model.\n- C maps: z.",
+        "Domain: Ecology\n- A survey: x y.\n"
+        "- B model: fits the model to the model to the model to the model.\n- C maps: z.",
         False,
         "competency 2 ('B model') description repeats itself ('the model to' 3 times)",
     ),
@@ -141,7 +157,12 @@ CASES = [
         False,
         "contains code at line 3",
     ),
-    ("junk description", "Domain: Ecology\n- A survey: x y.\n- B model: @@ ## 12 34 %%% ok\n- C maps: z.", False, "competency 2 ('B model') description is mostly not words (1 of 6"),
+    (
+        "junk description",
+        "Domain: Ecology\n- A survey: x y.\n- B model: @@ ## 12 34 %%% ok\n- C maps: z.",
+        False,
+        "competency 2 ('B model') description is mostly not words (1 of 6 tokens are words)",
+    ),
     ("junk domain", "Domain: 0x1F 0x2A ### ok\n" + items(3), False, "domain is mostly not words"),
     ("empty domain", 'Domain: ""\n' + items(3), False, "empty domain"),
     (
@@ -168,7 +189,12 @@ CASES = [
         False,
         "the competency list is interrupted by text at line 5",
     ),
-    ("two preamble lines", "Hello!\nHere is the profile:\n" + profile(3), False, "2 lines of text before the 'Domain:' line"),
+    (
+        "two preamble lines",
+        "Hello!\nHere is the profile:\n" + profile(3),
+        False,
+        "2 lines of text before the 'Domain:' line",
+    ),
     (
         "prompt template echoed",
         'Domain: "<short domain description>"\n\nCompetencies:\n' + items(3),
@@ -224,7 +250,10 @@ def test_noise_is_removed_from_fields():
 
 
 def test_script_in_description_is_plain_text_kept_verbatim():
-    text = "Domain: Web security\n- XSS: Shows <script>alert('x')</script> payloads & filters.\n- B model: x y.\n- C maps: z."
+    text = (
+        "Domain: Web security\n- XSS: Shows <script>alert('x')</script> payloads & filters.\n"
+        "- B model: x y.\n- C maps: z."
+    )
     parsed = parse_profile(text)
     assert parsed.valid, parsed.reason
     assert parsed.competencies[0].description == "Shows <script>alert('x')</script> payloads & filters."

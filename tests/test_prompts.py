@@ -89,8 +89,16 @@ def test_builders_are_deterministic_and_do_not_touch_their_input():
 @pytest.mark.parametrize(
     ("version", "args", "expected"),
     [
-        ("extract-v1", (ABSTRACTS, FEW_SHOT), "82767dd0ab6153b7171292bc2755aac95fe426c872066d5f67feff11f5c8c512"),
-        ("judge-v1", (ABSTRACTS, PROFILE, PROFILE.replace("C: z.", "D: w.")), "157f84693d70634e99c8066bcf04dcc4f09f3b162a4b3bf26a9a456a0465cbc8"),
+        (
+            "extract-v1",
+            (ABSTRACTS, FEW_SHOT),
+            "82767dd0ab6153b7171292bc2755aac95fe426c872066d5f67feff11f5c8c512",
+        ),
+        (
+            "judge-v1",
+            (ABSTRACTS, PROFILE, PROFILE.replace("C: z.", "D: w.")),
+            "157f84693d70634e99c8066bcf04dcc4f09f3b162a4b3bf26a9a456a0465cbc8",
+        ),
     ],
 )
 def test_frozen_versions_do_not_change(version, args, expected):

@@ -245,9 +245,9 @@ def test_bradley_terry_recovers_strengths():
 
 def test_bradley_terry_by_hand_and_degenerate():
     # x beats y as often as y beats x → equal strengths.
-    assert bradley_terry([("x", "y", 1), ("y", "x", 1)]) == {"x": pytest.approx(0.0, abs=1e-6), "y": pytest.approx(0.0, abs=1e-6)}
-    # Ties only → equal.
-    assert bradley_terry([("x", "y", 0.5)]) == {"x": pytest.approx(0.0, abs=1e-6), "y": pytest.approx(0.0, abs=1e-6)}
+    even = {"x": pytest.approx(0.0, abs=1e-6), "y": pytest.approx(0.0, abs=1e-6)}
+    assert bradley_terry([("x", "y", 1), ("y", "x", 1)]) == even
+    assert bradley_terry([("x", "y", 0.5)]) == even  # ties only
     # Undefeated stays finite thanks to the prior.
     undefeated = bradley_terry([("x", "y", 1)] * 5)
     assert math.isfinite(undefeated["x"]) and undefeated["x"] > 0 > undefeated["y"]

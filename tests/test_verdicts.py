@@ -30,7 +30,12 @@ GOOD = [
         "tie",
         "r",
     ),
-    ("braces and digits in the reasoning", '{"reasoning": "A has {3} items, B has 9", "preferred": "A"}', "A", "A has {3} items, B has 9"),
+    (
+        "braces and digits in the reasoning",
+        '{"reasoning": "A has {3} items, B has 9", "preferred": "A"}',
+        "A",
+        "A has {3} items, B has 9",
+    ),
     (
         "fence quoted inside the reasoning",
         '{"reasoning": "B wraps code in ```python``` blocks", "preferred": "A"}',
@@ -63,8 +68,8 @@ BAD = [
         '{"preferred": "B"}\n```json\n{"preferred": "A"}\n```',
         "a JSON object outside the fenced block as well",
     ),
-    ("object with prose around, no fence", 'My answer: {"reasoning": "r", "preferred": "A"}', "text around the JSON object"),
-    ("two objects in one fence", '```json\n{"preferred": "A"} {"preferred": "B"}\n```', "2 JSON objects in the fenced block"),
+    ("prose around, no fence", 'My answer: {"reasoning": "r", "preferred": "A"}', "text around the JSON object"),
+    ("two objects in one fence", '```json\n{"preferred": "A"} {"preferred": "B"}\n```', "2 JSON objects in the fenced"),
     ("preferred is a number", '{"reasoning": "r", "preferred": 3}', 'must be "A", "B" or "tie", got 3'),
     ("preferred is C", '{"reasoning": "r", "preferred": "C"}', 'got "C"'),
     ("preferred is a phrase", '{"reasoning": "r", "preferred": "Profile A"}', 'got "Profile A"'),
@@ -103,7 +108,15 @@ def test_bad_outputs(text, error):
 # Canonical terms: order "ab" shows a first (as "A"), order "ba" shows b first (so "A" means b).
 @pytest.mark.parametrize(
     ("preferred", "order", "canonical"),
-    [("A", "ab", "a"), ("B", "ab", "b"), ("A", "ba", "b"), ("B", "ba", "a"), ("tie", "ab", "tie"), ("tie", "ba", "tie"), (None, "ba", None)],
+    [
+        ("A", "ab", "a"),
+        ("B", "ab", "b"),
+        ("A", "ba", "b"),
+        ("B", "ba", "a"),
+        ("tie", "ab", "tie"),
+        ("tie", "ba", "tie"),
+        (None, "ba", None),
+    ],
 )
 def test_to_canonical(preferred, order, canonical):
     assert to_canonical(preferred, order) == canonical
