@@ -5,10 +5,10 @@ from celery import shared_task
 from .jobs import run_job
 
 
-@shared_task
-def ping_task(job_id: int) -> None:
-    """Proves a worker is alive and shares our database: it writes its hostname into the job."""
-    run_job(job_id, lambda job, progress: f"pong from {socket.gethostname()}")
+@shared_task(bind=True)
+def ping_task(self, job_id: int) -> None:
+    """Proves a worker is alive and shares our database: it writes its node name into the job."""
+    run_job(job_id, lambda job, progress: f"pong from {self.request.hostname or socket.gethostname()}")
 
 
 @shared_task
@@ -16,3 +16,18 @@ def generate_profiles_task(job_id: int) -> None:
     from .generation import run_generation
 
     run_job(job_id, run_generation)
+
+
+@shared_task
+def export_dataset_task(export_id: int) -> None:
+    """Write a DPO dataset snapshot (annotation.export); progress goes to the export's job, if it has one."""
+    from .export import run_export_task
+
+    run_export_task(export_id)
+
+
+@shared_task
+def judge_comparisons_task(job_id: int) -> None:
+    from .judging import run_judging
+
+    run_job(job_id, run_judging)

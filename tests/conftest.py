@@ -88,26 +88,37 @@ def _database_url() -> str:
 
 
 @pytest.fixture
-def celery_worker_process(transactional_db):
-    """A real `celery worker` in its own process, on the real broker, sharing the test database."""
-    env = {**os.environ, "DATABASE_URL": _database_url(), "CELERY_BROKER_URL": settings.CELERY_BROKER_URL,
-           "PYTHONUNBUFFERED": "1"}
-    log = REPO / "var" / "test-worker.log"
-    with log.open("w") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "compx_site", "worker", "-Q", settings.CELERY_QUEUES_ALL,
-             "--pool", "solo", "--without-heartbeat", "--without-gossip", "--without-mingle", "-l", "info",
-             "-n", f"test-{os.getpid()}@%h"],
-            cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT,
-        )
-    try:
-        yield proc
-    finally:
+def start_worker(transactional_db):
+    """Start real `celery worker` processes on the real broker, sharing the test database; stopped after the test."""
+    processes = []
+
+    def start(queues: str = settings.CELERY_QUEUES_ALL, name: str = "test") -> subprocess.Popen:
+        env = {**os.environ, "DATABASE_URL": _database_url(), "CELERY_BROKER_URL": settings.CELERY_BROKER_URL,
+               "PYTHONUNBUFFERED": "1"}
+        with (REPO / "var" / f"test-worker-{name}.log").open("w") as out:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "celery", "-A", "compx_site", "worker", "-Q", queues, "--pool", "solo",
+                 "--without-heartbeat", "--without-gossip", "--without-mingle", "-l", "info",
+                 "-n", f"{name}-{os.getpid()}@%h"],
+                cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT,
+            )
+        processes.append(proc)
+        return proc
+
+    yield start
+    for proc in processes:
         proc.terminate()
+    for proc in processes:
         try:
             proc.wait(timeout=20)
         except subprocess.TimeoutExpired:
             proc.kill()
+
+
+@pytest.fixture
+def celery_worker_process(start_worker):
+    """One real worker listening on every queue."""
+    return start_worker()
 
 
 def wait_for(predicate, timeout: float = 60, interval: float = 0.2, what: str = "condition"):
@@ -117,9 +128,8 @@ def wait_for(predicate, timeout: float = 60, interval: float = 0.2, what: str = 
         if result:
             return result
         time.sleep(interval)
-    log = REPO / "var" / "test-worker.log"
-    tail = log.read_text()[-3000:] if log.exists() else ""
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}\nworker log tail:\n{tail}")
+    tails = "".join(f"\n--- {log.name}\n{log.read_text()[-2000:]}" for log in (REPO / "var").glob("test-worker-*.log"))
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}{tails}")
 
 
 def _free_port() -> int:

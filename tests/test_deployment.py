@@ -1,0 +1,50 @@
+"""Production setup: workers on separate queues get only their own jobs; the deploy checks pass."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from annotation.jobs import create_job
+from annotation.models import Job, JobKind, JobStatus
+from annotation.tasks import ping_task
+from tests.conftest import REPO, wait_for
+
+PRODUCTION_ENV = {
+    "DEBUG": "false", "SECRET_KEY": "x" * 30 + "production-secret-key-for-the-check", "ALLOWED_HOSTS": "compx.example.org",
+    "CSRF_TRUSTED_ORIGINS": "https://compx.example.org", "SECURE_COOKIES": "true", "SECURE_SSL_REDIRECT": "true",
+    "SECURE_HSTS_SECONDS": "31536000", "SECURE_HSTS_INCLUDE_SUBDOMAINS": "true", "SECURE_HSTS_PRELOAD": "true",
+}
+
+
+@pytest.mark.worker
+def test_workers_on_separate_queues_each_receive_only_their_own_jobs(start_worker):
+    start_worker("generation", name="gen")
+    start_worker("judging", name="judge")
+    jobs = {queue: [create_job(JobKind.PING) for _ in range(3)] for queue in ("generation", "judging")}
+    for queue, queued in jobs.items():
+        for job in queued:
+            ping_task.apply_async((job.pk,), queue=queue)
+
+    def all_done():
+        return Job.objects.filter(status=JobStatus.SUCCEEDED).count() == 6
+
+    wait_for(all_done, timeout=120, what="both workers to finish their jobs")
+    for queue, expected_worker in (("generation", "gen-"), ("judging", "judge-")):
+        messages = {Job.objects.get(pk=job.pk).message for job in jobs[queue]}
+        assert all(m.startswith(f"pong from {expected_worker}") for m in messages), messages
+
+
+def test_check_deploy_is_clean_under_production_settings():
+    env = {**os.environ, **PRODUCTION_ENV}
+    result = subprocess.run([sys.executable, "manage.py", "check", "--deploy", "--fail-level", "WARNING"],
+                            cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_check_deploy_flags_an_insecure_setup():
+    env = {**os.environ, **PRODUCTION_ENV, "SECURE_COOKIES": "false", "SECURE_HSTS_SECONDS": "0"}
+    result = subprocess.run([sys.executable, "manage.py", "check", "--deploy", "--fail-level", "WARNING"],
+                            cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode != 0 and "SESSION_COOKIE_SECURE" in result.stderr + result.stdout
