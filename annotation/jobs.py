@@ -87,3 +87,9 @@ def follow(job: Job, stream, poll_s: float = 0.5) -> Job:
             if job.is_finished:
                 return job
             time.sleep(poll_s)
+
+
+def fail_queued_job(job_id: int, reason: str) -> None:
+    Job.objects.filter(pk=job_id, status=JobStatus.QUEUED).update(
+        status=JobStatus.FAILED, error=reason, finished_at=timezone.now()
+    )

@@ -31,3 +31,11 @@ def judge_comparisons_task(job_id: int) -> None:
     from .judging import run_judging
 
     run_job(job_id, run_judging)
+
+
+@shared_task
+def fail_job_task(job_id: int, reason: str) -> None:
+    """Errback of a chain: a job whose predecessor failed must not stay 'queued' forever."""
+    from .jobs import fail_queued_job
+
+    fail_queued_job(job_id, reason)

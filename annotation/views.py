@@ -16,10 +16,12 @@ from .roles import admin_required, is_admin, is_expert
 @login_required
 def home(request: HttpRequest) -> HttpResponse:
     campaigns = Campaign.objects.filter(experts=request.user, is_active=True) if is_expert(request.user) else []
+    jobs = Job.objects.select_related("created_by")[:8] if is_admin(request.user) else []
     return render(request, "home.html", {
         "is_expert": is_expert(request.user),
         "is_admin": is_admin(request.user),
         "campaigns": campaigns,
+        "jobs": jobs,
     })
 
 

@@ -11,6 +11,8 @@ from django.conf import settings
 from django.core.management import call_command
 from django.core.management.base import BaseCommand
 
+from annotation import demo
+
 # Training gets its own worker so a run never blocks generation or judging.
 WORKERS = {"main": "default,generation,judging", "training": "training"}
 
@@ -24,9 +26,11 @@ class Command(BaseCommand):
     def handle(self, *args, **options):
         logins = StringIO()
         call_command("seed_demo", stdout=logins)
+        demo.ensure_demo_objects()
+        jobs = demo.start_pipeline()
         processes = [self._worker(name, queues) for name, queues in WORKERS.items()]
         processes.append(self._web(options["addr"]))
-        self._announce(options["addr"], logins.getvalue())
+        self._announce(options["addr"], logins.getvalue(), jobs)
         self._wait(processes)
 
     def _worker(self, name: str, queues: str) -> subprocess.Popen:
@@ -39,12 +43,16 @@ class Command(BaseCommand):
         command = [sys.executable, "manage.py", "runserver", "--noreload", addr]
         return subprocess.Popen(command, cwd=settings.BASE_DIR, env=os.environ.copy())
 
-    def _announce(self, addr: str, seed_output: str) -> None:
+    def _announce(self, addr: str, seed_output: str, jobs) -> None:
         broker = settings.CELERY_BROKER_URL.split("://")[0]
         self.stdout.write(self.style.SUCCESS(f"\nCompX is running at http://{addr}/"))
         self.stdout.write(f"Admin: http://{addr}/admin/   Expert queue: http://{addr}/review/")
         self.stdout.write(seed_output.strip())
         self.stdout.write(f"Workers: {', '.join(WORKERS)} (broker: {broker}; logs in {settings.VAR_DIR}/worker-*.log)")
+        if demo.pipeline_status(jobs) != "ready":
+            self.stdout.write(f"First start: the worker generates candidate profiles with the offline model and "
+                              f"judges them (a few minutes on a laptop). Watch: http://{addr}/jobs/{jobs[0].pk}/ "
+                              f"then http://{addr}/jobs/{jobs[1].pk}/")
         self.stdout.write("Press Ctrl-C to stop the site and the workers.\n")
 
     def _wait(self, processes: list[subprocess.Popen]) -> None:

@@ -1,0 +1,83 @@
+"""The demo's first start: a generator, a judge and a campaign, filled by the real worker — nothing canned."""
+
+from __future__ import annotations
+
+from celery import chain
+from django.contrib.auth import get_user_model
+from django.db import transaction
+
+from .jobs import create_job
+from .models import (
+    Backend, Campaign, FINISHED_STATUSES, Generator, Job, JobKind, JobStatus, Judge, JudgeDisplay, Sample, Split,
+)
+
+GENERATOR = "smollm2-base"
+JUDGE = "smollm2-judge"
+CAMPAIGN = "Demo: which profile fits the abstracts?"
+EXPERTS = ("expert1", "expert2")
+GUIDELINES = """\
+Each screen shows one researcher's abstracts and two competency profiles written by a language model.
+
+**Choose the profile that better reflects what the abstracts show**:
+
+- the *domain* is right and specific;
+- each competency is supported by the abstracts (flag the ones that are not);
+- 3 to 8 competencies, no repetition, no junk.
+
+Pick **Tie** when both are equally good and **Both bad** when neither is usable.
+Keys: `1` A · `2` B · `3` tie · `4` both bad · `Enter` submit · `u` undo · `?` help.
+"""
+
+
+def ensure_demo_objects() -> tuple[Generator, Judge, Campaign]:
+    generator, _ = Generator.objects.get_or_create(name=GENERATOR, defaults={
+        "backend": Backend.LOCAL, "model": "default", "temperature": 0.7, "top_p": 0.95,
+        "repetition_penalty": 1.15, "max_new_tokens": 200, "candidates": 4,
+    })
+    judge, _ = Judge.objects.get_or_create(name=JUDGE, defaults={"backend": Backend.LOCAL, "model": "default"})
+    campaign, _ = Campaign.objects.get_or_create(name=CAMPAIGN, defaults={
+        "description": "Candidate profiles of the demo researchers, judged by the offline model.",
+        "guidelines": GUIDELINES, "judge_display": JudgeDisplay.REVEAL, "judge": judge, "overlap": 2,
+    })
+    campaign.experts.add(*get_user_model().objects.filter(username__in=EXPERTS))
+    return generator, judge, campaign
+
+
+def pipeline_jobs() -> list[Job]:
+    return list(Job.objects.filter(params__demo=True).order_by("pk"))
+
+
+def start_pipeline() -> list[Job]:
+    """Generate candidates for every sample, then judge the train samples' pairs into the campaign.
+
+    Started once: a later `make demo` finds the jobs (finished or not) and leaves them be.
+    """
+    existing = pipeline_jobs()
+    if existing:
+        return existing
+    from .tasks import fail_job_task, generate_profiles_task, judge_comparisons_task
+
+    generator, judge, campaign = ensure_demo_objects()
+    sample_ids = list(Sample.objects.order_by("pk").values_list("pk", flat=True))
+    train_ids = list(Sample.objects.filter(split=Split.TRAIN).order_by("pk").values_list("pk", flat=True))
+    generate = create_job(JobKind.GENERATE, {"demo": True, "generator_id": generator.pk, "generator": generator.name,
+                                             "sample_ids": sample_ids, "candidates": generator.candidates},
+                          total=len(sample_ids))
+    judging = create_job(JobKind.JUDGE, {"demo": True, "judge_id": judge.pk, "judge": judge.name, "pairing": "all",
+                                         "campaign_id": campaign.pk, "campaign": campaign.name,
+                                         "sample_ids": train_ids, "limit": None})
+    steps = chain(
+        generate_profiles_task.si(generate.pk).set(
+            link_error=fail_job_task.si(judging.pk, "not started: generating the candidates failed")),
+        judge_comparisons_task.si(judging.pk),
+    )
+    transaction.on_commit(steps.delay)
+    return [generate, judging]
+
+
+def pipeline_status(jobs: list[Job]) -> str:
+    if all(job.status == JobStatus.SUCCEEDED for job in jobs):
+        return "ready"
+    if any(job.status in FINISHED_STATUSES and job.status != JobStatus.SUCCEEDED for job in jobs):
+        return "failed"
+    return "running"
