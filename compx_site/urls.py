@@ -16,5 +16,6 @@ urlpatterns = [
     path("jobs/<int:pk>/", annotation_views.job_detail, name="job_detail"),
     path("jobs/<int:pk>/cancel", annotation_views.job_cancel, name="job_cancel"),
     path("review/", include("annotation.urls")),
+    path("admin-tools/", include("annotation.dashboard_urls")),
     path("admin/", admin.site.urls),
 ]
