@@ -187,9 +187,8 @@ def _generate_rows(
     from transformers import LogitsProcessorList
 
     device = _model_device(model)
-    enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
-    if tokenizer.padding_side != "left" and len(prompts) > 1:
-        raise ValueError("batched generation needs tokenizer.padding_side == 'left'")
+    # Left padding whatever the tokenizer's default (TRL sets right padding): prompts must end together.
+    enc = tokenizer(prompts, return_tensors="pt", padding=True, padding_side="left", add_special_tokens=False)
     input_ids = enc["input_ids"].to(device)
     attention_mask = enc["attention_mask"].to(device)
     prompt_lens = attention_mask.sum(dim=1).cpu()
@@ -260,10 +259,6 @@ def _rows_to_candidates(
     return results
 
 
-def _num_return(settings: DecodingSettings) -> int:
-    return settings.num_candidates
-
-
 # ---------------------------------------------------------------------------------------------------------
 # Public entry points
 
@@ -293,7 +288,7 @@ def generate_batch(
         raise ValueError(f"batch_size: must be >= 1 (got {batch_size!r})")
     prompts = [render_prompt(tokenizer, c, prefill) for c in conversations]
     eos_ids = _eos_ids(model, tokenizer)
-    k = _num_return(settings)
+    k = settings.num_candidates
     results: list[list[Candidate]] = []
     tokens = 0
     for start in range(0, len(prompts), batch_size):
@@ -327,7 +322,7 @@ def generate_naive(
     """
     settings = (settings or DecodingSettings()).validate()
     eos_ids = _eos_ids(model, tokenizer)
-    k = _num_return(settings)
+    k = settings.num_candidates
     results: list[list[Candidate]] = []
     tokens = 0
     for i, conversation in enumerate(conversations):

@@ -139,7 +139,10 @@ def pick_dtype(device: str, training: bool = False) -> "torch.dtype":
     import torch
 
     if device.startswith("cuda"):
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16 if not training else torch.float32
+        if torch.cuda.is_bf16_supported():
+            return torch.bfloat16
+        # Pre-Ampere GPUs: fp16 is fine for inference; plain fp16 training would need loss scaling.
+        return torch.float32 if training else torch.float16
     return torch.float32 if training else torch.bfloat16
 
 
