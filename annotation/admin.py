@@ -1,15 +1,17 @@
 import tempfile
+from collections import Counter
 from pathlib import Path
 
 from django import forms
 from django.contrib import admin, messages
-from django.db.models import Count, Q, Sum
-from django.utils.html import format_html_join
+from django.db.models import Count, Prefetch, Q, Sum
+from django.utils.html import format_html, format_html_join
 from django.shortcuts import redirect
 from django.template.response import TemplateResponse
 from django.urls import path
 
 from .generation import start_generation
+from .judging import JudgeFigures, judge_matches, panel_verdict, panel_verdicts, rank_generators, start_judging, with_figures
 from .importing import ImportFailed, ImportOptions, import_documents
 from .models import (
     Backend,
@@ -27,6 +29,7 @@ from .models import (
     Profile,
     Sample,
     SampleDocument,
+    TournamentPreference,
     Vote,
 )
 
@@ -113,6 +116,58 @@ class GenerateForm(forms.Form):
                                     help_text="Candidates per sample; empty means the generator's own setting.")
 
 
+SAMPLE_PAIRINGS = [
+    ("tournament", "Knockout tournament per sample (n − 1 matches, preferences by transitivity)"),
+    ("all", "All pairs of each sample's pairable profiles"),
+    ("active", "Active: add the pairs judges are least sure about to the campaign"),
+]
+CAMPAIGN_PAIRINGS = [
+    ("existing", "The campaign's comparisons"),
+    ("active", "Active: add the pairs judges are least sure about (all samples) to the campaign"),
+]
+
+
+class JudgeJobForm(forms.Form):
+    judge = forms.ModelChoiceField(queryset=Judge.objects.all())
+    pairing = forms.ChoiceField()
+    campaign = forms.ModelChoiceField(queryset=Campaign.objects.all(), required=False,
+                                      help_text="Where new pairs go (needed for active pairing).")
+    limit = forms.IntegerField(min_value=1, required=False,
+                               help_text="At most N samples (tournament/all), N pairs added (active) or N "
+                                         "comparisons (campaign).")
+
+    def __init__(self, *args, pairings, ask_campaign: bool = True, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields["pairing"].choices = pairings
+        if not ask_campaign:  # the action already names the campaign
+            del self.fields["campaign"]
+
+    def clean(self):
+        data = super().clean()
+        if data.get("pairing") == "active" and "campaign" in self.fields and not data.get("campaign"):
+            self.add_error("campaign", "Active pairing adds pairs to a campaign: choose one.")
+        return data
+
+
+def judge_action(model_admin, request, queryset, action: str, pairings, scope: dict):
+    """An admin action with an intermediate form that starts a judging job and opens its page.
+
+    ``scope``: the samples and/or campaign the action's selection stands for.
+    """
+    form = JudgeJobForm(request.POST if "apply" in request.POST else None, pairings=pairings,
+                        ask_campaign="campaign" not in scope)
+    if form.is_valid():
+        data = form.cleaned_data
+        scope = {"campaign": data.get("campaign"), **scope}
+        job = start_judging(data["judge"], data["pairing"], limit=data["limit"], user=request.user, **scope)
+        model_admin.message_user(request, "Judging started; verdicts already stored are not asked again.")
+        return redirect("job_detail", pk=job.pk)
+    context = {**model_admin.admin_site.each_context(request), "form": form, "objects": queryset, "action": action,
+               "title": "Judge comparisons", "opts": model_admin.model._meta,
+               "action_checkbox_name": admin.helpers.ACTION_CHECKBOX_NAME}
+    return TemplateResponse(request, "admin/annotation/judge/start.html", context)
+
+
 class SampleDocumentInline(admin.TabularInline):
     model = SampleDocument
     extra = 0
@@ -125,7 +180,7 @@ class SampleAdmin(admin.ModelAdmin):
     list_filter = ["split"]
     search_fields = ["name", "documents__title", "documents__external_id"]
     inlines = [SampleDocumentInline]
-    actions = ["generate_profiles"]
+    actions = ["generate_profiles", "judge_profiles"]
 
     @admin.action(description="Generate profiles for the selected samples…")
     def generate_profiles(self, request, queryset):
@@ -139,6 +194,10 @@ class SampleAdmin(admin.ModelAdmin):
                    "title": "Generate profiles", "opts": self.model._meta,
                    "action_checkbox_name": admin.helpers.ACTION_CHECKBOX_NAME}
         return TemplateResponse(request, "admin/annotation/sample/generate.html", context)
+
+    @admin.action(description="Judge the selected samples' profiles…")
+    def judge_profiles(self, request, queryset):
+        return judge_action(self, request, queryset, "judge_profiles", SAMPLE_PAIRINGS, {"samples": queryset})
 
     def get_queryset(self, request):
         return super().get_queryset(request).annotate(
@@ -203,27 +262,130 @@ class ProfileAdmin(admin.ModelAdmin):
 class JudgeVerdictInline(admin.TabularInline):
     model = JudgeVerdict
     extra = 0
-    fields = ["judge", "order", "preferred", "is_valid", "error", "confidence", "latency_ms"]
+    fields = ["judge", "order", "preferred", "is_valid", "error", "confidence", "latency_ms", "reasoning", "raw_text"]
     readonly_fields = fields
     can_delete = False
 
 
 @admin.register(Comparison)
 class ComparisonAdmin(admin.ModelAdmin):
-    list_display = ["id", "sample", "profile_a", "profile_b", "source", "created_at"]
+    list_display = ["id", "sample", "profile_a", "profile_b", "source", "judges", "created_at"]
     list_filter = ["source", "sample__split"]
     search_fields = ["sample__name"]
     list_select_related = ["sample", "profile_a__generator", "profile_b__generator", "profile_a__sample",
                            "profile_b__sample"]
     raw_id_fields = ["sample", "profile_a", "profile_b"]
+    readonly_fields = ["judgement"]
     inlines = [JudgeVerdictInline]
+
+    def get_queryset(self, request):
+        # One extra query for the whole page: every verdict's judge name, order and label.
+        verdicts = JudgeVerdict.objects.select_related("judge").only(
+            "comparison_id", "order", "preferred", "is_valid", "judge__name")
+        return super().get_queryset(request).prefetch_related(Prefetch("verdicts", queryset=verdicts))
+
+    @admin.display(description="Judges (both orders)")
+    def judges(self, obj):
+        return " · ".join(f"{name}: {label}" for name, label in combined_by_judge(obj)) or "–"
+
+    @admin.display(description="Judgement")
+    def judgement(self, obj):
+        if obj.pk is None:
+            return "–"
+        rows = [(f"Judge {name}", label) for name, label in combined_by_judge(obj)]
+        rows += [(f"Panel {panel.name} (≥ {panel.threshold:.0%})", panel_verdict(panel, obj))
+                 for panel in JudgePanel.objects.prefetch_related("judges")]
+        return format_html_join("", "<p>{}: <strong>{}</strong></p>", rows) if rows else "Not judged yet."
+
+
+def combined_by_judge(comparison: Comparison) -> list[tuple[str, str]]:
+    """(judge name, combined verdict) from the comparison's prefetched verdicts."""
+    from .verdicts import combine_canonical
+
+    orders: dict[str, dict[str, str | None]] = {}
+    for v in comparison.verdicts.all():
+        orders.setdefault(v.judge.name, {})[v.order] = v.preferred if v.is_valid else None
+    return [(name, combine_canonical(o.get("ab"), o.get("ba")) if len(o) == 2 else "half-judged")
+            for name, o in sorted(orders.items())]
+
+
+def _percent(value: float | None) -> str:
+    return "–" if value is None else f"{100 * value:.0f}%"
 
 
 @admin.register(Judge)
 class JudgeAdmin(admin.ModelAdmin):
-    list_display = ["name", "backend", "model", "base_url", "concurrency", "created_at"]
+    list_display = ["name", "backend", "model", "verdict_count", "invalid_rate", "flip_rate", "first_position",
+                    "tokens", "mean_latency", "cost"]
     list_filter = ["backend"]
     search_fields = ["name", "model"]
+    readonly_fields = ["figures", "ranking"]
+
+    def get_queryset(self, request):
+        # Every figure comes from this one query (aggregates plus two correlated subqueries for flips).
+        return with_figures(super().get_queryset(request))
+
+    def _figures(self, obj) -> JudgeFigures | None:
+        return JudgeFigures.of(obj) if getattr(obj, "n_verdicts", None) is not None else None
+
+    @admin.display(description="Verdicts", ordering="n_verdicts")
+    def verdict_count(self, obj):
+        return obj.n_verdicts
+
+    @admin.display(description="Invalid")
+    def invalid_rate(self, obj):
+        return _percent(self._figures(obj).invalid_rate)
+
+    @admin.display(description="Order flips")
+    def flip_rate(self, obj):
+        return _percent(self._figures(obj).flip_rate)
+
+    @admin.display(description="First position")
+    def first_position(self, obj):
+        return _percent(self._figures(obj).first_position_rate)
+
+    @admin.display(description="Tokens (prompt + completion)")
+    def tokens(self, obj):
+        figures = self._figures(obj)
+        return f"{figures.prompt_tokens + figures.completion_tokens:,}"
+
+    @admin.display(description="Mean latency")
+    def mean_latency(self, obj):
+        latency = self._figures(obj).mean_latency_ms
+        return "–" if latency is None else f"{latency / 1000:.2f} s"
+
+    @admin.display(description="Cost (USD)")
+    def cost(self, obj):
+        return f"{self._figures(obj).cost_usd:.4f}"
+
+    @admin.display(description="Figures")
+    def figures(self, obj):
+        f = self._figures(obj)
+        if f is None or not f.verdicts:
+            return "No verdicts yet."
+        lines = [
+            f"{f.verdicts} verdicts, {f.invalid} invalid ({_percent(f.invalid_rate)}): never counted",
+            f"Order flips: {f.flips} of {f.pairs} comparisons with both orders valid ({_percent(f.flip_rate)})",
+            f"First-position preference: {f.first} of {f.decisive} decisive verdicts "
+            f"({_percent(f.first_position_rate)}; 50% is unbiased)",
+            f"Tokens: {f.prompt_tokens:,} prompt + {f.completion_tokens:,} completion; "
+            f"mean latency {self.mean_latency(obj)}; cost {f.cost_usd:.4f} USD",
+        ]
+        return format_html_join("", "<p>{}</p>", ((line,) for line in lines))
+
+    @admin.display(description="Generator ranking (all comparisons)")
+    def ranking(self, obj):
+        if obj.pk is None:
+            return "–"
+        # 200 resamples keep the page quick; `manage.py rank_generators` does 1000.
+        ranks = rank_generators(judge_matches(obj, Comparison.objects.all()), n_boot=200)
+        if not ranks:
+            return "No decided comparisons between different generators yet."
+        rows = ((r.name, f"{r.bradley_terry.value:.2f}", f"{r.bradley_terry.low:.2f}", f"{r.bradley_terry.high:.2f}",
+                 f"{r.elo.value:.0f}", f"{r.elo.low:.0f}", f"{r.elo.high:.0f}", f"{r.wins:g}", r.matches) for r in ranks)
+        body = format_html_join("", "<tr><td>{}</td><td>{} [{}, {}]</td><td>{} [{}, {}]</td><td>{} / {}</td></tr>", rows)
+        return format_html("<table><tr><th>Generator</th><th>Bradley–Terry [95% CI]</th><th>Elo (K=16) [95% CI]</th>"
+                           "<th>Score / matches</th></tr>{}</table>", body)
 
 
 @admin.register(JudgeVerdict)
@@ -237,8 +399,35 @@ class JudgeVerdictAdmin(admin.ModelAdmin):
 
 @admin.register(JudgePanel)
 class JudgePanelAdmin(admin.ModelAdmin):
-    list_display = ["name", "threshold"]
+    list_display = ["name", "threshold", "judge_names"]
     filter_horizontal = ["judges"]
+    readonly_fields = ["consensus"]
+
+    def get_queryset(self, request):
+        return super().get_queryset(request).prefetch_related("judges")
+
+    @admin.display(description="Judges")
+    def judge_names(self, obj):
+        return ", ".join(j.name for j in obj.judges.all())
+
+    @admin.display(description="Panel verdicts")
+    def consensus(self, obj):
+        if obj.pk is None:
+            return "–"
+        judged = Comparison.objects.filter(verdicts__judge__in=obj.judges.all()).distinct()
+        counts = Counter(panel_verdicts(obj, judged).values())
+        if not counts:
+            return "No comparison judged by these judges yet."
+        return format_html_join("", "<p>{}: {}</p>", sorted(counts.items()))
+
+
+@admin.register(TournamentPreference)
+class TournamentPreferenceAdmin(admin.ModelAdmin):
+    list_display = ["judge", "sample", "chosen", "rejected", "implied", "comparison"]
+    list_filter = ["judge", "implied"]
+    raw_id_fields = ["chosen", "rejected", "comparison"]
+    list_select_related = ["judge", "sample", "chosen__sample", "chosen__generator", "rejected__sample",
+                           "rejected__generator"]
 
 
 class CampaignItemInline(admin.TabularInline):
@@ -255,6 +444,15 @@ class CampaignAdmin(admin.ModelAdmin):
     search_fields = ["name", "description"]
     filter_horizontal = ["experts"]
     inlines = [CampaignItemInline]
+    actions = ["judge_campaign"]
+
+    @admin.action(description="Judge the campaign's comparisons, or add active pairs to it…")
+    def judge_campaign(self, request, queryset):
+        if queryset.count() != 1:
+            self.message_user(request, "Choose exactly one campaign.", messages.WARNING)
+            return None
+        campaign = queryset.get()
+        return judge_action(self, request, queryset, "judge_campaign", CAMPAIGN_PAIRINGS, {"campaign": campaign})
 
     def get_queryset(self, request):
         return super().get_queryset(request).annotate(
@@ -288,12 +486,115 @@ class VoteAdmin(admin.ModelAdmin):
     list_select_related = ["expert", "comparison__sample"]
 
 
+class DatasetExportForm(forms.ModelForm):
+    class Meta:
+        model = DatasetExport
+        fields = ["name", "policy", "format", "campaign", "panel", "ties_as_kto", "test_fraction", "kappa_threshold"]
+        labels = {"ties_as_kto": "Ties and both bad as KTO rows"}
+        help_texts = {
+            "policy": "Expert-only: the experts' majority. Judge consensus: the judges' verdict, the same in both "
+                      "orders. Expert overrides judge: experts where they voted, judges elsewhere. Judges calibrated: "
+                      "only judges whose κ against the experts reaches the threshold below.",
+            "campaign": "Only this campaign's comparisons and votes; empty means everything.",
+            "panel": "Judge policies: only this panel's judges, at its agreement threshold; empty means every judge, "
+                     "unanimous.",
+            "ties_as_kto": "Off: ties and both-bad pairs are dropped. On: the whole export is TRL's unpaired (KTO) "
+                           "format, with ties and both-bad pairs as undesirable rows.",
+            "test_fraction": "Share of training samples held out as the test split (by sample, so no prompt is in "
+                             "both); held-out samples always go to test.",
+        }
+
+
 @admin.register(DatasetExport)
 class DatasetExportAdmin(admin.ModelAdmin):
-    list_display = ["name", "policy", "format", "status", "counts", "sha256", "created_at"]
+    """Add = choose a policy and start the export on a worker; a finished export is a read-only snapshot."""
+
+    form = DatasetExportForm
+
+    settings_fields = ["name", "policy", "format", "campaign", "panel", "ties_as_kto", "test_fraction",
+                       "kappa_threshold"]
+    result_fields = ["status", "row_counts", "snapshot_files", "sha256", "path", "error", "created_by",
+                     "created_at", "finished_at", "dataset_card"]
+    list_display = ["name", "policy", "format", "campaign", "status", "row_counts", "created_at"]
     list_filter = ["policy", "format", "status"]
+    list_select_related = ["campaign"]
     search_fields = ["name"]
-    readonly_fields = ["status", "path", "sha256", "counts", "card", "error", "created_by", "finished_at"]
+    change_list_template = "admin/annotation/datasetexport/change_list.html"
+    actions = ["export_again"]
+
+    def get_fields(self, request, obj=None):
+        return self.settings_fields if obj is None else self.settings_fields + self.result_fields
+
+    def get_readonly_fields(self, request, obj=None):
+        return [] if obj is None else self.get_fields(request, obj)
+
+    def has_change_permission(self, request, obj=None):
+        # A snapshot never changes: its page is for reading and downloading.
+        return False if obj is not None else super().has_change_permission(request, obj)
+
+    def save_model(self, request, obj, form, change):
+        from .export import start_export
+
+        obj.created_by = request.user
+        super().save_model(request, obj, form, change)
+        job = start_export(obj, request.user)
+        self.message_user(request, format_html("Export queued: a worker writes the snapshot ({}).",
+                                               _job_link(job) or f"job #{job.pk}"))
+
+    @admin.action(description="Export again as a new snapshot (same settings, current labels)")
+    def export_again(self, request, queryset):
+        from django.utils import timezone
+
+        from .export import start_export
+
+        for old in queryset:
+            stamp = timezone.now().strftime("%Y%m%d-%H%M%S")
+            new = DatasetExport.objects.create(
+                name=f"{old.name[:80]} @ {stamp}", created_by=request.user,
+                **{name: getattr(old, name) for name in self.settings_fields if name != "name"},
+            )
+            start_export(new, request.user)
+        self.message_user(request, f"Queued {queryset.count()} new export(s).", messages.SUCCESS)
+
+    @admin.display(description="Rows")
+    def row_counts(self, obj: DatasetExport) -> str:
+        if "train" not in obj.counts:
+            return "–"
+        return f"{obj.counts['train']} train · {obj.counts['test']} test"
+
+    @admin.display(description="Files")
+    def snapshot_files(self, obj: DatasetExport) -> str:
+        from django.urls import NoReverseMatch, reverse
+        from django.utils.safestring import mark_safe
+
+        files = obj.counts.get("files", {}) if obj.status == "succeeded" else {}
+        links = []
+        for name, info in files.items():
+            try:
+                url = reverse("dashboard:export_file", args=[obj.pk, name])
+            except NoReverseMatch:  # the staff tools are not mounted
+                url = ""
+            links.append((url, name, f"{info.get('bytes', 0):,} bytes", info["sha256"]))
+        if links:
+            try:
+                url = reverse("dashboard:export_file", args=[obj.pk, "SHA256SUMS"])
+            except NoReverseMatch:
+                url = ""
+            links.append((url, "SHA256SUMS", "checksums of the files above", obj.sha256))
+        return format_html_join(mark_safe("<br>"), '<a href="{}">{}</a> · {} · <code>{}</code>', links) or "–"
+
+    @admin.display(description="Dataset card (README.md)")
+    def dataset_card(self, obj: DatasetExport) -> str:
+        return format_html("<pre style=\"white-space: pre-wrap; max-width: 70rem\">{}</pre>", obj.card) if obj.card else "–"
+
+
+def _job_link(job) -> str:
+    from django.urls import NoReverseMatch, reverse
+
+    try:
+        return format_html('<a href="{}">progress</a>', reverse("job_detail", args=[job.pk]))
+    except NoReverseMatch:
+        return ""
 
 
 @admin.register(Job)

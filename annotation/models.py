@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from django.conf import settings
 from django.db import models
-from django.db.models import F, Q
+from django.db.models import Exists, F, OuterRef, Q
 from django.utils import timezone
 
 
@@ -288,10 +288,45 @@ class JudgePanel(models.Model):
         return self.name
 
 
+class TournamentPreference(models.Model):
+    """A preference derived from one judge's knockout tournament over one sample's candidates.
+
+    A match's winner is preferred over its loser (direct) and over everyone the loser had beaten (implied,
+    by transitivity). The set is derived from the stored verdicts, so re-running the tournament replaces
+    a judge's preferences for the sample as a whole.
+    """
+
+    judge = models.ForeignKey(Judge, on_delete=models.CASCADE, related_name="tournament_preferences")
+    sample = models.ForeignKey(Sample, on_delete=models.CASCADE, related_name="tournament_preferences")
+    chosen = models.ForeignKey(Profile, on_delete=models.CASCADE, related_name="+")
+    rejected = models.ForeignKey(Profile, on_delete=models.CASCADE, related_name="+")
+    implied = models.BooleanField(default=False)
+    # The judged match this comes from: chosen vs rejected when direct, the winner's match when implied.
+    comparison = models.ForeignKey(Comparison, on_delete=models.CASCADE, related_name="tournament_preferences")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["judge", "sample", "id"]
+        constraints = [
+            models.UniqueConstraint(fields=["judge", "chosen", "rejected"], name="tournament_preference_unique"),
+            models.CheckConstraint(condition=~Q(chosen=F("rejected")), name="tournament_preference_distinct"),
+        ]
+
+    def __str__(self) -> str:
+        kind = "implied" if self.implied else "direct"
+        return f"{self.judge}: #{self.chosen_id} over #{self.rejected_id} ({kind})"
+
+
 class JudgeDisplay(models.TextChoices):
     HIDDEN = "hidden", "Hidden"
     REVEAL = "reveal", "Revealed after the vote"
     ALONGSIDE = "alongside", "Shown alongside"
+
+
+class CampaignQuerySet(models.QuerySet):
+    def for_expert(self, expert):
+        """The active campaigns this expert reviews in."""
+        return self.filter(experts=expert, is_active=True)
 
 
 class Campaign(models.Model):
@@ -305,6 +340,8 @@ class Campaign(models.Model):
     experts = models.ManyToManyField(settings.AUTH_USER_MODEL, blank=True, related_name="campaigns")
     is_active = models.BooleanField(default=True)
     created_at = models.DateTimeField(auto_now_add=True)
+
+    objects = CampaignQuerySet.as_manager()
 
     class Meta:
         ordering = ["-created_at"]
@@ -324,13 +361,32 @@ class Choice(models.TextChoices):
     BOTH_BAD = "both_bad", "Both bad"
 
 
+class CampaignItemQuerySet(models.QuerySet):
+    def next_for(self, expert, campaign: Campaign):
+        """The items this expert may be given next in the campaign, least reviewed first.
+
+        Never a comparison the expert already has, in any campaign (a vote is unique per expert and
+        comparison). Gold items go to every expert, so the overlap does not cap them.
+        """
+        already = Assignment.objects.filter(expert=expert, item__comparison=OuterRef("comparison"))
+        return (
+            self.filter(campaign=campaign)
+            .filter(Q(assignment_count__lt=campaign.overlap) | ~Q(gold_answer=""))
+            .filter(~Exists(already))
+            .order_by("assignment_count", "id")
+        )
+
+
 class CampaignItem(models.Model):
     campaign = models.ForeignKey(Campaign, on_delete=models.CASCADE, related_name="items")
     comparison = models.ForeignKey(Comparison, on_delete=models.CASCADE, related_name="campaign_items")
     # Gold items carry a known answer and measure each expert's calibration.
     gold_answer = models.CharField(max_length=8, choices=Choice.choices, blank=True)
-    # Denormalised count so "least reviewed first" is one indexed ORDER BY, not a join per request.
+    # Live assignments that count toward the overlap (skips give theirs back; gold items, shown to every
+    # expert, never count). Denormalised so "least reviewed first" is one indexed ORDER BY, not a join.
     assignment_count = models.PositiveSmallIntegerField(default=0)
+
+    objects = CampaignItemQuerySet.as_manager()
 
     class Meta:
         ordering = ["campaign", "id"]
@@ -343,6 +399,12 @@ class CampaignItem(models.Model):
         return f"{self.campaign} · {self.comparison}"
 
 
+class AssignmentQuerySet(models.QuerySet):
+    def open(self):
+        """Given to the expert and still waiting: neither voted on nor skipped."""
+        return self.filter(vote__isnull=True, skipped_at__isnull=True)
+
+
 class Assignment(models.Model):
     item = models.ForeignKey(CampaignItem, on_delete=models.CASCADE, related_name="assignments")
     expert = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="assignments")
@@ -351,6 +413,11 @@ class Assignment(models.Model):
     created_at = models.DateTimeField(auto_now_add=True)
     shown_at = models.DateTimeField(null=True, blank=True)
     skipped_at = models.DateTimeField(null=True, blank=True)
+    # Set in the vote's own transaction by a conditional UPDATE that only one request can win, so a double
+    # submit, a stale page or a skip from another tab can never add a second answer (on SQLite too).
+    voted_at = models.DateTimeField(null=True, blank=True)
+
+    objects = AssignmentQuerySet.as_manager()
 
     class Meta:
         ordering = ["created_at"]
@@ -360,6 +427,11 @@ class Assignment(models.Model):
 
     def __str__(self) -> str:
         return f"{self.expert} · {self.item}"
+
+
+class VoteQuerySet(models.QuerySet):
+    def in_campaign(self, campaign: Campaign):
+        return self.filter(assignment__item__campaign=campaign)
 
 
 class Vote(models.Model):
@@ -378,6 +450,8 @@ class Vote(models.Model):
     seconds_spent = models.FloatField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
+
+    objects = VoteQuerySet.as_manager()
 
     class Meta:
         ordering = ["created_at"]
@@ -425,6 +499,8 @@ class DatasetExport(models.Model):
     policy = models.CharField(max_length=20, choices=ExportPolicy.choices)
     format = models.CharField(max_length=8, choices=ExportFormat.choices, default=ExportFormat.JSONL)
     campaign = models.ForeignKey(Campaign, null=True, blank=True, on_delete=models.SET_NULL)
+    # Judge policies count only this panel's judges, at its threshold; empty means every judge, unanimous.
+    panel = models.ForeignKey(JudgePanel, null=True, blank=True, on_delete=models.SET_NULL)
     # Ties and "both bad": dropped, or written as unpaired negatives (KTO).
     ties_as_kto = models.BooleanField(default=False)
     test_fraction = models.FloatField(default=0.1)

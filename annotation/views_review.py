@@ -1,0 +1,266 @@
+"""The expert review screen: the queue, the comparison, and the answers to it.
+
+One round trip per judgment: an htmx POST is answered with the next comparison's partial; the same forms
+posted without JavaScript are answered with a redirect to the next screen.
+"""
+
+from __future__ import annotations
+
+from functools import wraps
+from time import perf_counter, process_time
+
+from django import forms
+from django.contrib import messages
+from django.db import connection
+from django.db.models import Exists, OuterRef, Subquery
+from django.http import HttpRequest, HttpResponse, QueryDict
+from django.shortcuts import get_object_or_404, redirect, render
+from django.views.decorators.http import require_GET, require_POST
+
+from . import assignments
+from .assignments import Progress
+from .models import Assignment, Campaign, JudgeDisplay, JudgeVerdict, Vote
+from .review import DISPLAY_CHOICES, FLAGS, Pair, build_screen, display_choices, render_guidelines
+from .roles import expert_required
+
+PAGE = "annotation/compare.html"
+PANEL = "annotation/compare.html#vote-panel"
+ALREADY_ANSWERED = "That pair already had your answer, which stands. Here is the next one."
+NOT_REVISABLE = "That answer can no longer be changed. Here is the next pair."
+NOTHING_TO_UNDO = "Nothing to undo: that vote is no longer your latest."
+MISSING_CHOICE = "Choose A, B, tie or both bad first."
+
+
+class VoteForm(forms.Form):
+    choice = forms.ChoiceField(choices=[(value, label) for value, label, _ in DISPLAY_CHOICES])
+    rationale = forms.CharField(required=False, max_length=4000)
+
+
+def server_timing(view):
+    """Adds a Server-Timing header: the view's wall and CPU time and its SQL queries (see bench/review_load.py).
+
+    CPU time is what the request itself cost; wall time also holds waiting for the database and for a busy
+    machine's cores.
+    """
+
+    @wraps(view)
+    def timed(request: HttpRequest, *args, **kwargs) -> HttpResponse:
+        query_seconds: list[float] = []
+
+        def measure(execute, sql, params, many, context):
+            start = perf_counter()
+            try:
+                return execute(sql, params, many, context)
+            finally:
+                query_seconds.append(perf_counter() - start)
+
+        start, start_cpu = perf_counter(), process_time()
+        with connection.execute_wrapper(measure):
+            response = view(request, *args, **kwargs)
+        total_ms, cpu_ms = (perf_counter() - start) * 1000, (process_time() - start_cpu) * 1000
+        response["Server-Timing"] = (
+            f"app;dur={total_ms:.2f}, cpu;dur={cpu_ms:.2f}, "
+            f'db;dur={sum(query_seconds) * 1000:.2f};desc="{len(query_seconds)} queries"'
+        )
+        return response
+
+    return timed
+
+
+def _get_campaign_for_expert(request: HttpRequest, pk: int) -> Campaign:
+    return get_object_or_404(Campaign.objects.for_expert(request.user), pk=pk)
+
+
+def _get_assignment_for_expert(request: HttpRequest, pk: int) -> Assignment:
+    """The expert's own assignment in one of their active campaigns, with all the screen and answers need."""
+    mine = Assignment.objects.filter(expert=request.user, item__campaign__experts=request.user,
+                                     item__campaign__is_active=True)
+    others_open = Assignment.objects.open().filter(expert=request.user, item__campaign=OuterRef("item__campaign"))
+    latest_vote = Vote.objects.filter(expert=request.user, assignment__item__campaign=OuterRef("item__campaign"))
+    queryset = mine.select_related(
+        "vote", "item__campaign", "item__comparison__sample", "item__comparison__profile_a",
+        "item__comparison__profile_b",
+    ).annotate(
+        others_open=Exists(others_open.exclude(pk=OuterRef("pk"))),
+        latest_vote_id=Subquery(latest_vote.order_by("-created_at", "-pk").values("pk")[:1]),
+    )
+    return get_object_or_404(queryset, pk=pk)
+
+
+def _vote_of(assignment: Assignment) -> Vote | None:
+    return getattr(assignment, "vote", None)
+
+
+def _is_revisable(assignment: Assignment) -> bool:
+    vote = _vote_of(assignment)
+    return (vote is not None and vote.pk == assignment.latest_vote_id
+            and assignment.item.campaign.judge_display == JudgeDisplay.REVEAL)
+
+
+def _verdicts(campaign: Campaign, assignment: Assignment, *, revealed: bool) -> list[JudgeVerdict] | None:
+    """The campaign judge's verdicts on the pair, when this display mode shows them now; None otherwise."""
+    shown = (campaign.judge_display == JudgeDisplay.ALONGSIDE
+             or campaign.judge_display == JudgeDisplay.REVEAL and revealed)
+    if not shown or campaign.judge_id is None:
+        return None
+    return list(JudgeVerdict.objects.filter(comparison_id=assignment.item.comparison_id, judge_id=campaign.judge_id))
+
+
+def _render(request: HttpRequest, campaign: Campaign, assignment: Assignment | None, progress: Progress, *,
+            notice: str = "", error: str = "", revealed: bool = False, posted: QueryDict | None = None,
+            verdicts: list[JudgeVerdict] | None = None, status: int = 200) -> HttpResponse:
+    """The comparison screen: the whole page, or just the panel for htmx. ``verdicts``: if already fetched."""
+    screen = None
+    if assignment is not None:
+        documents = list(assignment.item.comparison.sample.ordered_documents())
+        if verdicts is None:
+            verdicts = _verdicts(campaign, assignment, revealed=revealed)
+        screen = build_screen(assignment, documents, verdicts, revealed=revealed, posted=posted)
+    context = {
+        "campaign": campaign,
+        "screen": screen,
+        "progress": progress,
+        "choices": display_choices(screen.choice if screen else ""),
+        "flag_labels": FLAGS,
+        "notice": notice,
+        "error": error,
+    }
+    if request.htmx:
+        return render(request, PANEL, context, status=status)
+    context["guidelines"] = render_guidelines(campaign.guidelines) if campaign.guidelines else ""
+    return render(request, PAGE, context, status=status)
+
+
+def _next(request: HttpRequest, campaign: Campaign, *, notice: str = "", may_have_open: bool = True) -> HttpResponse:
+    """After an answer: the next comparison (htmx), or a redirect to it (a plain form post)."""
+    if not request.htmx:
+        if notice:
+            messages.info(request, notice)
+        return redirect("annotation:campaign", campaign.pk)
+    assignment, progress = assignments.next_assignment(request.user, campaign, may_have_open=may_have_open)
+    return _render(request, campaign, assignment, progress, notice=notice)
+
+
+@server_timing
+@expert_required
+@require_GET
+def queue(request: HttpRequest) -> HttpResponse:
+    """The expert's next comparison, in the oldest campaign that has one; else where they stand."""
+    campaigns = list(Campaign.objects.for_expert(request.user).order_by("created_at"))
+    for campaign in campaigns:
+        if assignments.has_work(request.user, campaign):
+            return redirect("annotation:campaign", campaign.pk)
+    standing = [(campaign, assignments.campaign_progress(campaign, request.user)) for campaign in campaigns]
+    return render(request, "annotation/queue.html", {"standing": standing})
+
+
+@server_timing
+@expert_required
+@require_GET
+def campaign_queue(request: HttpRequest, pk: int) -> HttpResponse:
+    campaign = _get_campaign_for_expert(request, pk)
+    assignment, progress = assignments.next_assignment(request.user, campaign)
+    return _render(request, campaign, assignment, progress)
+
+
+@server_timing
+@expert_required
+@require_GET
+def assignment_detail(request: HttpRequest, pk: int) -> HttpResponse:
+    """One pair: open for a vote, or revealed for revision right after a reveal-after-vote vote."""
+    assignment = _get_assignment_for_expert(request, pk)
+    campaign = assignment.item.campaign
+    open_ = _vote_of(assignment) is None and assignment.skipped_at is None
+    if not open_ and not _is_revisable(assignment):
+        return redirect("annotation:campaign", campaign.pk)
+    progress = assignments.campaign_progress(campaign, request.user)
+    return _render(request, campaign, assignment, progress, revealed=not open_)
+
+
+@server_timing
+@expert_required
+@require_POST
+def vote(request: HttpRequest, pk: int) -> HttpResponse:
+    assignment = _get_assignment_for_expert(request, pk)
+    campaign = assignment.item.campaign
+    if _vote_of(assignment) is not None or assignment.skipped_at is not None:
+        return _next(request, campaign, notice=ALREADY_ANSWERED, may_have_open=assignment.others_open)
+    form = VoteForm(request.POST)
+    if not form.is_valid():
+        progress = assignments.campaign_progress(campaign, request.user)
+        return _render(request, campaign, assignment, progress, error=MISSING_CHOICE, posted=request.POST,
+                       status=422)
+    pair = Pair.of(assignment)
+    recorded = assignments.record_vote(
+        assignment,
+        choice=pair.canonical_choice(form.cleaned_data["choice"]),
+        rationale=form.cleaned_data["rationale"],
+        flags=pair.flags_from(request.POST),
+    )
+    if recorded is None:
+        return _next(request, campaign, notice=ALREADY_ANSWERED, may_have_open=assignment.others_open)
+    if campaign.judge_display == JudgeDisplay.REVEAL:
+        return _reveal(request, campaign, assignment, recorded)
+    return _next(request, campaign, may_have_open=assignment.others_open)
+
+
+def _reveal(request: HttpRequest, campaign: Campaign, assignment: Assignment, recorded: Vote) -> HttpResponse:
+    """Show the judge's verdict on the pair just voted on, so the expert may revise; straight on if none."""
+    verdicts = _verdicts(campaign, assignment, revealed=True)
+    if not verdicts or not any(verdict.is_valid for verdict in verdicts):
+        return _next(request, campaign, may_have_open=assignment.others_open)
+    if not request.htmx:
+        return redirect("annotation:assignment", assignment.pk)
+    assignment.vote = recorded
+    progress = assignments.campaign_progress(campaign, request.user)
+    return _render(request, campaign, assignment, progress, revealed=True, verdicts=verdicts)
+
+
+@server_timing
+@expert_required
+@require_POST
+def skip(request: HttpRequest, pk: int) -> HttpResponse:
+    assignment = _get_assignment_for_expert(request, pk)
+    skipped = assignments.skip(assignment)
+    return _next(request, assignment.item.campaign, notice="" if skipped else ALREADY_ANSWERED,
+                 may_have_open=assignment.others_open)
+
+
+@server_timing
+@expert_required
+@require_POST
+def revise(request: HttpRequest, pk: int) -> HttpResponse:
+    """The expert's final answer after the reveal; only their latest vote, only in reveal campaigns."""
+    assignment = _get_assignment_for_expert(request, pk)
+    campaign = assignment.item.campaign
+    if not _is_revisable(assignment):
+        return _next(request, campaign, notice=NOT_REVISABLE, may_have_open=assignment.others_open)
+    form = VoteForm(request.POST)
+    if not form.is_valid():
+        progress = assignments.campaign_progress(campaign, request.user)
+        return _render(request, campaign, assignment, progress, error=MISSING_CHOICE, revealed=True,
+                       posted=request.POST, status=422)
+    pair = Pair.of(assignment)
+    assignments.revise(
+        assignment.vote,
+        choice=pair.canonical_choice(form.cleaned_data["choice"]),
+        rationale=form.cleaned_data["rationale"],
+        flags=pair.flags_from(request.POST),
+    )
+    return _next(request, campaign, may_have_open=assignment.others_open)
+
+
+@server_timing
+@expert_required
+@require_POST
+def undo(request: HttpRequest, pk: int) -> HttpResponse:
+    """Take back the expert's latest vote in the campaign (named by the form) and show that pair again."""
+    campaign = _get_campaign_for_expert(request, pk)
+    vote_id = request.POST.get("undo_vote", "")
+    reopened = assignments.undo_last_vote(request.user, campaign, int(vote_id)) if vote_id.isdigit() else None
+    if reopened is None:
+        return _next(request, campaign, notice=NOTHING_TO_UNDO)
+    if not request.htmx:
+        return redirect("annotation:assignment", reopened)
+    assignment = _get_assignment_for_expert(request, reopened)
+    return _render(request, campaign, assignment, assignments.campaign_progress(campaign, request.user))

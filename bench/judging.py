@@ -1,0 +1,172 @@
+"""Judging throughput against a real OpenAI-compatible server: concurrent vs sequential requests.
+
+    .venv/bin/python bench/judging.py [--comparisons 6] [--concurrency 6] [--max-tokens 32] [--no-continuous-batching]
+
+Starts `transformers serve` on the offline model (SmolLM2-135M-Instruct, CPU) on 127.0.0.1, builds judge
+prompts for made-up comparisons, and judges every comparison in both orders through the same backend the
+judging jobs use (``annotation.judging.OpenAIJudgeBackend``: a thread pool limited by the judge's
+concurrency, the openai client with its retries) — once with concurrency 1, once with ``--concurrency``.
+Nothing is written to the database. Prints judged comparisons per second for both and the ratio.
+
+By default the server runs with ``--continuous-batching`` so that concurrent requests share the model's
+forward passes, with a small paged KV cache (CB_FLAGS): with its defaults on CPU the server reserved
+~13 GB and requests timed out. Without continuous batching, concurrent requests on CPU were measured no
+faster than sequential ones (they compete for the same cores).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "compx_site.settings")
+
+ABSTRACTS = [
+    ("Graph neural networks for protein structure refinement",
+     "We present a message-passing network that refines predicted protein backbones by iteratively updating "
+     "residue frames, improving the median GDT-TS of predictions by 2.1 points on CASP15 targets."),
+    ("Weak-lensing masses of galaxy clusters",
+     "We infer cluster masses from shear catalogues with a hierarchical Bayesian model of miscentring and "
+     "photometric redshift errors, tightening constraints on sigma_8."),
+]
+PROFILES = [
+    'Domain: "Computational structural biology"\n\nCompetencies:\n- Geometric deep learning: message-passing '
+    "networks on residue frames.\n- Protein structure refinement: improves predicted backbones.\n- Benchmarking: "
+    "CASP15 evaluation with GDT-TS.",
+    'Domain: "Cosmology"\n\nCompetencies:\n- Weak lensing: cluster masses from shear.\n- Bayesian modelling: '
+    "hierarchical models of systematics.\n- Python programming: writes code.",
+    'Domain: "Science"\n\nCompetencies:\n- Research: does research.\n- Writing: writes papers.\n- Teamwork: works '
+    "with others.",
+]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+# 256 blocks of 32 tokens: room for ~16 judge prompts of ~500 tokens in flight, ~1 GB in all.
+CB_FLAGS = ["--continuous-batching", "--cb-num-blocks", "256", "--cb-block-size", "32", "--cb-max-batch-tokens", "2048"]
+
+
+def start_server(model_dir: Path, port: int, continuous_batching: bool, log: Path) -> subprocess.Popen:
+    command = [str(Path(sys.executable).parent / "transformers"), "serve", str(model_dir), "--host", "127.0.0.1",
+               "--port", str(port), "--device", "cpu"]
+    if continuous_batching:
+        command += CB_FLAGS
+    with log.open("w") as out:
+        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise SystemExit(f"transformers serve exited:\n{log.read_text()[-2000:]}")
+        try:
+            if urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1).status == 200:
+                return process
+        except OSError:
+            time.sleep(0.5)
+    process.kill()
+    raise SystemExit("transformers serve did not become healthy within 180 s")
+
+
+def prompts(n: int) -> list[list[dict]]:
+    """Both presentation orders of n comparisons (pairs of the profiles above, cycled)."""
+    from annotation.prompts import build_judge_messages
+
+    pairs = [(PROFILES[i % 3], PROFILES[(i + 1) % 3]) for i in range(n)]
+    return [build_judge_messages(ABSTRACTS, *shown) for a, b in pairs for shown in ((a, b), (b, a))]
+
+
+def judge_all(backend, conversations) -> tuple[float, int, int]:
+    """Seconds for all requests, how many answers were valid, completion tokens."""
+    started = time.perf_counter()
+    results = [result for _, result in backend.run(conversations)]
+    seconds = time.perf_counter() - started
+    valid = sum(getattr(r, "verdict", None) is not None and r.verdict.valid for r in results)
+    tokens = sum(getattr(r, "completion_tokens", 0) or 0 for r in results)
+    failed = [str(r) for r in results if not hasattr(r, "verdict")]
+    if failed:
+        raise SystemExit(f"{len(failed)} requests failed: {failed[0]}")
+    return seconds, valid, tokens
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--comparisons", type=int, default=6, help="comparisons per run, 2 requests each (default 6)")
+    parser.add_argument("--concurrency", type=int, default=6, help="requests in flight in the concurrent run")
+    parser.add_argument("--max-tokens", type=int, default=32, help="max tokens per answer (default 32)")
+    parser.add_argument("--no-continuous-batching", action="store_true", help="serve without continuous batching")
+    parser.add_argument("--json", type=Path, help="also write the numbers to this JSON file")
+    args = parser.parse_args()
+    # A SIGTERM (e.g. from `timeout`) must still stop the server in the `finally` below.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+
+    import django
+
+    django.setup()
+    from django.conf import settings
+
+    from annotation import judging
+    from annotation.models import Backend, Judge
+    from training.ml.models import default_model_dir
+
+    model_dir = default_model_dir(settings.MODEL_CACHE_DIR)
+    port = free_port()
+    batching = not args.no_continuous_batching
+    log = settings.VAR_DIR / "bench-judging-server.log"
+    t0 = time.perf_counter()
+    server = start_server(model_dir, port, batching, log)
+    print(f"server: transformers serve {model_dir.name} on CPU, continuous batching {'on' if batching else 'off'}, "
+          f"ready in {time.perf_counter() - t0:.0f}s (log: {log})")
+    try:
+        def backend(concurrency: int):
+            judge = Judge(name=f"bench-{concurrency}", backend=Backend.OPENAI, model=str(model_dir),
+                          base_url=f"http://127.0.0.1:{port}/v1", max_tokens=args.max_tokens, temperature=0,
+                          concurrency=concurrency)
+            return judging.OpenAIJudgeBackend(judge)
+
+        conversations = prompts(args.comparisons)
+        judge_all(backend(1), conversations[:2])  # warm-up: first-request costs are paid by nobody
+        print(f"{args.comparisons} comparisons x 2 orders = {len(conversations)} requests, "
+              f"max_tokens {args.max_tokens}")
+        seq_s, seq_valid, seq_tokens = judge_all(backend(1), conversations)
+        seq_rate = args.comparisons / seq_s
+        print(f"sequential (concurrency 1): {seq_s:.1f}s = {seq_rate:.3f} comparisons/s "
+              f"({seq_tokens / seq_s:.1f} tok/s, {seq_valid}/{len(conversations)} answers valid JSON verdicts)")
+        con_s, con_valid, con_tokens = judge_all(backend(args.concurrency), conversations)
+        con_rate = args.comparisons / con_s
+        print(f"concurrent (concurrency {args.concurrency}): {con_s:.1f}s = {con_rate:.3f} comparisons/s "
+              f"({con_tokens / con_s:.1f} tok/s, {con_valid}/{len(conversations)} answers valid JSON verdicts)")
+        print(f"ratio (concurrent / sequential): {con_rate / seq_rate:.2f}x")
+        if args.json:
+            args.json.write_text(json.dumps({
+                "comparisons": args.comparisons, "requests": len(conversations), "max_tokens": args.max_tokens,
+                "continuous_batching": batching, "concurrency": args.concurrency,
+                "sequential": {"seconds": seq_s, "comparisons_per_s": seq_rate, "tokens": seq_tokens},
+                "concurrent": {"seconds": con_s, "comparisons_per_s": con_rate, "tokens": con_tokens},
+                "ratio": con_rate / seq_rate,
+            }, indent=2))
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            server.kill()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,389 @@
+"""Load benchmark of the expert review screen: real gunicorn on PostgreSQL, simulated experts voting over HTTP.
+
+    .venv/bin/python bench/review_load.py                      # 50 experts, queues of 1000 and 10000 pairs
+    .venv/bin/python bench/review_load.py --experts 20 --votes 10 --sizes 100,1000
+
+What it does: creates a throwaway database on the PostgreSQL server of $BENCH_DATABASE_URL (default
+postgres://postgres@127.0.0.1:5432/compx_bench_review), migrates it, seeds one campaign per queue size
+(overlap 3; half of each queue already answered by earlier experts, so the counts it scans are realistic),
+starts gunicorn on 127.0.0.1, and lets every expert log in through the login form and answer ``--votes``
+pairs per campaign from its own thread, all at once, through the htmx vote endpoint: one request per
+judgment, answered with the next pair. Every 10th vote is sent twice (a double submit) and must be refused.
+
+What it prints: per queue size, the server time of vote-plus-next at p50/p95 from the view's own
+Server-Timing header (so the queueing of 50 clients on a few workers does not count), its CPU time (what
+the request cost, whatever else the machine is doing), the SQL queries per round trip (must not grow with
+the queue), the client-side latency, the machine's load average, and the lost and duplicate votes found in
+the database afterwards (must be 0). Exits 1 when a check fails.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlparse
+
+REPO = Path(__file__).resolve().parent.parent
+DEFAULT_URL = "postgres://postgres@127.0.0.1:5432/compx_bench_review"
+PASSWORD = "bench-password-not-secret"
+OVERLAP = 3
+# Earlier experts who answered the first half of each queue before the run.
+EARLIER = 3
+TOPICS = ["Bayesian statistics", "Molecular dynamics", "Protein structure", "Deep learning", "Cryo-EM imaging",
+          "Genome assembly", "Climate modelling", "Graph algorithms", "Survey methodology", "Causal inference",
+          "Optimisation", "Signal processing", "Population genetics", "Natural language processing"]
+
+
+@dataclass
+class Config:
+    experts: int = 50
+    votes: int = 20  # per expert and campaign
+    # Pairs per campaign: the two queue sizes compared. Half of each is answered already; the rest must not run
+    # dry (experts × votes ≤ size / 2 × overlap), or the last round trips would be "nothing left" pages.
+    sizes: tuple[int, ...] = (1000, 10000)
+    workers: int = 4  # gunicorn sync workers
+    display: str = "hidden"  # the campaigns' judge display mode
+    database_url: str = os.environ.get("BENCH_DATABASE_URL", DEFAULT_URL)
+
+
+@dataclass
+class Sample:
+    server_ms: float
+    cpu_ms: float
+    db_ms: float
+    queries: int
+    client_ms: float
+
+
+@dataclass
+class Result:
+    samples: dict[int, list[Sample]] = field(default_factory=dict)
+    confirmed: dict[int, list[tuple[str, int]]] = field(default_factory=dict)  # size → (expert, assignment)
+    double_submits: int = 0
+    double_refused: int = 0
+    errors: list[str] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+def main(config: Config) -> int:
+    # Create the database and point Django at it
+    _recreate_database(config.database_url)
+    os.environ["DATABASE_URL"] = config.database_url
+    sys.path.insert(0, str(REPO))
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "compx_site.settings")
+    import django
+
+    django.setup()
+    from django.db import connections
+
+    try:
+        return 0 if _bench(config) else 1
+    finally:
+        connections.close_all()
+        _drop_database(config.database_url)
+
+
+def _bench(config: Config) -> bool:
+    from django.core.management import call_command
+
+    call_command("migrate", verbosity=0)
+
+    # Seed
+    started = time.perf_counter()
+    campaigns = {size: _seed_campaign(size, config) for size in config.sizes}
+    experts = _seed_experts(config.experts, list(campaigns.values()))
+    print(f"seeded {', '.join(map(str, config.sizes))} pairs in {time.perf_counter() - started:.1f} s", flush=True)
+
+    # Serve and vote
+    port = _free_port()
+    server = _start_gunicorn(config, port)
+    try:
+        _wait_until_serving(port)
+        result = _run_experts(f"http://127.0.0.1:{port}", experts, campaigns, config)
+    finally:
+        server.terminate()
+        server.wait(timeout=60)
+
+    # Check and report
+    return _report(config, campaigns, result)
+
+
+def _admin_connection(url: str):
+    import psycopg
+
+    parts = urlparse(url)
+    return psycopg.connect(host=parts.hostname, port=parts.port or 5432, user=parts.username or "postgres",
+                           password=parts.password, dbname="postgres", autocommit=True)
+
+
+def _recreate_database(url: str) -> None:
+    name = urlparse(url).path.lstrip("/")
+    with _admin_connection(url) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        conn.execute(f'CREATE DATABASE "{name}"')
+
+
+def _drop_database(url: str) -> None:
+    with _admin_connection(url) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{urlparse(url).path.lstrip("/")}" WITH (FORCE)')
+
+
+def _seed_campaign(size: int, config: Config):
+    """A campaign of ``size`` pairs from samples of 8 candidates (28 pairs each), half already answered."""
+    from itertools import combinations
+
+    from django.contrib.auth import get_user_model
+    from django.utils import timezone
+
+    from annotation.models import (
+        Assignment, Campaign, CampaignItem, Comparison, Document, Generator, Judge, JudgeVerdict, Profile, Sample,
+        SampleDocument, Vote,
+    )
+
+    rng = random.Random(size)
+    generator, _ = Generator.objects.get_or_create(name="bench")
+    judge = Judge.objects.get_or_create(name="bench", model="bench")[0] if config.display == "alongside" else None
+    campaign = Campaign.objects.create(name=f"bench-{size}", overlap=OVERLAP, judge_display=config.display,
+                                       judge=judge)
+    comparisons: list[Comparison] = []
+    for s in range(-(-size // 28)):
+        sample = Sample.objects.create(name=f"bench-{size}-{s}")
+        documents = Document.objects.bulk_create(
+            Document(external_id=f"bench-{size}-{s}-{d}", title=f"On {rng.choice(TOPICS).lower()} ({d})",
+                     abstract=" ".join(f"We study {rng.choice(TOPICS).lower()} with new methods." for _ in range(8)),
+                     content_hash=f"{size}-{s}-{d}")
+            for d in range(4)
+        )
+        SampleDocument.objects.bulk_create(SampleDocument(sample=sample, document=d, position=i)
+                                           for i, d in enumerate(documents))
+        profiles = Profile.objects.bulk_create(
+            Profile(sample=sample, generator=generator, candidate_index=c, is_valid=True, raw_text="(bench)",
+                    domain=f"Profile {c}", competencies=[{"name": t, "description": f"Shows {t.lower()}."}
+                                                         for t in rng.sample(TOPICS, 5)])
+            for c in range(8)
+        )
+        comparisons += Comparison.objects.bulk_create(Comparison(sample=sample, profile_a=a, profile_b=b)
+                                                      for a, b in combinations(profiles, 2))
+    items = CampaignItem.objects.bulk_create(CampaignItem(campaign=campaign, comparison=c) for c in comparisons[:size])
+    if judge:
+        JudgeVerdict.objects.bulk_create(
+            JudgeVerdict(comparison=c, judge=judge, order=order, preferred=rng.choice("ab"), is_valid=True,
+                         reasoning="Bench reasoning.")
+            for c in comparisons[:size] for order in ("ab", "ba")
+        )
+
+    # Earlier experts answered the first half: the progress counts and the queue's filters see real rows
+    earlier = [get_user_model().objects.get_or_create(username=f"earlier{i}")[0] for i in range(EARLIER)]
+    answered = items[: size // 2]
+    now = timezone.now()
+    assignments = Assignment.objects.bulk_create(
+        Assignment(item=item, expert=user, shown_at=now, voted_at=now) for item in answered for user in earlier
+    )
+    Vote.objects.bulk_create(Vote(assignment=a, expert=a.expert, comparison=a.item.comparison, choice="a",
+                                  first_choice="a", seconds_spent=10) for a in assignments)
+    CampaignItem.objects.filter(pk__in=[item.pk for item in answered]).update(assignment_count=EARLIER)
+    return campaign
+
+
+def _seed_experts(count: int, campaigns) -> list[str]:
+    from django.contrib.auth import get_user_model
+    from django.contrib.auth.hashers import make_password
+    from django.contrib.auth.models import Group
+
+    from annotation.roles import EXPERTS_GROUP
+
+    hashed = make_password(PASSWORD)
+    users = get_user_model().objects.bulk_create(
+        get_user_model()(username=f"expert{i:03}", password=hashed) for i in range(count)
+    )
+    Group.objects.get_or_create(name=EXPERTS_GROUP)[0].user_set.add(*users)
+    for campaign in campaigns:
+        campaign.experts.add(*users)
+    return [user.username for user in users]
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _start_gunicorn(config: Config, port: int) -> subprocess.Popen:
+    env = {**os.environ, "DATABASE_URL": config.database_url, "DEBUG": "0",
+           # Persistent connections, as in production: opening one per request would dominate the timing.
+           "DB_CONN_MAX_AGE": "60"}
+    server = subprocess.Popen(
+        [str(Path(sys.executable).parent / "gunicorn"), "compx_site.wsgi:application", "--bind", f"127.0.0.1:{port}",
+         "--workers", str(config.workers), "--log-level", "warning"],
+        cwd=REPO, env=env,
+    )
+    return server
+
+
+def _wait_until_serving(port: int) -> None:
+    import requests
+
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        try:
+            if requests.get(f"http://127.0.0.1:{port}/accounts/login/", timeout=10).status_code == 200:
+                return
+        except requests.RequestException:
+            time.sleep(0.5)
+    raise RuntimeError("gunicorn did not answer within 120 s")
+
+
+_SHOWN = re.compile(r'data-assignment="(\d+)"')
+_TIMING = re.compile(r'app;dur=([\d.]+), cpu;dur=([\d.]+), db;dur=([\d.]+);desc="(\d+) queries"')
+
+
+def _run_experts(base: str, experts: list[str], campaigns: dict, config: Config) -> Result:
+    from concurrent.futures import ThreadPoolExecutor
+
+    result = Result(samples={size: [] for size in campaigns}, confirmed={size: [] for size in campaigns})
+
+    # Log in through the login form first: its password hashing is deliberately slow and not what is measured
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        sessions = dict(zip(experts, pool.map(lambda name: _log_in(base, name), experts)))
+    barrier = threading.Barrier(len(experts))
+
+    def expert_session(username: str) -> None:
+        try:
+            barrier.wait()
+            for size, campaign in campaigns.items():
+                _vote_in(sessions[username], base, username, size, campaign.pk, config.votes, result)
+        except Exception as error:  # reported at the end with the others
+            with result.lock:
+                result.errors.append(f"{username}: {type(error).__name__}: {error}")
+
+    threads = [threading.Thread(target=expert_session, args=(name,)) for name in experts]
+    started = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=600)
+    print(f"{len(experts)} experts voted in {time.perf_counter() - started:.1f} s", flush=True)
+    return result
+
+
+def _log_in(base: str, username: str):
+    import requests
+
+    session = requests.Session()
+    session.get(f"{base}/accounts/login/", timeout=30)
+    response = session.post(f"{base}/accounts/login/", timeout=30, allow_redirects=False, data={
+        "username": username, "password": PASSWORD, "csrfmiddlewaretoken": session.cookies["csrftoken"]})
+    if response.status_code != 302:
+        raise RuntimeError(f"login failed with {response.status_code}")
+    return session
+
+
+def _vote_in(session, base: str, username: str, size: int, campaign_pk: int, votes: int, result: Result) -> None:
+    page = session.get(f"{base}/review/{campaign_pk}/", timeout=30).text
+    headers = {"HX-Request": "true", "X-CSRFToken": session.cookies["csrftoken"]}
+    for number in range(votes):
+        shown = _SHOWN.search(page)
+        if shown is None:
+            return  # this expert's queue ran dry
+        pk = int(shown.group(1))
+        url = f"{base}/review/assignment/{pk}/vote"
+        data = {"choice": random.choice(["left", "right", "tie", "both_bad"])}
+        start = time.perf_counter()
+        response = session.post(url, data=data, headers=headers, timeout=30)
+        client_ms = (time.perf_counter() - start) * 1000
+        response.raise_for_status()
+        timing = _TIMING.search(response.headers["Server-Timing"])
+        page = response.text
+        with result.lock:
+            result.confirmed[size].append((username, pk))
+            # The round trip that finds the queue dry brings "nothing left", not a next pair: not measured.
+            if _SHOWN.search(page):
+                server_ms, cpu_ms, db_ms, queries = timing.groups()
+                result.samples[size].append(Sample(float(server_ms), float(cpu_ms), float(db_ms), int(queries),
+                                                   client_ms))
+        if number % 10 == 9:
+            again = session.post(url, data=data, headers=headers, timeout=30)
+            with result.lock:
+                result.double_submits += 1
+                result.double_refused += "already had your answer" in again.text
+
+
+def _percentile(values: list[float], share: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(share * (len(ordered) - 1)))]
+
+
+def _report(config: Config, campaigns: dict, result: Result) -> bool:
+    from collections import Counter
+
+    from annotation.models import CampaignItem, Vote
+
+    print(f"\nreview load: {config.experts} experts × up to {config.votes} votes per campaign, gunicorn "
+          f"{config.workers} sync workers, PostgreSQL, judge display '{config.display}'")
+    print(f"{'queue':>6} {'votes':>6} {'server p50':>11} {'p95':>7} {'max':>7} {'cpu p50':>8} {'p95':>6} "
+          f"{'sql p50':>8} {'p95':>6} {'queries/trip':>13} {'client p50':>11} {'p95':>7}")
+    query_counts = {}
+    for size, samples in result.samples.items():
+        if not samples:
+            print(f"{size:>6} no votes")
+            continue
+        server = [s.server_ms for s in samples]
+        cpu = [s.cpu_ms for s in samples]
+        sql = [s.db_ms for s in samples]
+        client = [s.client_ms for s in samples]
+        counts = sorted(set(s.queries for s in samples))
+        query_counts[size] = counts
+        print(f"{size:>6} {len(samples):>6} {_percentile(server, .5):>8.1f} ms {_percentile(server, .95):>7.1f} "
+              f"{max(server):>7.1f} {_percentile(cpu, .5):>5.1f} ms {_percentile(cpu, .95):>6.1f} "
+              f"{_percentile(sql, .5):>5.1f} ms {_percentile(sql, .95):>6.1f} "
+              f"{'/'.join(map(str, counts)):>13} {_percentile(client, .5):>8.1f} ms {_percentile(client, .95):>7.1f}")
+    print(f"machine load average during the run: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
+
+    lost = duplicates = over = 0
+    for size, campaign in campaigns.items():
+        confirmed = result.confirmed[size]
+        stored = Vote.objects.in_campaign(campaign).exclude(expert__username__startswith="earlier")
+        stored_pairs = set(stored.values_list("expert__username", "assignment_id"))
+        lost += len(set(confirmed) - stored_pairs)
+        duplicates += len(confirmed) - len(set(confirmed)) + stored.count() - len(confirmed)
+        per_pair = Counter(Vote.objects.in_campaign(campaign).values_list("comparison", flat=True))
+        over += sum(1 for n in per_pair.values() if n > campaign.overlap)
+        over += CampaignItem.objects.filter(campaign=campaign, assignment_count__gt=campaign.overlap).count()
+    print(f"\nlost votes: {lost}   duplicate votes: {duplicates}   pairs over the overlap: {over}   "
+          f"double submits refused: {result.double_refused}/{result.double_submits}")
+    steady = len(query_counts) == len(campaigns) and len({tuple(c) for c in query_counts.values()}) == 1
+    print(f"queries per round trip {'do not grow' if steady else 'GROW'} with the queue size")
+    for error in result.errors[:5]:
+        print("error:", error)
+    return (not result.errors and steady and lost == duplicates == over == 0
+            and result.double_refused == result.double_submits)
+
+
+def _parse() -> Config:
+    defaults = Config()
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--experts", type=int, default=defaults.experts)
+    parser.add_argument("--votes", type=int, default=defaults.votes, help="per expert and campaign")
+    parser.add_argument("--sizes", default=",".join(map(str, defaults.sizes)), help="queue sizes, comma-separated")
+    parser.add_argument("--workers", type=int, default=defaults.workers)
+    # Reveal mode answers a vote with the verdict, not the next pair, so it is no vote-plus-next round trip.
+    parser.add_argument("--display", default=defaults.display, choices=["hidden", "alongside"])
+    args = parser.parse_args()
+    return Config(experts=args.experts, votes=args.votes, sizes=tuple(int(s) for s in args.sizes.split(",")),
+                  workers=args.workers, display=args.display)
+
+
+if __name__ == "__main__":
+    # A SIGTERM (a timeout, Ctrl-C in a CI runner) still stops gunicorn and drops the database.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    sys.exit(main(_parse()))
