@@ -1,3 +1,4 @@
+from django.conf import settings as django_settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.db import connection
@@ -36,7 +37,7 @@ def _database_ok() -> tuple[bool, str]:
 
 def _broker_ok() -> tuple[bool, str]:
     try:
-        with celery_app.connection_for_write() as conn:
+        with celery_app.connection_for_write(django_settings.CELERY_BROKER_URL) as conn:
             conn.ensure_connection(max_retries=1, timeout=2)
             return True, conn.as_uri()  # as_uri() masks any password
     except Exception as exc:
