@@ -40,16 +40,45 @@ ABSTRACTS = [
     ("Weak-lensing masses of galaxy clusters",
      "We infer cluster masses from shear catalogues with a hierarchical Bayesian model of miscentring and "
      "photometric redshift errors, tightening constraints on sigma_8."),
+    ("Nitrogen fixation in legume root nodules",
+     "Over three seasons we measured symbiotic nitrogen fixation in pea and faba bean at twelve field sites "
+     "and profiled nodule microbiomes; fixation declined with summer drought."),
+    ("A speech recogniser for Swiss German dialects",
+     "We fine-tune a self-supervised acoustic model on 80 hours of dialect speech; word error rate drops from "
+     "41% to 27% on held-out speakers."),
 ]
-PROFILES = [
-    'Domain: "Computational structural biology"\n\nCompetencies:\n- Geometric deep learning: message-passing '
-    "networks on residue frames.\n- Protein structure refinement: improves predicted backbones.\n- Benchmarking: "
-    "CASP15 evaluation with GDT-TS.",
-    'Domain: "Cosmology"\n\nCompetencies:\n- Weak lensing: cluster masses from shear.\n- Bayesian modelling: '
-    "hierarchical models of systematics.\n- Python programming: writes code.",
-    'Domain: "Science"\n\nCompetencies:\n- Research: does research.\n- Writing: writes papers.\n- Teamwork: works '
-    "with others.",
+COMPETENCIES = [
+    ("Geometric deep learning", "message-passing networks on residue frames"),
+    ("Bayesian modelling", "hierarchical models of systematic errors"),
+    ("Field ecology", "multi-site, multi-season measurements"),
+    ("Speech recognition", "fine-tuning self-supervised acoustic models"),
+    ("Research", "does research"),
+    ("Python programming", "writes code"),
 ]
+
+
+def profile(i: int) -> str:
+    picked = [COMPETENCIES[(i + k) % len(COMPETENCIES)] for k in range(3)]
+    lines = "\n".join(f"- {name}: {how} (candidate {i})." for name, how in picked)
+    return f'Domain: "Research profile {i}"\n\nCompetencies:\n{lines}'
+
+
+def prompts(first: int, n: int) -> list[list[dict]]:
+    """Both presentation orders of comparisons first … first + n − 1, every prompt different.
+
+    Each comparison gets its own pair of abstracts and its own profiles, so that no run is helped by a
+    server-side prefix cache warmed by the other run.
+    """
+    from annotation.prompts import build_judge_messages
+
+    conversations = []
+    for i in range(first, first + n):
+        abstracts = [ABSTRACTS[i % 4], ABSTRACTS[(i + 1 + i // 4) % 4]]
+        if abstracts[0] == abstracts[1]:
+            abstracts = abstracts[:1]
+        a, b = profile(2 * i), profile(2 * i + 1)
+        conversations += [build_judge_messages(abstracts, a, b), build_judge_messages(abstracts, b, a)]
+    return conversations
 
 
 def free_port() -> int:
@@ -82,14 +111,6 @@ def start_server(model_dir: Path, port: int, continuous_batching: bool, log: Pat
     raise SystemExit("transformers serve did not become healthy within 180 s")
 
 
-def prompts(n: int) -> list[list[dict]]:
-    """Both presentation orders of n comparisons (pairs of the profiles above, cycled)."""
-    from annotation.prompts import build_judge_messages
-
-    pairs = [(PROFILES[i % 3], PROFILES[(i + 1) % 3]) for i in range(n)]
-    return [build_judge_messages(ABSTRACTS, *shown) for a, b in pairs for shown in ((a, b), (b, a))]
-
-
 def judge_all(backend, conversations) -> tuple[float, int, int]:
     """Seconds for all requests, how many answers were valid, completion tokens."""
     started = time.perf_counter()
@@ -117,6 +138,10 @@ def main() -> int:
     import django
 
     django.setup()
+    import logging
+
+    for noisy in ("httpx", "httpx2"):  # one line per request drowns the result; retries still show
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     from django.conf import settings
 
     from annotation import judging
@@ -138,14 +163,15 @@ def main() -> int:
                           concurrency=concurrency)
             return judging.OpenAIJudgeBackend(judge)
 
-        conversations = prompts(args.comparisons)
-        judge_all(backend(1), conversations[:2])  # warm-up: first-request costs are paid by nobody
-        print(f"{args.comparisons} comparisons x 2 orders = {len(conversations)} requests, "
-              f"max_tokens {args.max_tokens}")
+        judge_all(backend(1), prompts(10_000, 1))  # warm-up: first-request costs are paid by nobody
+        print(f"{args.comparisons} comparisons x 2 orders = {2 * args.comparisons} requests per run, different "
+              f"prompts in each run; max_tokens {args.max_tokens}")
+        conversations = prompts(0, args.comparisons)
         seq_s, seq_valid, seq_tokens = judge_all(backend(1), conversations)
         seq_rate = args.comparisons / seq_s
         print(f"sequential (concurrency 1): {seq_s:.1f}s = {seq_rate:.3f} comparisons/s "
               f"({seq_tokens / seq_s:.1f} tok/s, {seq_valid}/{len(conversations)} answers valid JSON verdicts)")
+        conversations = prompts(args.comparisons, args.comparisons)
         con_s, con_valid, con_tokens = judge_all(backend(args.concurrency), conversations)
         con_rate = args.comparisons / con_s
         print(f"concurrent (concurrency {args.concurrency}): {con_s:.1f}s = {con_rate:.3f} comparisons/s "
@@ -153,7 +179,7 @@ def main() -> int:
         print(f"ratio (concurrent / sequential): {con_rate / seq_rate:.2f}x")
         if args.json:
             args.json.write_text(json.dumps({
-                "comparisons": args.comparisons, "requests": len(conversations), "max_tokens": args.max_tokens,
+                "comparisons": args.comparisons, "requests": 2 * args.comparisons, "max_tokens": args.max_tokens,
                 "continuous_batching": batching, "concurrency": args.concurrency,
                 "sequential": {"seconds": seq_s, "comparisons_per_s": seq_rate, "tokens": seq_tokens},
                 "concurrent": {"seconds": con_s, "comparisons_per_s": con_rate, "tokens": con_tokens},

@@ -17,5 +17,6 @@ urlpatterns = [
     path("jobs/<int:pk>/cancel", annotation_views.job_cancel, name="job_cancel"),
     path("review/", include("annotation.urls")),
     path("admin-tools/", include("annotation.dashboard_urls")),
+    path("training/", include("training.urls")),
     path("admin/", admin.site.urls),
 ]

@@ -1,6 +1,15 @@
-from django.contrib import admin
+from django.contrib import admin, messages
+from django.shortcuts import redirect
+from django.template.response import TemplateResponse
+from django.urls import reverse
+from django.utils.html import format_html
 
+from .evaluation import request_cancel as cancel_evaluation
+from .evaluation import start_evaluation
+from .forms import EvaluationForm, StartTrainingForm
+from .liveness import mark_stale
 from .models import EvaluationRun, TrainingLogEntry, TrainingRun
+from .runs import TrainingError, request_cancel, resume_training, start_training
 
 
 class TrainingLogInline(admin.TabularInline):
@@ -10,20 +19,110 @@ class TrainingLogInline(admin.TabularInline):
     fields = ["step", "epoch", "loss", "reward_accuracy", "reward_margin", "learning_rate", "elapsed_s"]
     readonly_fields = fields
 
+    def has_add_permission(self, request, obj=None):
+        return False
+
 
 @admin.register(TrainingRun)
 class TrainingRunAdmin(admin.ModelAdmin):
-    list_display = ["name", "export", "base_model", "status", "step", "total_steps", "created_at", "finished_at"]
+    list_display = ["name", "live_page", "export", "base_model", "status", "progress", "created_at", "finished_at"]
     list_filter = ["status"]
     search_fields = ["name", "base_model"]
-    readonly_fields = ["status", "step", "total_steps", "latest_metrics", "output_dir", "error", "heartbeat_at",
-                       "started_at", "finished_at", "created_by"]
+    readonly_fields = ["live_page", "export", "base_model", "config", "status", "step", "total_steps",
+                       "latest_metrics", "output_dir", "message", "error", "cancel_requested", "resumed_from",
+                       "worker", "heartbeat_at", "created_by", "started_at", "finished_at"]
+    fields = ["name", *readonly_fields]
     inlines = [TrainingLogInline]
+    actions = ["cancel_runs", "resume_runs"]
+
+    @admin.display(description="Run page")
+    def live_page(self, obj: TrainingRun) -> str:
+        return format_html('<a href="{}">open</a>', reverse("training:run", args=[obj.pk])) if obj.pk else "–"
+
+    @admin.display(description="Progress")
+    def progress(self, obj: TrainingRun) -> str:
+        return f"{obj.step}/{obj.total_steps or '?'} ({obj.percent}%)"
+
+    def changelist_view(self, request, extra_context=None):
+        mark_stale()  # a dead worker's run shows as failed, not running, in the list
+        return super().changelist_view(request, extra_context)
+
+    def add_view(self, request, form_url="", extra_context=None):
+        """The "Add" button opens the start form: a run is started, never typed in."""
+        if not self.has_add_permission(request):
+            return redirect("admin:training_trainingrun_changelist")
+        initial = {"export": request.GET.get("export")} if request.GET.get("export") else None
+        form = StartTrainingForm(request.POST or None, initial=initial)
+        if request.method == "POST" and form.is_valid():
+            try:
+                run = start_training(form.cleaned_data["export"], form.config_values(), name=form.cleaned_data["name"],
+                                     use_test_split=form.cleaned_data["use_test_split"], user=request.user)
+            except TrainingError as exc:
+                form.add_error(None, str(exc))
+            else:
+                self.message_user(request, f"Training run “{run.name}” queued for a training worker.", messages.SUCCESS)
+                return redirect("training:run", pk=run.pk)
+        context = {**self.admin_site.each_context(request), "form": form, "title": "Start a training run",
+                   "opts": self.model._meta}
+        return TemplateResponse(request, "admin/training/trainingrun/start.html", context)
+
+    @admin.action(description="Cancel the selected runs")
+    def cancel_runs(self, request, queryset):
+        for run in queryset.active():
+            self.message_user(request, f"{run.name}: {request_cancel(run)}.")
+
+    @admin.action(description="Resume the selected runs from their last checkpoint")
+    def resume_runs(self, request, queryset):
+        for run in queryset:
+            try:
+                new = resume_training(run, user=request.user)
+            except TrainingError as exc:
+                self.message_user(request, str(exc), messages.ERROR)
+            else:
+                self.message_user(request, f"{run.name}: resuming as “{new.name}” ({new.message}).", messages.SUCCESS)
 
 
 @admin.register(EvaluationRun)
 class EvaluationRunAdmin(admin.ModelAdmin):
-    list_display = ["name", "candidate", "baseline", "judge", "status", "created_at"]
+    list_display = ["name", "live_page", "candidate", "baseline", "judge", "status", "message", "created_at"]
     list_filter = ["status", "judge"]
     search_fields = ["name"]
-    readonly_fields = ["status", "results", "error", "finished_at", "created_by"]
+    readonly_fields = ["live_page", "training_run", "candidate", "baseline", "third", "judge", "sample_limit",
+                       "candidates", "status", "message", "results", "expert_campaign", "error", "worker",
+                       "heartbeat_at", "created_by", "started_at", "finished_at"]
+    fields = ["name", *readonly_fields]
+    actions = ["cancel_evaluations"]
+
+    @admin.display(description="Page")
+    def live_page(self, obj: EvaluationRun) -> str:
+        return format_html('<a href="{}">open</a>', reverse("training:evaluation", args=[obj.pk])) if obj.pk else "–"
+
+    def changelist_view(self, request, extra_context=None):
+        mark_stale()
+        return super().changelist_view(request, extra_context)
+
+    def add_view(self, request, form_url="", extra_context=None):
+        if not self.has_add_permission(request):
+            return redirect("admin:training_evaluationrun_changelist")
+        run_id = request.GET.get("training_run")
+        form = EvaluationForm(request.POST or None, initial={"training_run": run_id} if run_id else None)
+        if request.method == "POST" and form.is_valid():
+            data = form.cleaned_data
+            try:
+                evaluation = start_evaluation(
+                    data["judge"], training_run=data["training_run"], candidate=data["candidate"],
+                    baseline=data["baseline"], third=data["third"], sample_limit=data["sample_limit"],
+                    candidates=data["candidates"], name=data["name"], user=request.user)
+            except TrainingError as exc:
+                form.add_error(None, str(exc))
+            else:
+                self.message_user(request, f"Evaluation “{evaluation.name}” queued.", messages.SUCCESS)
+                return redirect("training:evaluation", pk=evaluation.pk)
+        context = {**self.admin_site.each_context(request), "form": form, "title": "Evaluate a tuned model",
+                   "opts": self.model._meta}
+        return TemplateResponse(request, "admin/training/evaluationrun/start.html", context)
+
+    @admin.action(description="Cancel the selected evaluations")
+    def cancel_evaluations(self, request, queryset):
+        for evaluation in queryset.active():
+            self.message_user(request, f"{evaluation.name}: {cancel_evaluation(evaluation)}.")

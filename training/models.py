@@ -2,16 +2,35 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 from django.conf import settings
 from django.db import models
 from django.db.models import Q
+from django.utils import timezone
 
 from annotation.models import FINISHED_STATUSES, Campaign, DatasetExport, Generator, Judge, JobStatus
 
 
-class TrainingRunQuerySet(models.QuerySet):
+# A live worker touches heartbeat_at every HEARTBEAT_S; a running row silent for STALE_AFTER_S has lost its
+# worker. 45 s plus a watchdog pass every 15 s marks a dead worker's run failed within a minute.
+HEARTBEAT_S = getattr(settings, "TRAINING_HEARTBEAT_S", 5)
+STALE_AFTER_S = getattr(settings, "TRAINING_STALE_AFTER_S", 45)
+
+
+class LivenessQuerySet(models.QuerySet):
+    """Shared by training and evaluation runs: both are long tasks watched through a heartbeat."""
+
     def active(self):
         return self.filter(status__in=[JobStatus.QUEUED, JobStatus.RUNNING])
+
+    def stale(self, now=None):
+        """Running rows whose worker stopped sending heartbeats."""
+        cutoff = (now or timezone.now()) - timedelta(seconds=STALE_AFTER_S)
+        return self.filter(status=JobStatus.RUNNING).filter(
+            Q(heartbeat_at__lt=cutoff) | Q(heartbeat_at__isnull=True, started_at__lt=cutoff)
+        )
+
 
 
 class TrainingRun(models.Model):
@@ -25,9 +44,15 @@ class TrainingRun(models.Model):
     total_steps = models.PositiveIntegerField(default=0)
     latest_metrics = models.JSONField(default=dict, blank=True)
     output_dir = models.CharField(max_length=500, blank=True)
+    # One line on where the run stands ("step 40 of 200", "cancelled after step 3 …"); error holds failures.
+    message = models.TextField(blank=True)
     error = models.TextField(blank=True)
     cancel_requested = models.BooleanField(default=False)
-    resumed_from = models.ForeignKey("self", null=True, blank=True, on_delete=models.SET_NULL)
+    # A resumed run is a new row that starts from the last checkpoint of this one (which keeps its error).
+    resumed_from = models.ForeignKey("self", null=True, blank=True, on_delete=models.SET_NULL,
+                                     related_name="resumptions")
+    # The Celery worker (hostname) running it: a worker that restarts fails the runs it left behind.
+    worker = models.CharField(max_length=200, blank=True)
     created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
     created_at = models.DateTimeField(auto_now_add=True)
     started_at = models.DateTimeField(null=True, blank=True)
@@ -35,7 +60,7 @@ class TrainingRun(models.Model):
     # A live worker touches this every few seconds; a stale one means the worker died.
     heartbeat_at = models.DateTimeField(null=True, blank=True)
 
-    objects = TrainingRunQuerySet.as_manager()
+    objects = LivenessQuerySet.as_manager()
 
     class Meta:
         ordering = ["-created_at"]
@@ -54,7 +79,18 @@ class TrainingRun(models.Model):
 
     @property
     def percent(self) -> int:
+        if self.status == JobStatus.SUCCEEDED:
+            return 100
         return int(100 * self.step / self.total_steps) if self.total_steps else 0
+
+    @property
+    def is_resumable(self) -> bool:
+        return self.status in (JobStatus.FAILED, JobStatus.CANCELLED)
+
+    def elapsed_seconds(self) -> float:
+        if not self.started_at:
+            return 0.0
+        return ((self.finished_at or timezone.now()) - self.started_at).total_seconds()
 
 
 class TrainingLogEntry(models.Model):
@@ -86,20 +122,35 @@ class EvaluationRun(models.Model):
     third = models.ForeignKey(Generator, null=True, blank=True, on_delete=models.PROTECT, related_name="+")
     judge = models.ForeignKey(Judge, on_delete=models.PROTECT, related_name="evaluations")
     sample_limit = models.PositiveIntegerField(default=20)
+    # Profiles per held-out sample and model; profile i of the tuned model meets profile i of the others.
+    candidates = models.PositiveSmallIntegerField(default=1)
     status = models.CharField(max_length=10, choices=JobStatus.choices, default=JobStatus.QUEUED)
     # {"baseline": {"wins":..,"ties":..,"losses":..,"win_rate":..,"ci":[lo,hi]}, "valid_rate": {...}}
     results = models.JSONField(default=dict, blank=True)
     expert_campaign = models.ForeignKey(Campaign, null=True, blank=True, on_delete=models.SET_NULL)
+    message = models.TextField(blank=True)
     error = models.TextField(blank=True)
+    cancel_requested = models.BooleanField(default=False)
+    worker = models.CharField(max_length=200, blank=True)
     created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
     created_at = models.DateTimeField(auto_now_add=True)
+    started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
+
+    objects = LivenessQuerySet.as_manager()
 
     class Meta:
         ordering = ["-created_at"]
         constraints = [
             models.CheckConstraint(condition=~Q(candidate=models.F("baseline")), name="evaluation_distinct_models"),
+            models.CheckConstraint(condition=Q(status__in=JobStatus.values), name="evaluation_status_valid"),
+            models.CheckConstraint(condition=Q(candidates__gte=1), name="evaluation_candidates_positive"),
         ]
 
     def __str__(self) -> str:
         return self.name
+
+    @property
+    def is_finished(self) -> bool:
+        return self.status in FINISHED_STATUSES

@@ -1,0 +1,121 @@
+"""Starting a run: the admin form validates every field, the command calls the same code, roles are checked."""
+
+from __future__ import annotations
+
+import json
+from io import StringIO
+
+import pytest
+from django.core.management import CommandError, call_command
+
+from annotation.models import DatasetExport, ExportPolicy, JobStatus
+from tests.training_factory import form_data, make_export
+from training.models import TrainingRun
+from training.runs import CPU_DEFAULTS
+
+pytestmark = [pytest.mark.django_db, pytest.mark.urls("tests.training_factory")]
+
+ADD = "/admin/training/trainingrun/add/"
+
+
+@pytest.fixture
+def export(tmp_path, settings):
+    settings.MEDIA_ROOT = tmp_path / "media"
+    return make_export(tmp_path / "export")
+
+
+def test_the_form_offers_cpu_defaults_for_the_default_model(client_for, admin_user, export):
+    page = client_for(admin_user).get(ADD).content.decode()
+    assert 'value="default"' in page and 'value="q_proj,k_proj,v_proj,o_proj"' in page
+    assert 'name="learning_rate" value="5e-05"' in page
+    for loss in ("sigmoid", "robust", "ipo"):
+        assert f'value="{loss}"' in page
+    assert export.name in page
+
+
+def test_posting_the_form_queues_a_run_with_the_whole_config(client_for, admin_user, export,
+                                                              django_capture_on_commit_callbacks):
+    with django_capture_on_commit_callbacks() as callbacks:
+        response = client_for(admin_user).post(ADD, form_data(export, max_steps=3, loss_type="ipo", beta=0.3,
+                                                              use_test_split=True, name="ipo try"))
+    run = TrainingRun.objects.get()
+    assert response["Location"] == f"/training/runs/{run.pk}/"
+    assert len(callbacks) == 1  # the task is sent once the run row is committed
+    assert run.name == "ipo try" and run.status == JobStatus.QUEUED and run.created_by == admin_user
+    assert run.total_steps == 3 and run.base_model == "default"
+    config = run.config
+    assert config["loss_type"] == "ipo" and config["beta"] == 0.3 and config["max_steps"] == 3
+    assert config["dataset_path"].endswith("export/train.jsonl")
+    assert config["eval_dataset_path"].endswith("export/test.jsonl")
+    assert config["output_dir"] == run.output_dir and run.output_dir.endswith(f"training/run-{run.pk}")
+    assert config["target_modules"] == ["q_proj", "k_proj", "v_proj", "o_proj"]
+
+
+@pytest.mark.parametrize(("overrides", "field", "says"), [
+    ({"learning_rate": 0}, "learning_rate", "greater than or equal"),
+    ({"lora_r": 0}, "lora_r", "greater than or equal"),
+    ({"max_length": 8}, "max_length", "greater than or equal"),
+    ({"loss_type": "bogus"}, "loss_type", "Select a valid choice"),
+    ({"precision": "fp8"}, "precision", "Select a valid choice"),
+    ({"target_modules": "q_proj, lm head"}, "target_modules", "separated by commas"),
+    ({"target_modules": "lm_head"}, "target_modules", "lm_head"),
+    ({"model_name_or_path": "/nowhere/model"}, "model_name_or_path", "not a model folder"),
+    ({"model_name_or_path": "not a model"}, "model_name_or_path", "hub id"),
+    ({"loss_type": "exo_pair", "label_smoothing": 0}, "label_smoothing", "exo_pair"),
+])
+def test_bad_values_are_refused_on_their_field(client_for, admin_user, export, overrides, field, says):
+    response = client_for(admin_user).post(ADD, form_data(export, **overrides))
+    assert response.status_code == 200
+    errors = response.context["form"].errors
+    assert field in errors and says in " ".join(errors[field]), errors
+    assert not TrainingRun.objects.exists()
+
+
+def test_exports_training_cannot_read_are_refused(client_for, admin_user, export, tmp_path):
+    kto = make_export(tmp_path / "kto", name="kto")
+    DatasetExport.objects.filter(pk=kto.pk).update(ties_as_kto=True)
+    parquet = DatasetExport.objects.create(name="pq", policy=ExportPolicy.EXPERT, status=JobStatus.SUCCEEDED,
+                                           format="parquet", path=str(tmp_path / "empty"))
+    running = DatasetExport.objects.create(name="busy", policy=ExportPolicy.EXPERT, status=JobStatus.RUNNING)
+    client = client_for(admin_user)
+    assert "unpaired (KTO)" in str(client.post(ADD, form_data(kto)).context["form"].errors["export"])
+    assert "no train.jsonl" in str(client.post(ADD, form_data(parquet)).context["form"].errors["export"])
+    assert "valid choice" in str(client.post(ADD, form_data(running)).context["form"].errors["export"])
+    assert not TrainingRun.objects.exists()
+
+
+def test_the_command_starts_the_same_run(export, django_capture_on_commit_callbacks):
+    out = StringIO()
+    with django_capture_on_commit_callbacks() as callbacks:
+        call_command("start_training", "--export", str(export.pk), "--max-steps", "4", "--loss-type", "robust",
+                     "--set", "label_smoothing=0.1", "--set", "lora_alpha=8", "--no-wait", stdout=out)
+    run = TrainingRun.objects.get()
+    assert len(callbacks) == 1 and f"Run #{run.pk}" in out.getvalue()
+    assert run.config["max_steps"] == 4 and run.config["loss_type"] == "robust"
+    assert run.config["label_smoothing"] == 0.1 and run.config["lora_alpha"] == 8
+    # Everything not given is the form's CPU default.
+    assert run.config["max_length"] == CPU_DEFAULTS["max_length"]
+    assert json.loads(json.dumps(run.config)) == run.config
+
+
+def test_the_command_reports_bad_values(export):
+    with pytest.raises(CommandError, match="learning_rate"):
+        call_command("start_training", "--export", export.name, "--learning-rate", "-1", "--no-wait")
+    with pytest.raises(CommandError, match="unknown field"):
+        call_command("start_training", "--export", export.name, "--set", "lr=1", "--no-wait")
+    with pytest.raises(CommandError, match="no export"):
+        call_command("start_training", "--export", "nope", "--no-wait")
+    assert not TrainingRun.objects.exists()
+
+
+@pytest.mark.parametrize("persona", ["alice", "charlie"])
+def test_only_admins_can_start_runs(client_for, request, persona, export):
+    client = client_for(request.getfixturevalue(persona))
+    response = client.post(ADD, form_data(export))
+    assert response.status_code == 302 and response["Location"].startswith("/admin/login/")
+    assert not TrainingRun.objects.exists()
+
+
+def test_anonymous_users_cannot_start_runs(client, export):
+    assert client.post(ADD, form_data(export))["Location"].startswith("/admin/login/")
+    assert not TrainingRun.objects.exists()

@@ -1,0 +1,385 @@
+"""Evaluating a tuned model: tuned vs base (and optionally a third model) on held-out samples.
+
+One evaluation, run by ``evaluate_task`` on the training queue (it needs the same machine as training):
+
+1. Generate: each model writes ``candidates`` profiles for each of the first ``sample_limit`` held-out
+   samples (``annotation.generation.run_generation``, one visible generation job per model; profiles that
+   exist already are reused, so a re-run only fills gaps).
+2. Pair: profile *i* of the tuned model meets profile *i* of each other model on the same sample. When
+   both are valid they become an evaluation comparison; when one is invalid it loses without a judge (a
+   *forfeit*); two invalid profiles tie.
+3. Judge: every comparison in both orders (``annotation.judging.Session``); a verdict that flips with the
+   order counts as a tie, an invalid one is left out and counted.
+4. Report: wins / ties / losses, the win rate (ties count half) with a Wilson 95% interval — over the
+   judged pairs, and over all pairs with forfeits — and each model's valid-profile rate with its interval.
+
+"Send to experts" then puts a random sample of the judged tuned-vs-base pairs into a blind campaign;
+``expert_figures`` reads their votes back so the evaluation page can put judge and expert side by side.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections import Counter
+from collections.abc import Iterable
+from typing import Any
+
+from django.db import transaction
+from django.utils import timezone
+
+from annotation import judging
+from annotation.generation import run_generation
+from annotation.jobs import JobProgress, create_job, run_job
+from annotation.models import (
+    Backend, Campaign, Comparison, Generator, Job, JobKind, JobStatus, JudgeDisplay, Judge, PairingSource,
+    Profile, Sample, Split, Vote,
+)
+from annotation.stats import win_rate, wilson_interval
+
+from .liveness import Heartbeat
+from .models import EvaluationRun, TrainingRun
+from .runs import TrainingError, base_generator, tuned_generator, unique_name
+
+logger = logging.getLogger(__name__)
+
+WIN, LOSS, TIE, INCONSISTENT, INVALID = "win", "loss", "tie", "inconsistent", "invalid"
+
+
+class EvaluationCancelled(Exception):
+    pass
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Statistics: plain functions on labels, tested on known counts
+
+
+def judged_outcome(combined: str, candidate_is_a: bool) -> str:
+    """A judge's combined verdict on one comparison, from the candidate's side."""
+    if combined in ("a", "b"):
+        return WIN if (combined == "a") == candidate_is_a else LOSS
+    if combined == "tie":
+        return TIE
+    if combined == "inconsistent":
+        return INCONSISTENT  # flipped with the order: not a win, counted as a tie
+    return INVALID
+
+
+def forfeit_outcome(candidate_valid: bool, other_valid: bool) -> str | None:
+    """The outcome of a pair the judge never sees (None when both are valid and it must be judged)."""
+    if candidate_valid and other_valid:
+        return None
+    if candidate_valid != other_valid:
+        return WIN if candidate_valid else LOSS
+    return TIE
+
+
+def expert_outcome(choices: Iterable[str], candidate_is_a: bool) -> str | None:
+    """The experts' verdict on one comparison: the strict majority of their votes; None without votes.
+
+    "both bad" and a split vote say "no better one": a tie.
+    """
+    counts = Counter(choices)
+    if not counts:
+        return None
+    (top, n), *rest = counts.most_common()
+    if rest and rest[0][1] == n or top not in ("a", "b"):
+        return TIE
+    return WIN if (top == "a") == candidate_is_a else LOSS
+
+
+def summarise(outcomes: Iterable[str]) -> dict[str, Any]:
+    """Counts and the win rate (ties and order flips count half) with a Wilson 95% interval."""
+    counts = Counter(outcomes)
+    unknown = set(counts) - {WIN, LOSS, TIE, INCONSISTENT, INVALID}
+    if unknown:
+        raise ValueError(f"unknown outcomes: {sorted(unknown)}")
+    ties = counts[TIE] + counts[INCONSISTENT]
+    rate = win_rate(counts[WIN], ties, counts[LOSS])
+    return {"wins": counts[WIN], "ties": ties, "losses": counts[LOSS], "inconsistent": counts[INCONSISTENT],
+            "invalid": counts[INVALID], "n": rate.n, "win_rate": _num(rate.rate), "ci": [_num(rate.low), _num(rate.high)]}
+
+
+def valid_rate(valid: int, total: int) -> dict[str, Any]:
+    low, high = wilson_interval(valid, total)
+    return {"valid": valid, "total": total, "rate": _num(valid / total if total else float("nan")),
+            "ci": [_num(low), _num(high)]}
+
+
+def _num(value: float) -> float | None:
+    # JSON has no NaN: "undefined" (nothing to count) is stored as null.
+    return None if value != value else round(value, 4)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Starting
+
+
+def heldout_samples(limit: int):
+    return Sample.objects.filter(split=Split.HELDOUT).order_by("pk")[:limit]
+
+
+def start_evaluation(judge: Judge, *, training_run: TrainingRun | None = None, candidate: Generator | None = None,
+                     baseline: Generator | None = None, third: Generator | None = None, sample_limit: int = 20,
+                     candidates: int = 1, name: str = "", user=None) -> EvaluationRun:
+    """Create the evaluation (making the tuned and base generators of a run if not given) and enqueue it."""
+    from .tasks import evaluate_task
+
+    if not heldout_samples(sample_limit).exists():
+        raise TrainingError("there are no held-out samples to evaluate on; import documents with a held-out fraction")
+    if candidate is None:
+        if training_run is None:
+            raise TrainingError("choose a training run or a candidate generator")
+        candidate = tuned_generator(training_run, like=baseline)
+    if baseline is None:
+        if training_run is None:
+            raise TrainingError("choose a baseline generator")
+        baseline = base_generator(training_run)
+    models = [candidate, baseline] + ([third] if third else [])
+    if len({g.pk for g in models}) != len(models):
+        raise TrainingError("the candidate, baseline and third model must be three different generators")
+    with transaction.atomic():
+        evaluation = EvaluationRun.objects.create(
+            name=unique_name(name or f"{candidate.name} vs {baseline.name} · {timezone.now():%Y-%m-%d %H:%M}",
+                             EvaluationRun),
+            training_run=training_run or candidate.source_run, candidate=candidate, baseline=baseline, third=third,
+            judge=judge, sample_limit=sample_limit, candidates=candidates, created_by=user,
+            message="waiting for a training worker",
+        )
+        transaction.on_commit(lambda: evaluate_task.delay(evaluation.pk))
+    return evaluation
+
+
+def request_cancel(evaluation: EvaluationRun) -> str:
+    now = timezone.now()
+    if EvaluationRun.objects.filter(pk=evaluation.pk, status=JobStatus.QUEUED).update(
+            status=JobStatus.CANCELLED, cancel_requested=True, finished_at=now, message="cancelled before it started"):
+        return "cancelled before it started"
+    if EvaluationRun.objects.filter(pk=evaluation.pk, status=JobStatus.RUNNING).update(cancel_requested=True):
+        # The generation or judging job in progress stops after its current batch.
+        sub_jobs(evaluation).active().update(cancel_requested=True)
+        return "asked to stop after the current batch"
+    return f"already {evaluation.get_status_display().lower()}"
+
+
+def sub_jobs(evaluation: EvaluationRun):
+    return Job.objects.filter(params__evaluation_id=evaluation.pk)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Running (the task)
+
+
+class _Runner:
+    def __init__(self, evaluation: EvaluationRun):
+        self.evaluation = evaluation
+        self.samples = list(heldout_samples(evaluation.sample_limit))
+        self.k = evaluation.candidates
+        self.results: dict[str, Any] = {"candidates": self.k, "samples": len(self.samples), "jobs": []}
+
+    def say(self, message: str) -> None:
+        updated = EvaluationRun.objects.filter(pk=self.evaluation.pk, status=JobStatus.RUNNING).update(
+            message=message, heartbeat_at=timezone.now(), results=self.results)
+        if not updated or EvaluationRun.objects.filter(pk=self.evaluation.pk, cancel_requested=True).exists():
+            raise EvaluationCancelled
+
+    def run_job(self, kind: str, params: dict, work) -> Job:
+        job = create_job(kind, {**params, "evaluation_id": self.evaluation.pk})
+        self.results["jobs"].append(job.pk)
+        self.say(f"{job.get_kind_display().lower()}: {params.get('generator') or params.get('judge')}")
+        run_job(job.pk, work)
+        job.refresh_from_db()
+        if job.status == JobStatus.CANCELLED:
+            raise EvaluationCancelled
+        return job
+
+    def generate(self, generator: Generator) -> None:
+        params = {"generator_id": generator.pk, "generator": generator.name, "candidates": self.k,
+                  "sample_ids": [s.pk for s in self.samples]}
+        self.run_job(JobKind.GENERATE, params, run_generation)
+
+    def profiles(self, generator: Generator) -> dict[tuple[int, int], Profile]:
+        rows = Profile.objects.filter(generator=generator, sample__in=self.samples, candidate_index__lt=self.k)
+        return {(p.sample_id, p.candidate_index): p for p in rows}
+
+    def pair_up(self, mine: dict, theirs: dict) -> tuple[list[tuple[Comparison, bool]], list[str]]:
+        """Comparisons to judge (with "candidate is profile_a"), and the forfeit outcomes."""
+        to_judge, forfeits = [], []
+        for key, own in sorted(mine.items()):
+            other = theirs.get(key)
+            if other is None:
+                continue
+            forfeit = forfeit_outcome(own.is_valid, other.is_valid)
+            if forfeit is not None:
+                forfeits.append(forfeit)
+            else:
+                to_judge.append((own, other))
+        comparisons = judging.ensure_comparisons([(a.sample_id, a.pk, b.pk) for a, b in to_judge],
+                                                 PairingSource.EVALUATION)
+        return [(c, c.profile_a_id == own.pk) for c, (own, _) in zip(comparisons, to_judge)], forfeits
+
+    def judge(self, comparisons: list[Comparison]) -> None:
+        judge = self.evaluation.judge
+
+        def work(job: Job, progress: JobProgress) -> str:
+            progress.start(total=2 * len(comparisons))
+            session = judging.Session(judge, report=lambda t: progress.advance(
+                t.done, f"{t.done} of {2 * len(comparisons)} judgements", **t.stats()))
+            session.judge_comparisons(comparisons)
+            return f"{judge.name}: {session.tally.summary()}"
+
+        self.run_job(JobKind.JUDGE, {"judge_id": judge.pk, "judge": judge.name, "pairing": "evaluation",
+                                     "comparison_ids": [c.pk for c in comparisons]}, work)
+
+    def run(self) -> str:
+        ev = self.evaluation
+        models = {"candidate": ev.candidate, "baseline": ev.baseline, "third": ev.third}
+        models = {role: g for role, g in models.items() if g is not None}
+        for generator in models.values():
+            self.generate(generator)
+        profiles = {role: self.profiles(g) for role, g in models.items()}
+        self.results["valid"] = {
+            role: {"generator": g.name, **valid_rate(sum(p.is_valid for p in profiles[role].values()),
+                                                      len(profiles[role]))}
+            for role, g in models.items()
+        }
+        pairs = {role: self.pair_up(profiles["candidate"], profiles[role]) for role in models if role != "candidate"}
+        everything = [c for judged, _ in pairs.values() for c, _ in judged]
+        if everything:
+            self.judge(everything)
+        combined = judging.combined_verdicts([c.pk for c in everything], [ev.judge])
+        self.results["versus"] = {}
+        for role, (judged, forfeits) in pairs.items():
+            outcomes = [judged_outcome(combined.get((c.pk, ev.judge_id), "invalid"), a) for c, a in judged]
+            self.results["versus"][role] = {
+                "opponent": models[role].name,
+                "judged": summarise(outcomes),
+                "with_forfeits": summarise(outcomes + forfeits),
+                "forfeits": summarise(forfeits),
+                "comparison_ids": [c.pk for c, _ in judged],
+            }
+        return headline(self.results)
+
+
+def headline(results: dict[str, Any]) -> str:
+    versus = results.get("versus", {}).get("baseline")
+    if not versus:
+        return "no result"
+    judged, overall = versus["judged"], versus["with_forfeits"]
+    return (f"judged pairs: win rate {_pct(judged['win_rate'])} {_ci(judged['ci'])} over {judged['n']} "
+            f"({judged['wins']}/{judged['ties']}/{judged['losses']}); with forfeits {_pct(overall['win_rate'])} "
+            f"{_ci(overall['ci'])} over {overall['n']}")
+
+
+def _pct(value: float | None) -> str:
+    return "–" if value is None else f"{100 * value:.0f}%"
+
+
+def _ci(ci: list) -> str:
+    return "" if ci[0] is None else f"[{100 * ci[0]:.0f}–{100 * ci[1]:.0f}%]"
+
+
+def claim(evaluation_id: int, worker: str) -> EvaluationRun | None:
+    now = timezone.now()
+    claimed = EvaluationRun.objects.filter(pk=evaluation_id, status=JobStatus.QUEUED, cancel_requested=False).update(
+        status=JobStatus.RUNNING, started_at=now, heartbeat_at=now, worker=worker, message="starting")
+    return EvaluationRun.objects.select_related("candidate", "baseline", "third", "judge").get(pk=evaluation_id) \
+        if claimed else None
+
+
+def _finish(evaluation: EvaluationRun, status: str, message: str, error: str = "", results=None) -> None:
+    fields = dict(status=status, message=message, error=error, finished_at=timezone.now())
+    if results is not None:
+        fields["results"] = results
+    EvaluationRun.objects.filter(pk=evaluation.pk, status=JobStatus.RUNNING).update(**fields)
+
+
+def run_evaluation(evaluation_id: int, worker: str = "") -> str:
+    """Generate, pair, judge and report one queued evaluation; returns its final status."""
+    from training.ml.models import clear_model_cache
+
+    evaluation = claim(evaluation_id, worker)
+    if evaluation is None:
+        logger.info("evaluation %s is not queued: nothing to do", evaluation_id)
+        return "skipped"
+    runner = _Runner(evaluation)
+    with Heartbeat(EvaluationRun, evaluation.pk):
+        try:
+            message = runner.run()
+        except EvaluationCancelled:
+            _finish(evaluation, JobStatus.CANCELLED, "cancelled by an admin", results=runner.results)
+            return JobStatus.CANCELLED
+        except Exception as exc:
+            logger.exception("evaluation %s failed", evaluation.pk)
+            _finish(evaluation, JobStatus.FAILED, "failed", error=f"{type(exc).__name__}: {exc}",
+                    results=runner.results)
+            return JobStatus.FAILED
+        finally:
+            # The training worker needs the memory back for the next run.
+            clear_model_cache()
+    _finish(evaluation, JobStatus.SUCCEEDED, message, results=runner.results)
+    return JobStatus.SUCCEEDED
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The loop back to experts
+
+
+def judged_pairs(evaluation: EvaluationRun) -> list[int]:
+    """The tuned-vs-base comparisons the judge saw (both profiles valid)."""
+    return list(evaluation.results.get("versus", {}).get("baseline", {}).get("comparison_ids", []))
+
+
+def send_to_experts(evaluation: EvaluationRun, experts, size: int, overlap: int = 1, user=None) -> Campaign:
+    """A blind campaign with a random sample of the judged tuned-vs-base pairs (judge verdict hidden)."""
+    ids = judged_pairs(evaluation)
+    if evaluation.status != JobStatus.SUCCEEDED or not ids:
+        raise TrainingError("this evaluation has no judged pairs to send (it needs two valid profiles per pair)")
+    if evaluation.expert_campaign_id:
+        raise TrainingError(f"already sent to experts as {evaluation.expert_campaign}")
+    chosen = random.Random(evaluation.pk).sample(ids, min(size, len(ids)))
+    with transaction.atomic():
+        campaign = Campaign.objects.create(
+            name=unique_name(f"Check: {evaluation.name}", Campaign),
+            description=f"Expert check of evaluation {evaluation.name!r}: {len(chosen)} of {len(ids)} judged pairs, "
+                        "drawn at random. Model names are not shown.",
+            judge_display=JudgeDisplay.HIDDEN, judge=evaluation.judge, overlap=overlap,
+        )
+        campaign.experts.set(experts)
+        judging.add_to_campaign(campaign, Comparison.objects.filter(pk__in=chosen))
+        evaluation.expert_campaign = campaign
+        evaluation.save(update_fields=["expert_campaign"])
+    return campaign
+
+
+def expert_figures(evaluation: EvaluationRun) -> dict[str, Any] | None:
+    """Judge and experts on the same pairs: the campaign's comparisons that have at least one vote."""
+    campaign = evaluation.expert_campaign
+    if campaign is None:
+        return None
+    comparisons = {c.pk: c for c in Comparison.objects.filter(campaign_items__campaign=campaign)
+                   .select_related("profile_a")}
+    votes: dict[int, list[str]] = {}
+    for comparison_id, choice in Vote.objects.in_campaign(campaign).values_list("comparison_id", "choice"):
+        votes.setdefault(comparison_id, []).append(choice)
+    candidate_is_a = {pk: c.profile_a.generator_id == evaluation.candidate_id for pk, c in comparisons.items()}
+    voted = sorted(votes)
+    combined = judging.combined_verdicts(voted, [evaluation.judge_id])
+    return {
+        "campaign": campaign,
+        "items": len(comparisons),
+        "voted": len(voted),
+        "votes": sum(len(v) for v in votes.values()),
+        "experts": summarise(expert_outcome(votes[c], candidate_is_a[c]) for c in voted),
+        "judge_same_pairs": summarise(judged_outcome(combined.get((c, evaluation.judge_id), "invalid"),
+                                                     candidate_is_a[c]) for c in voted),
+    }
+
+
+def next_round_generator(evaluation: EvaluationRun) -> Generator:
+    """The tuned model as a generator for the next round: the evaluation's candidate when it is one."""
+    if evaluation.candidate.adapter_path and evaluation.candidate.backend == Backend.LOCAL:
+        return evaluation.candidate
+    if evaluation.training_run is None:
+        raise TrainingError("this evaluation's candidate is not a tuned model")
+    return tuned_generator(evaluation.training_run, like=evaluation.baseline)

@@ -1,0 +1,17 @@
+"""Percentages and intervals as the evaluation pages print them; None (undefined) prints as a dash."""
+
+from django import template
+
+register = template.Library()
+
+
+@register.filter
+def percent(value) -> str:
+    return "–" if value is None else f"{100 * value:.0f}%"
+
+
+@register.filter
+def interval(ci) -> str:
+    if not ci or ci[0] is None:
+        return "–"
+    return f"{100 * ci[0]:.0f}–{100 * ci[1]:.0f}%"

@@ -1,0 +1,241 @@
+"""Staff pages for training runs and evaluations: live progress, artefacts, and the loop back to experts."""
+
+from __future__ import annotations
+
+import io
+import math
+import zipfile
+
+from django.contrib import messages
+from django.http import FileResponse, Http404, HttpRequest, HttpResponse
+from django.shortcuts import get_object_or_404, redirect, render
+from django.urls import reverse
+from django.utils import timezone
+from django.views.decorators.http import require_GET, require_POST
+from django_htmx.http import HttpResponseStopPolling
+
+from annotation.generation import start_generation
+from annotation.models import Sample, Split
+from annotation.roles import admin_required
+
+from . import evaluation as evaluations
+from . import runs
+from .charts import line_chart
+from .forms import SendToExpertsForm
+from .liveness import mark_stale
+from .models import EvaluationRun, TrainingRun
+
+LOG_TAIL_LINES = 80
+
+
+def _get_run(pk: int) -> TrainingRun:
+    # Opening a page is one of the moments a dead worker's run gets noticed (see training.liveness).
+    mark_stale()
+    return get_object_or_404(TrainingRun.objects.select_related("export", "resumed_from", "created_by"), pk=pk)
+
+
+def _log_tail(run: TrainingRun) -> str:
+    path = runs.artefact_path(run, runs.LOG_FILE)
+    if path is None:
+        return ""
+    with path.open("rb") as fh:
+        fh.seek(0, 2)
+        fh.seek(max(0, fh.tell() - 64_000))
+        lines = fh.read().decode("utf-8", "replace").splitlines()
+    return "\n".join(lines[-LOG_TAIL_LINES:])
+
+
+def _run_context(run: TrainingRun) -> dict:
+    entries = list(run.log_entries.order_by("step"))
+    metrics = run.latest_metrics or {}
+    return {
+        "run": run,
+        "entries": entries[-15:][::-1],
+        "figures": {"loss": metrics.get("loss"), "accuracy": metrics.get("rewards/accuracies"),
+                    "margin": metrics.get("rewards/margins"), "chosen": metrics.get("rewards/chosen"),
+                    "rejected": metrics.get("rewards/rejected"), "learning_rate": metrics.get("learning_rate"),
+                    "epoch": metrics.get("epoch"), "eval": metrics.get("eval")},
+        "eta": metrics.get("eta_s") if not run.is_finished else None,
+        "loss_chart": line_chart([(e.step, e.loss) for e in entries], "loss", reference=math.log(2)),
+        "accuracy_chart": line_chart([(e.step, e.reward_accuracy) for e in entries], "reward accuracy", (0, 1)),
+        "margin_chart": line_chart([(e.step, e.reward_margin) for e in entries], "reward margin", reference=0),
+        "log_tail": _log_tail(run),
+        "waited_long": (timezone.now() - run.created_at).total_seconds() > 60,
+        "artefacts": runs.artefacts(run),
+        "has_adapter": runs.adapter_dir(run) is not None,
+        "checkpoint": runs.last_complete_checkpoint(run) if run.is_resumable else None,
+        "resumptions": list(run.resumptions.all()),
+        "evaluations": list(run.evaluations.all()),
+        "generators": list(run.generators.all()),
+        "train_samples": Sample.objects.filter(split=Split.TRAIN).count(),
+    }
+
+
+@admin_required
+@require_GET
+def run_detail(request: HttpRequest, pk: int) -> HttpResponse:
+    run = _get_run(pk)
+    if request.htmx:
+        response = render(request, "training/run.html#live", _run_context(run))
+        # 286 tells htmx to stop polling: the page stops asking once the run has ended.
+        return HttpResponseStopPolling(response.content) if run.is_finished else response
+    return render(request, "training/run.html", _run_context(run))
+
+
+@admin_required
+@require_POST
+def run_cancel(request: HttpRequest, pk: int) -> HttpResponse:
+    run = _get_run(pk)
+    messages.info(request, f"{run.name}: {runs.request_cancel(run)}.")
+    return redirect("training:run", pk=pk)
+
+
+@admin_required
+@require_POST
+def run_resume(request: HttpRequest, pk: int) -> HttpResponse:
+    run = _get_run(pk)
+    try:
+        new = runs.resume_training(run, user=request.user)
+    except runs.TrainingError as exc:
+        messages.error(request, str(exc))
+        return redirect("training:run", pk=pk)
+    messages.success(request, f"Resuming as {new.name}: {new.message}.")
+    return redirect("training:run", pk=new.pk)
+
+
+@admin_required
+@require_POST
+def run_merge(request: HttpRequest, pk: int) -> HttpResponse:
+    from .tasks import merge_adapter_task
+
+    run = _get_run(pk)
+    if runs.adapter_dir(run) is None:
+        messages.error(request, "This run has no adapter to merge.")
+    else:
+        merge_adapter_task.delay(run.pk)
+        messages.info(request, "Merging in a training worker; the merged model appears under Artefacts when done.")
+    return redirect("training:run", pk=pk)
+
+
+@admin_required
+@require_GET
+def run_download(request: HttpRequest, pk: int, name: str) -> FileResponse:
+    run = _get_run(pk)
+    if name == "adapter.zip":
+        return _adapter_zip(run)
+    path = runs.artefact_path(run, name)
+    if path is None:
+        raise Http404("no such artefact")
+    return FileResponse(path.open("rb"), as_attachment=True, filename=f"run-{run.pk}-{path.name}")
+
+
+def _adapter_zip(run: TrainingRun) -> FileResponse:
+    folder = runs.adapter_dir(run)
+    if folder is None:
+        raise Http404("this run has no adapter")
+    buffer = io.BytesIO()  # an adapter is a few MB: zipping it in memory is fine
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        for path in sorted(folder.iterdir()):
+            if path.is_file() and path.name != runs.LOG_FILE:
+                archive.write(path, f"adapter/{path.name}")
+    buffer.seek(0)
+    return FileResponse(buffer, as_attachment=True, filename=f"run-{run.pk}-adapter.zip")
+
+
+@admin_required
+@require_POST
+def run_make_generator(request: HttpRequest, pk: int) -> HttpResponse:
+    run = _get_run(pk)
+    try:
+        generator = runs.tuned_generator(run)
+    except runs.TrainingError as exc:
+        messages.error(request, str(exc))
+        return redirect("training:run", pk=pk)
+    return _next_round(request, generator)
+
+
+def _next_round(request: HttpRequest, generator) -> HttpResponse:
+    if request.POST.get("generate"):
+        job = start_generation(generator, Sample.objects.filter(split=Split.TRAIN), user=request.user)
+        messages.success(request, f"{generator.name} is generating candidates for {job.total} train samples.")
+        return redirect("job_detail", pk=job.pk)
+    messages.success(request, f"{generator.name} is ready as a generator: select samples and "
+                              "“Generate profiles” to start the next round.")
+    return redirect(reverse("admin:annotation_generator_change", args=[generator.pk]))
+
+
+# --- evaluations ---------------------------------------------------------------------------------------
+
+
+def _get_evaluation(pk: int) -> EvaluationRun:
+    mark_stale()
+    return get_object_or_404(EvaluationRun.objects.select_related(
+        "candidate", "baseline", "third", "judge", "training_run", "expert_campaign"), pk=pk)
+
+
+def _evaluation_context(evaluation: EvaluationRun, form: SendToExpertsForm | None = None) -> dict:
+    results = evaluation.results or {}
+    experts = evaluations.expert_figures(evaluation)
+    judged = results.get("versus", {}).get("baseline", {}).get("judged")
+    roles = [("candidate", evaluation.candidate), ("baseline", evaluation.baseline), ("third", evaluation.third)]
+    return {
+        "evaluation": evaluation,
+        "results": results,
+        "valid_rows": [(g, results.get("valid", {}).get(role)) for role, g in roles if g is not None],
+        "versus": [(role, results.get("versus", {}).get(role)) for role in ("baseline", "third")
+                   if results.get("versus", {}).get(role)],
+        "jobs": evaluations.sub_jobs(evaluation).order_by("pk"),
+        "experts": experts,
+        "experts_rows": [("Judge, all judged pairs", judged), ("Judge, the same pairs", experts["judge_same_pairs"]),
+                         ("Experts", experts["experts"])] if experts and judged else [],
+        "judged_pairs": len(evaluations.judged_pairs(evaluation)),
+        "send_form": form or SendToExpertsForm(),
+    }
+
+
+@admin_required
+@require_GET
+def evaluation_detail(request: HttpRequest, pk: int) -> HttpResponse:
+    evaluation = _get_evaluation(pk)
+    if request.htmx:
+        response = render(request, "training/evaluation.html#live", _evaluation_context(evaluation))
+        return HttpResponseStopPolling(response.content) if evaluation.is_finished else response
+    return render(request, "training/evaluation.html", _evaluation_context(evaluation))
+
+
+@admin_required
+@require_POST
+def evaluation_cancel(request: HttpRequest, pk: int) -> HttpResponse:
+    evaluation = _get_evaluation(pk)
+    messages.info(request, f"{evaluation.name}: {evaluations.request_cancel(evaluation)}.")
+    return redirect("training:evaluation", pk=pk)
+
+
+@admin_required
+@require_POST
+def evaluation_send(request: HttpRequest, pk: int) -> HttpResponse:
+    evaluation = _get_evaluation(pk)
+    form = SendToExpertsForm(request.POST)
+    if not form.is_valid():
+        return render(request, "training/evaluation.html", _evaluation_context(evaluation, form), status=400)
+    try:
+        campaign = evaluations.send_to_experts(evaluation, form.cleaned_data["experts"], form.cleaned_data["size"],
+                                               form.cleaned_data["overlap"], user=request.user)
+    except runs.TrainingError as exc:
+        messages.error(request, str(exc))
+    else:
+        messages.success(request, f"Campaign “{campaign.name}” created with {campaign.items.count()} pairs for "
+                                  f"{campaign.experts.count()} expert(s); model names are hidden from them.")
+    return redirect("training:evaluation", pk=pk)
+
+
+@admin_required
+@require_POST
+def evaluation_make_generator(request: HttpRequest, pk: int) -> HttpResponse:
+    evaluation = _get_evaluation(pk)
+    try:
+        generator = evaluations.next_round_generator(evaluation)
+    except runs.TrainingError as exc:
+        messages.error(request, str(exc))
+        return redirect("training:evaluation", pk=pk)
+    return _next_round(request, generator)
