@@ -56,6 +56,8 @@ class Command(BaseCommand):
         self.stdout.write("Press Ctrl-C to stop the site and the workers.\n")
 
     def _wait(self, processes: list[subprocess.Popen]) -> None:
+        # A SIGTERM (from a process manager or `timeout`) stops the children too, like Ctrl-C.
+        signal.signal(signal.SIGTERM, _interrupt)
         try:
             while all(p.poll() is None for p in processes):
                 time.sleep(0.5)
@@ -71,3 +73,7 @@ class Command(BaseCommand):
                     process.wait(timeout=20)
                 except subprocess.TimeoutExpired:
                     process.kill()
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
