@@ -61,6 +61,8 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
+    # Last, so it sees a view's database errors first: a clear 503 page instead of a bare 500.
+    "compx_site.middleware.DatabaseUnavailableMiddleware",
 ]
 
 ROOT_URLCONF = "compx_site.urls"

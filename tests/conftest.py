@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -12,6 +13,8 @@ import pytest
 from django.conf import settings
 
 REPO = Path(__file__).resolve().parent.parent
+# Per test process: two runs on one machine must never read each other's worker logs.
+LOG_DIR = Path(tempfile.mkdtemp(prefix="compx-test-logs-"))
 PASSWORD = "correct horse battery staple"
 
 
@@ -95,7 +98,7 @@ def start_worker(transactional_db):
     def start(queues: str = settings.CELERY_QUEUES_ALL, name: str = "test") -> subprocess.Popen:
         env = {**os.environ, "DATABASE_URL": _database_url(), "CELERY_BROKER_URL": settings.CELERY_BROKER_URL,
                "PYTHONUNBUFFERED": "1"}
-        with (REPO / "var" / f"test-worker-{name}.log").open("w") as out:
+        with (LOG_DIR / f"test-worker-{name}.log").open("w") as out:
             proc = subprocess.Popen(
                 [sys.executable, "-m", "celery", "-A", "compx_site", "worker", "-Q", queues, "--pool", "solo",
                  "--without-heartbeat", "--without-gossip", "--without-mingle", "-l", "info",
@@ -128,7 +131,7 @@ def wait_for(predicate, timeout: float = 60, interval: float = 0.2, what: str = 
         if result:
             return result
         time.sleep(interval)
-    tails = "".join(f"\n--- {log.name}\n{log.read_text()[-2000:]}" for log in (REPO / "var").glob("test-worker-*.log"))
+    tails = "".join(f"\n--- {log.name}\n{log.read_text()[-2000:]}" for log in LOG_DIR.glob("test-worker-*.log"))
     raise AssertionError(f"timed out after {timeout} s waiting for {what}{tails}")
 
 
@@ -153,7 +156,7 @@ def openai_server(model_dir):
     import urllib.request
 
     port = _free_port()
-    log = REPO / "var" / "test-openai-server.log"
+    log = LOG_DIR / "test-openai-server.log"
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     with log.open("w") as out:
         proc = subprocess.Popen(

@@ -88,3 +88,8 @@ def test_the_headline_names_rate_interval_and_counts():
     results = {"versus": {"baseline": {"judged": summarise([WIN] * 3 + [LOSS]),
                                        "with_forfeits": summarise([WIN] * 5 + [LOSS])}}}
     assert headline(results).startswith("judged pairs: win rate 75% [30–95%] over 4 (3/0/1); with forfeits 83%")
+
+
+def test_the_headline_says_so_when_nothing_was_judged():
+    results = {"versus": {"baseline": {"judged": summarise([]), "with_forfeits": summarise([TIE] * 8)}}}
+    assert headline(results) == "no judged pairs; with forfeits 50% [22–78%] over 8"

@@ -21,7 +21,7 @@ urlpatterns = list(_site)
 if not any(getattr(p, "namespace", None) == "training" for p in _site):
     urlpatterns.append(path("training/", include("training.urls")))
 
-REPO = Path(__file__).resolve().parent.parent
+from tests.conftest import LOG_DIR, REPO
 SYSTEM = "You extract competency profiles from scientific abstracts."
 TOPICS = ["protein folding", "soil nitrogen", "galaxy clusters", "battery cathodes", "malaria vaccines",
           "dialect speech recognition", "coral reefs", "graph algorithms"]
@@ -87,7 +87,7 @@ def start_worker(database_url: str, log_name: str = "test-worker.log") -> subpro
     started after killing the first is "the same worker restarting")."""
     env = {**os.environ, "DATABASE_URL": database_url, "CELERY_BROKER_URL": settings.CELERY_BROKER_URL,
            "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1"}
-    log = REPO / "var" / log_name
+    log = LOG_DIR / log_name
     with log.open("a") as out:
         return subprocess.Popen(
             [sys.executable, "-m", "celery", "-A", "compx_site", "worker", "-Q", settings.CELERY_QUEUES_ALL,

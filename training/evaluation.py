@@ -266,9 +266,9 @@ def headline(results: dict[str, Any]) -> str:
     if not versus:
         return "no result"
     judged, overall = versus["judged"], versus["with_forfeits"]
-    return (f"judged pairs: win rate {_pct(judged['win_rate'])} {_ci(judged['ci'])} over {judged['n']} "
-            f"({judged['wins']}/{judged['ties']}/{judged['losses']}); with forfeits {_pct(overall['win_rate'])} "
-            f"{_ci(overall['ci'])} over {overall['n']}")
+    first = (f"judged pairs: win rate {_pct(judged['win_rate'])} {_ci(judged['ci'])} over {judged['n']} "
+             f"({judged['wins']}/{judged['ties']}/{judged['losses']})" if judged["n"] else "no judged pairs")
+    return f"{first}; with forfeits {_pct(overall['win_rate'])} {_ci(overall['ci'])} over {overall['n']}"
 
 
 def _pct(value: float | None) -> str:
