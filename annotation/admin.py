@@ -1,6 +1,7 @@
 import tempfile
 from collections import Counter
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from django import forms
 from django.contrib import admin, messages
@@ -10,8 +11,6 @@ from django.shortcuts import redirect
 from django.template.response import TemplateResponse
 from django.urls import path
 
-from .generation import start_generation
-from .judging import JudgeFigures, judge_matches, panel_verdict, panel_verdicts, rank_generators, start_judging, with_figures
 from .importing import ImportFailed, ImportOptions, import_documents
 from .models import (
     Backend,
@@ -32,6 +31,11 @@ from .models import (
     TournamentPreference,
     Vote,
 )
+
+# Generation and judging pull in openai, numpy, scipy and scikit-learn (~150 MB, ~1.5 s): every web process loads
+# this module at start-up, so they are imported by the admin actions and pages that use them.
+if TYPE_CHECKING:
+    from .judging import JudgeFigures
 
 
 def generator_figures(generator: Generator) -> list[str]:
@@ -159,6 +163,8 @@ def judge_action(model_admin, request, queryset, action: str, pairings, scope: d
     if form.is_valid():
         data = form.cleaned_data
         scope = {"campaign": data.get("campaign"), **scope}
+        from .judging import start_judging
+
         job = start_judging(data["judge"], data["pairing"], limit=data["limit"], user=request.user, **scope)
         model_admin.message_user(request, "Judging started; verdicts already stored are not asked again.")
         return redirect("job_detail", pk=job.pk)
@@ -186,6 +192,8 @@ class SampleAdmin(admin.ModelAdmin):
     def generate_profiles(self, request, queryset):
         form = GenerateForm(request.POST if "apply" in request.POST else None)
         if form.is_valid():
+            from .generation import start_generation
+
             job = start_generation(form.cleaned_data["generator"], queryset, form.cleaned_data["candidates"],
                                    user=request.user)
             self.message_user(request, f"Generating for {job.total} sample(s); re-runs only fill what is missing.")
@@ -292,6 +300,8 @@ class ComparisonAdmin(admin.ModelAdmin):
     def judgement(self, obj):
         if obj.pk is None:
             return "–"
+        from .judging import panel_verdict
+
         rows = [(f"Judge {name}", label) for name, label in combined_by_judge(obj)]
         rows += [(f"Panel {panel.name} (≥ {panel.threshold:.0%})", panel_verdict(panel, obj))
                  for panel in JudgePanel.objects.prefetch_related("judges")]
@@ -323,9 +333,13 @@ class JudgeAdmin(admin.ModelAdmin):
 
     def get_queryset(self, request):
         # Every figure comes from this one query (aggregates plus two correlated subqueries for flips).
+        from .judging import with_figures
+
         return with_figures(super().get_queryset(request))
 
-    def _figures(self, obj) -> JudgeFigures | None:
+    def _figures(self, obj) -> "JudgeFigures | None":
+        from .judging import JudgeFigures
+
         return JudgeFigures.of(obj) if getattr(obj, "n_verdicts", None) is not None else None
 
     @admin.display(description="Verdicts", ordering="n_verdicts")
@@ -377,6 +391,8 @@ class JudgeAdmin(admin.ModelAdmin):
     def ranking(self, obj):
         if obj.pk is None:
             return "–"
+        from .judging import judge_matches, rank_generators
+
         # 200 resamples keep the page quick; `manage.py rank_generators` does 1000.
         ranks = rank_generators(judge_matches(obj, Comparison.objects.all()), n_boot=200)
         if not ranks:
@@ -414,6 +430,8 @@ class JudgePanelAdmin(admin.ModelAdmin):
     def consensus(self, obj):
         if obj.pk is None:
             return "–"
+        from .judging import panel_verdicts
+
         judged = Comparison.objects.filter(verdicts__judge__in=obj.judges.all()).distinct()
         counts = Counter(panel_verdicts(obj, judged).values())
         if not counts:

@@ -22,17 +22,17 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-from django.db import IntegrityError, transaction
-from django.db.models import F, Func, Subquery, Value
-from django.db.models.functions import Coalesce
+from django.db import IntegrityError, connection, transaction
+from django.db.models import BigIntegerField, F
+from django.db.models.expressions import RawSQL
 from django.utils import timezone
 
 from .models import Assignment, Campaign, CampaignItem, Vote
 
 # Each failed attempt means another expert took that item a moment ago; a handful is plenty.
 CLAIM_ATTEMPTS = 5
-# What the next comparison is shown with; one query fetches it all.
-SCREEN_RELATED = ("comparison__sample", "comparison__profile_a", "comparison__profile_b")
+# What the next comparison is shown with; one query fetches it all. The documents come by the sample's id.
+SCREEN_RELATED = ("comparison__profile_a", "comparison__profile_b")
 
 
 @dataclass(frozen=True)
@@ -56,28 +56,38 @@ class Progress:
         return min(100, round(100 * self.taken / self.needed)) if self.needed else 100
 
 
-def _aggregate(queryset, function: str, field: str = "pk") -> Coalesce:
-    # A function, not an aggregate, so the subquery has no GROUP BY and yields one row.
-    value = queryset.order_by().annotate(value=Func(F(field), function=function)).values("value")
-    return Coalesce(Subquery(value), Value(0))
+# The campaign's item count and the sum of their assignment counts travel as one number, items × 2³² + taken:
+# one pass over the campaign's items instead of two (the only part of the progress that grows with the queue).
+# taken ≤ items × overlap stays far below 2³² for any campaign a team of experts can review.
+_TOTALS_SHIFT = 2**32
 
 
 def progress_annotations(campaign: Campaign, expert) -> dict:
-    """Progress as annotations, so it rides along with a query the screen makes anyway."""
-    rationed = CampaignItem.objects.filter(campaign=campaign, gold_answer="")
-    mine = Vote.objects.in_campaign(campaign).filter(expert=expert)
+    """Progress as annotations, so it rides along with a query the screen makes anyway.
+
+    Written as SQL: the same subqueries built from querysets cost ~1.5 ms of CPU per request to compile, more
+    than running them. Standard SQL, the same on PostgreSQL and SQLite.
+    """
+    item, assignment, vote = (connection.ops.quote_name(model._meta.db_table)
+                              for model in (CampaignItem, Assignment, Vote))
+    mine = (f"FROM {vote} v INNER JOIN {assignment} a ON a.id = v.assignment_id "
+            f"INNER JOIN {item} i ON i.id = a.item_id WHERE i.campaign_id = %s AND v.expert_id = %s")
     return {
-        "progress_items": _aggregate(rationed, "COUNT"),
-        "progress_taken": _aggregate(rationed, "SUM", "assignment_count"),
-        "progress_mine": _aggregate(mine, "COUNT"),
-        "progress_last_vote": Subquery(mine.order_by("-created_at", "-pk").values("pk")[:1]),
+        "progress_totals": RawSQL(
+            f"SELECT COUNT(*) * {_TOTALS_SHIFT} + COALESCE(SUM(assignment_count), 0) FROM {item} "
+            "WHERE campaign_id = %s AND gold_answer = ''", (campaign.pk,), BigIntegerField()
+        ),
+        "progress_mine": RawSQL(f"SELECT COUNT(*) {mine}", (campaign.pk, expert.pk), BigIntegerField()),
+        "progress_last_vote": RawSQL(f"SELECT v.id {mine} ORDER BY v.created_at DESC, v.id DESC LIMIT 1",
+                                     (campaign.pk, expert.pk), BigIntegerField()),
     }
 
 
 def progress_from(row, campaign: Campaign) -> Progress:
+    items, taken = divmod(int(row.progress_totals), _TOTALS_SHIFT)
     return Progress(
-        needed=row.progress_items * campaign.overlap,
-        taken=row.progress_taken,
+        needed=items * campaign.overlap,
+        taken=taken,
         mine=row.progress_mine,
         last_vote_id=row.progress_last_vote,
     )

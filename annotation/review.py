@@ -13,10 +13,11 @@ from __future__ import annotations
 import re
 from collections import Counter
 from dataclasses import dataclass
+from functools import lru_cache
 
 import markdown
 import nh3
-from django.utils.html import escape, format_html
+from django.utils.html import escape
 from django.utils.safestring import SafeString, mark_safe
 
 from .models import Assignment, Document, JudgeVerdict, Order, Profile
@@ -107,8 +108,7 @@ class Pair:
         return cls(_shown(first, "left", assignment.flipped), _shown(second, "right", assignment.flipped))
 
     def canonical_choice(self, display: str) -> str:
-        sides = {"left": self.left.canonical, "right": self.right.canonical}
-        return sides.get(display, display)
+        return canonical_choice(display, flipped=self.left.canonical == "b")
 
     def display_choice(self, canonical: str) -> str:
         sides = {self.left.canonical: "left", self.right.canonical: "right"}
@@ -129,6 +129,17 @@ class Pair:
             if marked:
                 flags[shown.canonical] = marked
         return flags
+
+
+def canonical_choice(display: str, *, flipped: bool) -> str:
+    """A display answer ("left", "right", "tie", "both_bad") in canonical terms, given the assignment's ``flipped``."""
+    sides = {"left": "b" if flipped else "a", "right": "a" if flipped else "b"}
+    return sides.get(display, display)
+
+
+def has_flags(post) -> bool:
+    """Whether a posted form flags any competency (only then are the profiles needed to name them)."""
+    return any(key.startswith("flag-") and value in FLAGS for key in post for value in post.getlist(key))
 
 
 def _shown(profile: Profile, side: str, flipped: bool) -> ShownProfile:
@@ -239,8 +250,8 @@ def _mark(text: str, pattern: re.Pattern, found: Counter) -> SafeString:
     for match in pattern.finditer(text):
         term = match.group(0).casefold()
         found[term] += 1
-        pieces += [escape(text[last : match.start()]), format_html('<mark class="ev" data-term="{}">{}</mark>',
-                                                                    term, match.group(0))]
+        pieces += [escape(text[last : match.start()]),
+                   f'<mark class="ev" data-term="{escape(term)}">{escape(match.group(0))}</mark>']
         last = match.end()
     pieces.append(escape(text[last:]))
     return mark_safe("".join(pieces))
@@ -285,8 +296,12 @@ def _headline(outcome: str, pair: Pair) -> str:
     return "The judge gave no valid answer in at least one presentation order."
 
 
+@lru_cache(maxsize=64)
 def render_guidelines(text: str) -> SafeString:
-    """Campaign guidelines: markdown written by admins, still sanitised (links, lists, emphasis survive)."""
+    """Campaign guidelines: markdown written by admins, still sanitised (links, lists, emphasis survive).
+
+    Cached by the text itself (a pure function of it), so an edit shows at once and a page load costs nothing.
+    """
     return mark_safe(nh3.clean(markdown.markdown(text)))
 
 

@@ -19,8 +19,10 @@ from django.views.decorators.http import require_GET, require_POST
 
 from . import assignments
 from .assignments import Progress
-from .models import Assignment, Campaign, JudgeDisplay, JudgeVerdict, Vote
-from .review import DISPLAY_CHOICES, FLAGS, Pair, build_screen, display_choices, render_guidelines
+from .models import Assignment, Campaign, CampaignItem, Comparison, Document, JudgeDisplay, JudgeVerdict, Vote
+from .review import (
+    DISPLAY_CHOICES, FLAGS, Pair, build_screen, canonical_choice, display_choices, has_flags, render_guidelines,
+)
 from .roles import expert_required
 
 PAGE = "annotation/compare.html"
@@ -71,20 +73,34 @@ def _get_campaign_for_expert(request: HttpRequest, pk: int) -> Campaign:
     return get_object_or_404(Campaign.objects.for_expert(request.user), pk=pk)
 
 
-def _get_assignment_for_expert(request: HttpRequest, pk: int) -> Assignment:
-    """The expert's own assignment in one of their active campaigns, with all the screen and answers need."""
+def _get_assignment_for_expert(request: HttpRequest, pk: int, *, pair: bool = True,
+                               latest_vote: bool = True) -> Assignment:
+    """The expert's own assignment in one of their active campaigns, with what the answers and the screen need.
+
+    ``pair=False`` leaves the two profiles out: a vote needs only the assignment's ``flipped`` to store its
+    answer in canonical terms, and the profiles only for competency flags or to show the pair again
+    (``_with_pair``). Fewer joins keep PostgreSQL's planning of this query short (it was most of its time).
+    ``latest_vote=False`` leaves out the expert's latest vote in the campaign, which only revising needs.
+    """
     mine = Assignment.objects.filter(expert=request.user, item__campaign__experts=request.user,
                                      item__campaign__is_active=True)
     others_open = Assignment.objects.open().filter(expert=request.user, item__campaign=OuterRef("item__campaign"))
-    latest_vote = Vote.objects.filter(expert=request.user, assignment__item__campaign=OuterRef("item__campaign"))
-    queryset = mine.select_related(
-        "vote", "item__campaign", "item__comparison__sample", "item__comparison__profile_a",
-        "item__comparison__profile_b",
-    ).annotate(
-        others_open=Exists(others_open.exclude(pk=OuterRef("pk"))),
-        latest_vote_id=Subquery(latest_vote.order_by("-created_at", "-pk").values("pk")[:1]),
-    )
-    return get_object_or_404(queryset, pk=pk)
+    related = ["vote", "item__campaign"]
+    if pair:
+        related += ["item__comparison__profile_a", "item__comparison__profile_b"]
+    annotations = {"others_open": Exists(others_open.exclude(pk=OuterRef("pk")))}
+    if latest_vote:
+        latest = Vote.objects.filter(expert=request.user, assignment__item__campaign=OuterRef("item__campaign"))
+        annotations["latest_vote_id"] = Subquery(latest.order_by("-created_at", "-pk").values("pk")[:1])
+    return get_object_or_404(mine.select_related(*related).annotate(**annotations), pk=pk)
+
+
+def _with_pair(assignment: Assignment) -> Assignment:
+    """The assignment with its comparison's two profiles, in one query if it was loaded with ``pair=False``."""
+    item = assignment.item
+    if not CampaignItem.comparison.is_cached(item):
+        item.comparison = Comparison.objects.select_related("profile_a", "profile_b").get(pk=item.comparison_id)
+    return assignment
 
 
 def _vote_of(assignment: Assignment) -> Vote | None:
@@ -112,7 +128,8 @@ def _render(request: HttpRequest, campaign: Campaign, assignment: Assignment | N
     """The comparison screen: the whole page, or just the panel for htmx. ``verdicts``: if already fetched."""
     screen = None
     if assignment is not None:
-        documents = list(assignment.item.comparison.sample.ordered_documents())
+        documents = list(Document.objects.filter(sampledocument__sample=assignment.item.comparison.sample_id)
+                         .order_by("sampledocument__position"))
         if verdicts is None:
             verdicts = _verdicts(campaign, assignment, revealed=revealed)
         screen = build_screen(assignment, documents, verdicts, revealed=revealed, posted=posted)
@@ -181,21 +198,21 @@ def assignment_detail(request: HttpRequest, pk: int) -> HttpResponse:
 @expert_required
 @require_POST
 def vote(request: HttpRequest, pk: int) -> HttpResponse:
-    assignment = _get_assignment_for_expert(request, pk)
+    assignment = _get_assignment_for_expert(request, pk, pair=False, latest_vote=False)
     campaign = assignment.item.campaign
     if _vote_of(assignment) is not None or assignment.skipped_at is not None:
         return _next(request, campaign, notice=ALREADY_ANSWERED, may_have_open=assignment.others_open)
     form = VoteForm(request.POST)
     if not form.is_valid():
         progress = assignments.campaign_progress(campaign, request.user)
-        return _render(request, campaign, assignment, progress, error=MISSING_CHOICE, posted=request.POST,
-                       status=422)
-    pair = Pair.of(assignment)
+        return _render(request, campaign, _with_pair(assignment), progress, error=MISSING_CHOICE,
+                       posted=request.POST, status=422)
+    flags = Pair.of(_with_pair(assignment)).flags_from(request.POST) if has_flags(request.POST) else {}
     recorded = assignments.record_vote(
         assignment,
-        choice=pair.canonical_choice(form.cleaned_data["choice"]),
+        choice=canonical_choice(form.cleaned_data["choice"], flipped=assignment.flipped),
         rationale=form.cleaned_data["rationale"],
-        flags=pair.flags_from(request.POST),
+        flags=flags,
     )
     if recorded is None:
         return _next(request, campaign, notice=ALREADY_ANSWERED, may_have_open=assignment.others_open)
@@ -211,6 +228,7 @@ def _reveal(request: HttpRequest, campaign: Campaign, assignment: Assignment, re
         return _next(request, campaign, may_have_open=assignment.others_open)
     if not request.htmx:
         return redirect("annotation:assignment", assignment.pk)
+    _with_pair(assignment)
     assignment.vote = recorded
     progress = assignments.campaign_progress(campaign, request.user)
     return _render(request, campaign, assignment, progress, revealed=True, verdicts=verdicts)
@@ -220,7 +238,7 @@ def _reveal(request: HttpRequest, campaign: Campaign, assignment: Assignment, re
 @expert_required
 @require_POST
 def skip(request: HttpRequest, pk: int) -> HttpResponse:
-    assignment = _get_assignment_for_expert(request, pk)
+    assignment = _get_assignment_for_expert(request, pk, pair=False, latest_vote=False)
     skipped = assignments.skip(assignment)
     return _next(request, assignment.item.campaign, notice="" if skipped else ALREADY_ANSWERED,
                  may_have_open=assignment.others_open)

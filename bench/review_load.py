@@ -10,11 +10,14 @@ starts gunicorn on 127.0.0.1, and lets every expert log in through the login for
 pairs per campaign from its own thread, all at once, through the htmx vote endpoint: one request per
 judgment, answered with the next pair. Every 10th vote is sent twice (a double submit) and must be refused.
 
-What it prints: per queue size, the server time of vote-plus-next at p50/p95 from the view's own
+What it prints: per queue size, the server time of vote-plus-next at p50/p95/p99 from the view's own
 Server-Timing header (so the queueing of 50 clients on a few workers does not count), its CPU time (what
-the request cost, whatever else the machine is doing), the SQL queries per round trip (must not grow with
-the queue), the client-side latency, the machine's load average, and the lost and duplicate votes found in
-the database afterwards (must be 0). Exits 1 when a check fails.
+the request cost, whatever else the machine is doing), its SQL time, the SQL queries per round trip (must
+not grow with the queue), and the client-side latency; how much slower the largest queue is than the
+smallest; the round trips per second; the CPU the load generator, the gunicorn workers and their PostgreSQL
+backends each used (the clients share the machine's cores with the server: if they use a good part of it,
+the benchmark measures itself); the workers' memory; the machine's load average at the start and the end;
+and the lost and duplicate votes found in the database afterwards (must be 0). Exits 1 when a check fails.
 """
 
 from __future__ import annotations
@@ -51,7 +54,9 @@ class Config:
     # Pairs per campaign: the two queue sizes compared. Half of each is answered already; the rest must not run
     # dry (experts × votes ≤ size / 2 × overlap), or the last round trips would be "nothing left" pages.
     sizes: tuple[int, ...] = (1000, 10000)
-    workers: int = 4  # gunicorn sync workers
+    # gunicorn sync workers, one per core: PostgreSQL and the clients run on the same cores, and more workers
+    # only time-slice them (on 2 cores, 3 or 4 workers gave longer server times and no more round trips/s).
+    workers: int = os.cpu_count() or 2
     display: str = "hidden"  # the campaigns' judge display mode
     database_url: str = os.environ.get("BENCH_DATABASE_URL", DEFAULT_URL)
 
@@ -66,7 +71,22 @@ class Sample:
 
 
 @dataclass
+class Usage:
+    """CPU seconds of the load generator, the gunicorn workers and their PostgreSQL backends over the voting."""
+
+    wall_s: float = 0.0
+    client_cpu_s: float = 0.0
+    server_cpu_s: float = 0.0
+    db_cpu_s: float | None = None  # None when PostgreSQL runs on another machine
+    worker_rss_mb: list[float] = field(default_factory=list)
+    ready_s: float = 0.0  # from starting gunicorn to its first answer
+    load_start: tuple[float, float] = (0.0, 0.0)
+    load_end: tuple[float, float] = (0.0, 0.0)
+
+
+@dataclass
 class Result:
+    usage: Usage = field(default_factory=Usage)
     samples: dict[int, list[Sample]] = field(default_factory=dict)
     confirmed: dict[int, list[tuple[str, int]]] = field(default_factory=dict)  # size → (expert, assignment)
     double_submits: int = 0
@@ -96,20 +116,29 @@ def main(config: Config) -> int:
 def _bench(config: Config) -> bool:
     from django.core.management import call_command
 
+    from django.db import connection
+
     call_command("migrate", verbosity=0)
 
     # Seed
     started = time.perf_counter()
     campaigns = {size: _seed_campaign(size, config) for size in config.sizes}
     experts = _seed_experts(config.experts, list(campaigns.values()))
+    with connection.cursor() as cursor:
+        # A database in use has its statistics (autovacuum keeps them); a freshly seeded one would be planned
+        # as if its tables were empty.
+        cursor.execute("ANALYZE")
     print(f"seeded {', '.join(map(str, config.sizes))} pairs in {time.perf_counter() - started:.1f} s", flush=True)
 
     # Serve and vote
     port = _free_port()
+    started = time.perf_counter()
     server = _start_gunicorn(config, port)
     try:
         _wait_until_serving(port)
-        result = _run_experts(f"http://127.0.0.1:{port}", experts, campaigns, config)
+        ready_s = time.perf_counter() - started
+        result = _run_experts(f"http://127.0.0.1:{port}", experts, campaigns, config, server.pid)
+        result.usage.ready_s = ready_s
     finally:
         server.terminate()
         server.wait(timeout=60)
@@ -247,10 +276,11 @@ _SHOWN = re.compile(r'data-assignment="(\d+)"')
 _TIMING = re.compile(r'app;dur=([\d.]+), cpu;dur=([\d.]+), db;dur=([\d.]+);desc="(\d+) queries"')
 
 
-def _run_experts(base: str, experts: list[str], campaigns: dict, config: Config) -> Result:
+def _run_experts(base: str, experts: list[str], campaigns: dict, config: Config, server_pid: int) -> Result:
     from concurrent.futures import ThreadPoolExecutor
 
     result = Result(samples={size: [] for size in campaigns}, confirmed={size: [] for size in campaigns})
+    usage = result.usage
 
     # Log in through the login form first: its password hashing is deliberately slow and not what is measured
     with ThreadPoolExecutor(max_workers=8) as pool:
@@ -267,13 +297,125 @@ def _run_experts(base: str, experts: list[str], campaigns: dict, config: Config)
                 result.errors.append(f"{username}: {type(error).__name__}: {error}")
 
     threads = [threading.Thread(target=expert_session, args=(name,)) for name in experts]
-    started = time.perf_counter()
+    watcher = _admin_connection(config.database_url) if _is_local(config.database_url) else None
+    workers = _CpuMeter(lambda: _children(server_pid))
+    backends = _CpuMeter(lambda: _backends(watcher, config.database_url))
+    usage.load_start = os.getloadavg()[:2]
+    started, client_cpu = time.perf_counter(), _own_cpu()
+    done = threading.Event()
+    sampler = threading.Thread(target=_sample, args=([workers, backends], done))
+    sampler.start()
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join(timeout=600)
-    print(f"{len(experts)} experts voted in {time.perf_counter() - started:.1f} s", flush=True)
+    usage.wall_s = time.perf_counter() - started
+    usage.client_cpu_s = _own_cpu() - client_cpu  # the sampler's share included: a few ms
+    done.set()
+    sampler.join()
+    usage.server_cpu_s = workers.used()
+    usage.db_cpu_s = backends.used() if backends.seen else None
+    if watcher is not None:
+        watcher.close()
+    usage.load_end = os.getloadavg()[:2]
+    usage.worker_rss_mb = [_rss_mb(pid) for pid in _children(server_pid)]
+    print(f"{len(experts)} experts voted in {usage.wall_s:.1f} s", flush=True)
     return result
+
+
+class _CpuMeter:
+    """CPU used by a changing set of processes (workers restarted, database connections reopened): sampled
+    often, each process counted from its first sample (from 0 if it started after the first round)."""
+
+    def __init__(self, find):
+        self.find = find
+        self.first: dict[int, float] = {}
+        self.last: dict[int, float] = {}
+        self.seen = False
+        self.sample(start=True)
+
+    def sample(self, start: bool = False) -> None:
+        for pid in self.find():
+            cpu = _cpu_of([pid])
+            self.first.setdefault(pid, cpu if start else 0.0)
+            self.last[pid] = max(cpu, self.last.get(pid, 0.0))
+            self.seen = True
+
+    def used(self) -> float:
+        return sum(self.last[pid] - self.first[pid] for pid in self.last)
+
+
+def _sample(meters: list[_CpuMeter], done: threading.Event) -> None:
+    while not done.wait(0.5):
+        for meter in meters:
+            meter.sample()
+    for meter in meters:
+        meter.sample()
+
+
+def _own_cpu() -> float:
+    import resource
+
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    return own.ru_utime + own.ru_stime
+
+
+def _children(pid: int) -> list[int]:
+    """The gunicorn master's worker processes."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if int(_stat(int(entry.name))[1]) == pid:
+                    found.append(int(entry.name))
+            except (OSError, IndexError, ValueError):
+                continue
+    return found
+
+
+def _is_local(url: str) -> bool:
+    return urlparse(url).hostname in ("127.0.0.1", "localhost", "::1")
+
+
+def _backends(watcher, url: str) -> list[int]:
+    """The PostgreSQL backends serving the benchmark's database, when PostgreSQL runs on this machine.
+
+    ``watcher`` is connected to another database, so its own backend is not one of them.
+    """
+    if watcher is None:
+        return []
+    rows = watcher.execute("SELECT pid FROM pg_stat_activity WHERE datname = %s",
+                           (urlparse(url).path.lstrip("/"),)).fetchall()
+    return [pid for (pid,) in rows if Path(f"/proc/{pid}").exists()]
+
+
+def _stat(pid: int) -> list[str]:
+    """/proc/<pid>/stat from the state field on (the command name may hold spaces): [state, ppid, …]."""
+    text = Path(f"/proc/{pid}/stat").read_text()
+    return text[text.rindex(")") + 2:].split()
+
+
+def _cpu_of(pids: list[int]) -> float:
+    """User + system CPU seconds of the processes (those that exited since count as what they had)."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for pid in pids:
+        try:
+            fields = _stat(pid)
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / ticks  # utime, stime
+    return total
+
+
+def _rss_mb(pid: int) -> float:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return float("nan")
 
 
 def _log_in(base: str, username: str):
@@ -328,26 +470,44 @@ def _report(config: Config, campaigns: dict, result: Result) -> bool:
 
     from annotation.models import CampaignItem, Vote
 
+    usage = result.usage
     print(f"\nreview load: {config.experts} experts × up to {config.votes} votes per campaign, gunicorn "
           f"{config.workers} sync workers, PostgreSQL, judge display '{config.display}'")
-    print(f"{'queue':>6} {'votes':>6} {'server p50':>11} {'p95':>7} {'max':>7} {'cpu p50':>8} {'p95':>6} "
-          f"{'sql p50':>8} {'p95':>6} {'queries/trip':>13} {'client p50':>11} {'p95':>7}")
-    query_counts = {}
+    print(f"{'queue':>6} {'trips':>6}  {'ms':<7} {'p50':>7} {'p95':>7} {'p99':>7} {'max':>7}  {'queries/trip':>12}")
+    query_counts, server_times = {}, {}
     for size, samples in result.samples.items():
         if not samples:
             print(f"{size:>6} no votes")
             continue
-        server = [s.server_ms for s in samples]
-        cpu = [s.cpu_ms for s in samples]
-        sql = [s.db_ms for s in samples]
-        client = [s.client_ms for s in samples]
         counts = sorted(set(s.queries for s in samples))
         query_counts[size] = counts
-        print(f"{size:>6} {len(samples):>6} {_percentile(server, .5):>8.1f} ms {_percentile(server, .95):>7.1f} "
-              f"{max(server):>7.1f} {_percentile(cpu, .5):>5.1f} ms {_percentile(cpu, .95):>6.1f} "
-              f"{_percentile(sql, .5):>5.1f} ms {_percentile(sql, .95):>6.1f} "
-              f"{'/'.join(map(str, counts)):>13} {_percentile(client, .5):>8.1f} ms {_percentile(client, .95):>7.1f}")
-    print(f"machine load average during the run: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
+        server_times[size] = [s.server_ms for s in samples]
+        rows = [("server", server_times[size]), ("cpu", [s.cpu_ms for s in samples]),
+                ("sql", [s.db_ms for s in samples]), ("client", [s.client_ms for s in samples])]
+        for number, (name, values) in enumerate(rows):
+            head = f"{size:>6} {len(samples):>6}" if number == 0 else " " * 13
+            tail = f"  {'/'.join(map(str, counts)):>12}" if number == 0 else ""
+            print(f"{head}  {name:<7} {_percentile(values, .5):>7.1f} {_percentile(values, .95):>7.1f} "
+                  f"{_percentile(values, .99):>7.1f} {max(values):>7.1f}{tail}")
+    if len(server_times) > 1:
+        small, large = min(server_times), max(server_times)
+        ratios = [_percentile(server_times[large], q) / _percentile(server_times[small], q) for q in (.5, .95)]
+        print(f"queue {large} vs {small}: server time p50 ×{ratios[0]:.2f}, p95 ×{ratios[1]:.2f}")
+
+    trips = sum(len(samples) for samples in result.samples.values())
+    print(f"\nthroughput: {trips} measured round trips in {usage.wall_s:.1f} s of voting: "
+          f"{trips / usage.wall_s:.1f}/s (besides them: a double submit every 10th vote, a page per expert and queue)")
+    db = f", PostgreSQL backends {usage.db_cpu_s:.1f} s" if usage.db_cpu_s is not None else ""
+    print(f"CPU during the voting: load generator {usage.client_cpu_s:.1f} s, gunicorn workers "
+          f"{usage.server_cpu_s:.1f} s{db}, out of {usage.wall_s * (os.cpu_count() or 1):.0f} core-seconds; "
+          f"per round trip: client {usage.client_cpu_s / trips * 1000:.1f} ms, server "
+          f"{usage.server_cpu_s / trips * 1000:.1f} ms"
+          + (f", PostgreSQL {usage.db_cpu_s / trips * 1000:.1f} ms" if usage.db_cpu_s is not None else ""))
+    rss = [value for value in usage.worker_rss_mb if value == value]
+    if rss:
+        print(f"gunicorn: answered {usage.ready_s:.1f} s after starting; worker RSS {min(rss):.0f}–{max(rss):.0f} MB")
+    print(f"machine load average (1 min, 5 min): {usage.load_start[0]:.1f}, {usage.load_start[1]:.1f} at the start, "
+          f"{usage.load_end[0]:.1f}, {usage.load_end[1]:.1f} at the end, on {os.cpu_count()} cores")
 
     lost = duplicates = over = 0
     for size, campaign in campaigns.items():

@@ -4,12 +4,13 @@ from django.template.response import TemplateResponse
 from django.urls import reverse
 from django.utils.html import format_html
 
-from .evaluation import request_cancel as cancel_evaluation
-from .evaluation import start_evaluation
 from .forms import EvaluationForm, StartTrainingForm
 from .liveness import mark_stale
 from .models import EvaluationRun, TrainingLogEntry, TrainingRun
 from .runs import TrainingError, request_cancel, resume_training, start_training
+
+# training.evaluation pulls in openai, numpy, scipy and scikit-learn (through annotation.judging and .stats); every
+# web process loads this module at start-up, so the evaluation views below import it when used.
 
 
 class TrainingLogInline(admin.TabularInline):
@@ -107,6 +108,8 @@ class EvaluationRunAdmin(admin.ModelAdmin):
         run_id = request.GET.get("training_run")
         form = EvaluationForm(request.POST or None, initial={"training_run": run_id} if run_id else None)
         if request.method == "POST" and form.is_valid():
+            from .evaluation import start_evaluation
+
             data = form.cleaned_data
             try:
                 evaluation = start_evaluation(
@@ -124,5 +127,7 @@ class EvaluationRunAdmin(admin.ModelAdmin):
 
     @admin.action(description="Cancel the selected evaluations")
     def cancel_evaluations(self, request, queryset):
+        from .evaluation import request_cancel as cancel_evaluation
+
         for evaluation in queryset.active():
             self.message_user(request, f"{evaluation.name}: {cancel_evaluation(evaluation)}.")

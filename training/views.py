@@ -14,11 +14,9 @@ from django.utils import timezone
 from django.views.decorators.http import require_GET, require_POST
 from django_htmx.http import HttpResponseStopPolling
 
-from annotation.generation import start_generation
 from annotation.models import Sample, Split
 from annotation.roles import admin_required
 
-from . import evaluation as evaluations
 from . import runs
 from .charts import line_chart
 from .forms import SendToExpertsForm
@@ -26,6 +24,8 @@ from .liveness import mark_stale
 from .models import EvaluationRun, TrainingRun
 
 LOG_TAIL_LINES = 80
+# Generation and evaluation (through judging and stats) pull in openai, numpy, scipy and scikit-learn (~150 MB):
+# the URLconf imports this module in every web process, so the views that need them import them.
 
 
 def _get_run(pk: int) -> TrainingRun:
@@ -156,6 +156,8 @@ def run_make_generator(request: HttpRequest, pk: int) -> HttpResponse:
 
 def _next_round(request: HttpRequest, generator) -> HttpResponse:
     if request.POST.get("generate"):
+        from annotation.generation import start_generation
+
         job = start_generation(generator, Sample.objects.filter(split=Split.TRAIN), user=request.user)
         messages.success(request, f"{generator.name} is generating candidates for {job.total} train samples.")
         return redirect("job_detail", pk=job.pk)
@@ -174,6 +176,8 @@ def _get_evaluation(pk: int) -> EvaluationRun:
 
 
 def _evaluation_context(evaluation: EvaluationRun, form: SendToExpertsForm | None = None) -> dict:
+    from . import evaluation as evaluations
+
     results = evaluation.results or {}
     experts = evaluations.expert_figures(evaluation)
     judged = results.get("versus", {}).get("baseline", {}).get("judged")
@@ -206,6 +210,8 @@ def evaluation_detail(request: HttpRequest, pk: int) -> HttpResponse:
 @admin_required
 @require_POST
 def evaluation_cancel(request: HttpRequest, pk: int) -> HttpResponse:
+    from . import evaluation as evaluations
+
     evaluation = _get_evaluation(pk)
     messages.info(request, f"{evaluation.name}: {evaluations.request_cancel(evaluation)}.")
     return redirect("training:evaluation", pk=pk)
@@ -214,6 +220,8 @@ def evaluation_cancel(request: HttpRequest, pk: int) -> HttpResponse:
 @admin_required
 @require_POST
 def evaluation_send(request: HttpRequest, pk: int) -> HttpResponse:
+    from . import evaluation as evaluations
+
     evaluation = _get_evaluation(pk)
     form = SendToExpertsForm(request.POST)
     if not form.is_valid():
@@ -232,6 +240,8 @@ def evaluation_send(request: HttpRequest, pk: int) -> HttpResponse:
 @admin_required
 @require_POST
 def evaluation_make_generator(request: HttpRequest, pk: int) -> HttpResponse:
+    from . import evaluation as evaluations
+
     evaluation = _get_evaluation(pk)
     try:
         generator = evaluations.next_round_generator(evaluation)
