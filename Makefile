@@ -13,7 +13,7 @@ PIP_NOISE := ^WARNING: Location .* is ignored
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install demo test check bench worker web clean-demo
+.PHONY: install demo test check bench bench-quick worker web clean-demo
 
 install: $(VENV)/.installed static/vendor/htmx.min.js $(MODEL_DIR)/config.json
 
@@ -51,8 +51,22 @@ check: install
 test: install $(CHROMIUM) check
 	$(PY) -m pytest
 
+# Each benchmark prints its own ratio; all of them take ~1 h on a laptop CPU, bench-quick ~15 min.
 bench: install
-	$(PY) bench/run_all.py
+	$(PY) bench/generation.py
+	$(PY) bench/format_guide.py
+	$(PY) bench/judging.py
+	$(PY) bench/training.py
+	$(PY) bench/export.py
+	$(PY) bench/review_load.py
+
+bench-quick: install
+	$(PY) bench/generation.py --prompts 4
+	$(PY) bench/format_guide.py --samples 2 --candidates 2
+	$(PY) bench/judging.py --comparisons 4
+	$(PY) bench/training.py --steps 4 --repeats 1
+	$(PY) bench/export.py --sizes 10000
+	$(PY) bench/review_load.py --experts 10 --votes 5 --sizes 100,1000
 
 worker: install
 	$(VENV)/bin/celery -A compx_site worker -l info -Q default,generation,judging,training

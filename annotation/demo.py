@@ -31,8 +31,8 @@ Keys: `1` A · `2` B · `3` tie · `4` both bad · `Enter` submit · `u` undo ·
 
 def ensure_demo_objects() -> tuple[Generator, Judge, Campaign]:
     generator, _ = Generator.objects.get_or_create(name=GENERATOR, defaults={
-        "backend": Backend.LOCAL, "model": "default", "temperature": 0.7, "top_p": 0.95,
-        "repetition_penalty": 1.15, "max_new_tokens": 200, "candidates": 4,
+        "backend": Backend.LOCAL, "model": "default", "temperature": 0.5, "top_p": 0.95,
+        "repetition_penalty": 1.15, "max_new_tokens": 256, "candidates": 4, "format_guide": True,
     })
     judge, _ = Judge.objects.get_or_create(name=JUDGE, defaults={"backend": Backend.LOCAL, "model": "default"})
     campaign, _ = Campaign.objects.get_or_create(name=CAMPAIGN, defaults={

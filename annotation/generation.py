@@ -31,6 +31,7 @@ class Output:
     prompt_tokens: int | None
     completion_tokens: int | None
     latency_ms: int
+    truncated: bool = False
 
 
 def conversation_for(sample: Sample) -> list[dict]:
@@ -54,6 +55,7 @@ class LocalBackend:
             repetition_penalty=generator.repetition_penalty, max_new_tokens=generator.max_new_tokens,
             num_beams=generator.num_beams, num_beam_groups=generator.num_beam_groups,
             diversity_penalty=generator.diversity_penalty, num_candidates=1,
+            format_guide=generator.format_guide and generator.num_beams == 1,
         )
 
     def generate(self, conversations: list[list[dict]], k: int) -> list[list[Output]]:
@@ -66,7 +68,8 @@ class LocalBackend:
         # One generate call made them all: each candidate is charged an equal share of its wall time,
         # so summed latencies give the real time and tokens / latency the real throughput.
         share = int((time.monotonic() - started) * 1000 / max(1, sum(len(r) for r in results)))
-        return [[Output(c.text, c.prompt_tokens, c.completion_tokens, share) for c in cands] for cands in results]
+        return [[Output(c.text, c.prompt_tokens, c.completion_tokens, share, c.finish_reason == "length")
+                 for c in cands] for cands in results]
 
 
 class OpenAIBackend:
@@ -81,7 +84,7 @@ class OpenAIBackend:
         g = self.generator
         result = chat(self.client, g.model, conversation, temperature=g.temperature, top_p=g.top_p,
                       max_tokens=g.max_new_tokens)
-        return Output(result.text, result.prompt_tokens, result.completion_tokens, result.latency_ms)
+        return Output(result.text, result.prompt_tokens, result.completion_tokens, result.latency_ms, result.truncated)
 
     def generate(self, conversations: list[list[dict]], k: int) -> list[list[Output]]:
         with ThreadPoolExecutor(max_workers=self.generator.concurrency) as pool:
@@ -109,7 +112,8 @@ def store_candidates(generator: Generator, sample: Sample, indexes: list[int], o
         Profile.objects.create(
             sample=sample, generator=generator, candidate_index=index, raw_text=output.text,
             prompt_version=EXTRACTION_PROMPT_VERSION, settings=decoding, prompt_tokens=output.prompt_tokens,
-            completion_tokens=output.completion_tokens, latency_ms=output.latency_ms, **parsed_fields(output.text),
+            completion_tokens=output.completion_tokens, latency_ms=output.latency_ms,
+            **parsed_fields(output.text, cut_off_at=generator.max_new_tokens if output.truncated else None),
         )
     mark_near_duplicates(sample.pk)
     return sum(o.completion_tokens or 0 for o in outputs[: len(indexes)])

@@ -29,6 +29,7 @@ class ChatResult:
     prompt_tokens: int | None
     completion_tokens: int | None
     latency_ms: int
+    truncated: bool = False  # stopped by max_tokens, not by the model
 
 
 def make_client(base_url: str, api_key_env: str = "", timeout: float = DEFAULT_TIMEOUT_S,
@@ -52,9 +53,10 @@ def chat(client: openai.OpenAI, model: str, messages: list[dict], *, temperature
         raise translate_error(exc, client, model) from exc
     latency_ms = int((time.monotonic() - started) * 1000)
     text = (response.choices[0].message.content or "") if response.choices else ""
+    truncated = bool(response.choices) and response.choices[0].finish_reason == "length"
     usage = response.usage
     return ChatResult(text, usage.prompt_tokens if usage else None, usage.completion_tokens if usage else None,
-                      latency_ms)
+                      latency_ms, truncated)
 
 
 def translate_error(exc: openai.APIError, client: openai.OpenAI, model: str) -> Exception:

@@ -94,6 +94,11 @@ class Generator(models.Model):
     num_beams = models.PositiveSmallIntegerField(default=1)
     num_beam_groups = models.PositiveSmallIntegerField(default=1)
     diversity_penalty = models.FloatField(default=0.0)
+    format_guide = models.BooleanField(
+        default=True,
+        help_text="Local models: the profile's line structure (domain line, 'Competencies:', 3–8 '- Name: "
+                  "description' items) is enforced while the model writes the words. Small models need it; "
+                  "it has no effect on HTTP backends or with beam search.")
     concurrency = models.PositiveSmallIntegerField(default=4, help_text="Parallel requests (HTTP backends).")
     source_run = models.ForeignKey(
         "training.TrainingRun", null=True, blank=True, on_delete=models.SET_NULL, related_name="generators"
@@ -116,7 +121,7 @@ class Generator(models.Model):
     def decoding_settings(self) -> dict:
         fields = [
             "model", "adapter_path", "temperature", "top_p", "repetition_penalty", "max_new_tokens",
-            "candidates", "num_beams", "num_beam_groups", "diversity_penalty",
+            "candidates", "num_beams", "num_beam_groups", "diversity_penalty", "format_guide",
         ]
         return {name: getattr(self, name) for name in fields}
 

@@ -6,9 +6,16 @@ from .models import Profile
 from .profile_format import Competency, ParsedProfile, is_near_duplicate, parse_profile
 
 
-def parsed_fields(raw_text: str) -> dict:
-    """The Profile fields that come from parsing raw model output."""
+def parsed_fields(raw_text: str, cut_off_at: int | None = None) -> dict:
+    """The Profile fields that come from parsing raw model output.
+
+    ``cut_off_at``: the token limit that stopped the model. Such a text may still parse, but its last
+    competency is unfinished, so it is not a profile the model gave.
+    """
     parsed = parse_profile(raw_text)
+    if parsed.valid and cut_off_at is not None:
+        parsed = ParsedProfile(valid=False, reason=f"cut off at the token limit ({cut_off_at} tokens) before the "
+                                                   "answer ended; raise the generator's max new tokens")
     return {
         "domain": parsed.domain if parsed.valid else "",
         "competencies": [{"name": c.name, "description": c.description} for c in parsed.competencies]

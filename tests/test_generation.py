@@ -3,7 +3,7 @@
 import pytest
 
 from annotation import generation
-from annotation.generation import run_generation, start_generation
+from annotation.generation import Output, run_generation, start_generation, store_candidates
 from annotation.jobs import JobProgress, create_job, run_job
 from annotation.models import Backend, Document, Generator, Job, JobKind, JobStatus, Profile, Sample, SampleDocument
 from annotation.prompts import EXTRACTION_PROMPT_VERSION
@@ -191,3 +191,16 @@ def test_generator_figures_in_the_admin(client_for, admin_user):
     page = client.get(f"/admin/annotation/generator/{generator.pk}/change/").content.decode()
     assert "Mean competencies per valid profile: 3.0" in page and "Invalid (1×): no &#x27;Domain:&#x27; line" in page
 
+
+
+@pytest.mark.django_db
+def test_a_candidate_cut_off_by_the_token_limit_is_invalid_even_when_it_parses():
+    sample = make_samples(1)[0]
+    generator = local_generator(max_new_tokens=40)
+    text = 'Domain: "Hydrology"\n\nCompetencies:\n- Modelling: floods\n- Sensing: radar rain\n- Statistics: extremes of'
+    outputs = [Output(text, 80, 40, 5, truncated=True), Output(text + " rainfall\n", 80, 38, 5)]
+    store_candidates(generator, sample, [0, 1], outputs)
+    cut, ended = Profile.objects.order_by("candidate_index")
+    assert not cut.is_valid and "cut off at the token limit (40 tokens)" in cut.invalid_reason
+    assert cut.raw_text == text and cut.competencies == []
+    assert ended.is_valid and [c["name"] for c in ended.competencies] == ["Modelling", "Sensing", "Statistics"]

@@ -23,6 +23,8 @@ import dataclasses
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable
 
+from .guide import FormatGuide, Vocabulary
+
 if TYPE_CHECKING:
     import torch
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -47,6 +49,7 @@ class DecodingSettings:
     num_beam_groups: int = 1
     diversity_penalty: float = 0.0
     seed: int | None = 0
+    format_guide: bool = False  # keep the output on the profile's line structure (training.ml.guide)
 
     @property
     def mode(self) -> str:
@@ -91,6 +94,8 @@ class DecodingSettings:
                 fail("diversity_penalty", "diverse beam search (num_beam_groups > 1) needs a penalty > 0")
             if self.temperature > 0:
                 fail("temperature", "diverse beam search is deterministic; set temperature=0")
+        if self.format_guide and mode in ("beam", "diverse_beam"):
+            fail("format_guide", "works with greedy decoding and sampling, not with beam search")
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -148,6 +153,15 @@ def _eos_ids(model: "PreTrainedModel", tokenizer: "PreTrainedTokenizerBase") -> 
     if tokenizer.eos_token_id is not None:
         ids.add(int(tokenizer.eos_token_id))
     return sorted(ids)
+
+
+def _vocabulary(tokenizer: "PreTrainedTokenizerBase", eos_ids: list[int]) -> Vocabulary:
+    # Built once per tokenizer: a worker keeps its model, and so its tokenizer, for its whole life.
+    vocabulary = getattr(tokenizer, "_compx_guide_vocabulary", None)
+    if vocabulary is None or vocabulary.eos_ids != eos_ids:
+        vocabulary = Vocabulary(tokenizer, eos_ids)
+        tokenizer._compx_guide_vocabulary = vocabulary
+    return vocabulary
 
 
 def _model_device(model: "PreTrainedModel") -> "torch.device":
@@ -209,6 +223,9 @@ def _generate_rows(
             rep = _repetition_penalty(settings, pad_lens, rows_per_prompt)
             if rep is not None:
                 processors.append(rep)
+            if settings.format_guide:
+                processors.append(FormatGuide(_vocabulary(tokenizer, eos_ids), input_ids.shape[1],
+                                              settings.max_new_tokens))
             kwargs: dict[str, Any] = dict(
                 max_new_tokens=settings.max_new_tokens,
                 num_return_sequences=num_return,

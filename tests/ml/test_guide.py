@@ -1,0 +1,154 @@
+"""The format guide decides where lines begin and end; the model (here: random logits or SmolLM2) the words."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from training.ml.generate import DecodingSettings, generate_batch
+from training.ml.guide import MAX_NAME_CHARS, FormatGuide, Vocabulary
+
+# What every guided answer that ends by itself looks like, whatever the words.
+STRUCTURE = re.compile(r'Domain:[^\n]+\n\nCompetencies:\n(- [A-Za-z(][^\n:]*:[^\n]+\n){3,8}')
+
+
+@pytest.fixture(scope="module")
+def tokenizer(model_dir):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(model_dir)
+
+
+@pytest.fixture(scope="module")
+def vocab(tokenizer):
+    return Vocabulary(tokenizer, [tokenizer.eos_token_id])
+
+
+def run(vocab, tokens: list[int]) -> tuple[FormatGuide, set[int]]:
+    """Feed ``tokens`` one step at a time, as generate does; return the guide and the ids allowed next."""
+    import torch
+
+    prompt = [0]
+    guide = FormatGuide(vocab, len(prompt))
+    for end in range(len(tokens) + 1):
+        scores = torch.zeros(1, vocab.size)
+        guide(torch.tensor([prompt + tokens[:end]]), scores)
+    return guide, set(torch.isfinite(scores[0]).nonzero().flatten().tolist())
+
+
+def ids(tokenizer, text: str) -> list[int]:
+    return tokenizer.encode(text, add_special_tokens=False)
+
+
+def newline_tokens(vocab) -> set[int]:
+    return {i for i, text in enumerate(vocab.texts) if "\n" in text}
+
+
+def test_the_domain_line_cannot_end_early_and_must_end_at_its_closing_quote(tokenizer, vocab):
+    _, allowed = run(vocab, ids(tokenizer, ' "G'))
+    assert not allowed & newline_tokens(vocab)
+    _, allowed = run(vocab, ids(tokenizer, ' "Genomics of liver'))
+    assert vocab.blank_line in allowed and vocab.single_newline not in allowed
+    _, allowed = run(vocab, ids(tokenizer, ' "Genomics of liver"'))
+    assert allowed == {vocab.blank_line}
+
+
+def test_the_header_and_first_dash_are_forced_then_a_word_starts_the_item(tokenizer, vocab):
+    domain = ids(tokenizer, ' "Genomics"') + [vocab.blank_line]
+    forced = []
+    for _ in vocab.header_ids:
+        _, allowed = run(vocab, domain + forced)
+        assert len(allowed) == 1
+        forced.append(allowed.pop())
+    assert tokenizer.decode(forced) == "Competencies:\n-"
+    _, allowed = run(vocab, domain + forced)
+    assert all(re.match(r"^ [A-Za-z(]", vocab.texts[i]) for i in allowed)
+    assert len(allowed) > 10_000  # the words are the model's choice
+
+
+def profile_tokens(tokenizer, vocab, items: list[str]) -> list[int]:
+    tokens = ids(tokenizer, ' "Genomics"') + [vocab.blank_line] + vocab.header_ids
+    for n, item in enumerate(items):
+        if n:
+            tokens.append(vocab.dash)
+        tokens += ids(tokenizer, " " + item) + [vocab.single_newline]
+    return tokens
+
+
+def test_an_item_ends_only_once_it_has_a_name_and_a_description(tokenizer, vocab):
+    start = profile_tokens(tokenizer, vocab, [])
+    _, allowed = run(vocab, start + ids(tokenizer, " Sequencing of single cells"))
+    assert vocab.single_newline not in allowed
+    _, allowed = run(vocab, start + ids(tokenizer, " Sequencing: profiles 21,480 liver cells"))
+    assert vocab.single_newline in allowed and vocab.blank_line not in allowed
+
+
+def test_a_name_that_runs_on_must_reach_its_colon(tokenizer, vocab):
+    long_name = " " + "very " * (MAX_NAME_CHARS // 5 + 1)
+    _, allowed = run(vocab, profile_tokens(tokenizer, vocab, []) + ids(tokenizer, long_name))
+    assert allowed and all(":" in vocab.texts[i] for i in allowed)
+
+
+@pytest.mark.parametrize("items, can_end, can_continue", [(1, False, True), (3, True, True), (8, True, False)])
+def test_three_to_eight_items(tokenizer, vocab, items, can_end, can_continue):
+    tokens = profile_tokens(tokenizer, vocab, [f"Skill {n}: shown in the second abstract" for n in range(items)])
+    _, allowed = run(vocab, tokens)
+    assert (tokenizer.eos_token_id in allowed) is can_end
+    assert (vocab.dash in allowed) is can_continue
+    assert allowed <= {vocab.dash, tokenizer.eos_token_id}
+
+
+def test_random_words_still_come_out_in_the_profile_shape(tokenizer, vocab):
+    """Random logits stand in for a model that has no idea of the format: the shape must hold regardless."""
+    import torch
+
+    generator = torch.Generator().manual_seed(7)
+    finished = 0
+    for _ in range(20):
+        guide, tokens = FormatGuide(vocab, 1), [0]
+        for _ in range(400):
+            scores = torch.randn(1, vocab.size, generator=generator)
+            # Newlines and the end are rare in random logits; favour them so answers finish within 400 tokens.
+            scores[0, [vocab.single_newline, vocab.blank_line, tokenizer.eos_token_id]] += 4
+            token = int(guide(torch.tensor([tokens]), scores).argmax())
+            if token == tokenizer.eos_token_id:
+                finished += 1
+                assert STRUCTURE.fullmatch("Domain:" + tokenizer.decode(tokens[1:])), tokenizer.decode(tokens[1:])
+                break
+            tokens.append(token)
+    assert finished >= 15
+
+
+def test_beam_search_cannot_be_guided():
+    with pytest.raises(ValueError, match="format_guide"):
+        DecodingSettings(temperature=0, num_beams=4, num_candidates=2, format_guide=True).validate()
+
+
+@pytest.mark.model
+def test_the_real_model_writes_guided_profiles(fp32_model, conversations):
+    model, tokenizer = fp32_model
+    settings = DecodingSettings(temperature=0.5, num_candidates=2, max_new_tokens=140, seed=3, format_guide=True)
+    results = generate_batch(model, tokenizer, conversations, settings)
+    texts = [c.text for cands in results for c in cands if c.finish_reason == "stop"]
+    assert texts, "no guided answer ended within 140 tokens"
+    for text in texts:
+        assert STRUCTURE.fullmatch(text), text
+
+
+def test_no_item_is_begun_that_the_token_budget_cannot_finish(tokenizer, vocab):
+    import torch
+
+    from training.ml.guide import ITEM_RESERVE_TOKENS
+
+    tokens = profile_tokens(tokenizer, vocab, [f"Skill {n}: shown in the second abstract" for n in range(3)])
+    allowed = {}
+    for budget in (len(tokens) + ITEM_RESERVE_TOKENS + 1, len(tokens) + ITEM_RESERVE_TOKENS - 1):
+        guide = FormatGuide(vocab, 1, max_new_tokens=budget)
+        for end in range(len(tokens) + 1):
+            scores = torch.zeros(1, vocab.size)
+            guide(torch.tensor([[0] + tokens[:end]]), scores)
+        allowed[budget] = set(torch.isfinite(scores[0]).nonzero().flatten().tolist())
+    roomy, tight = allowed.values()
+    assert roomy == {vocab.dash, tokenizer.eos_token_id}
+    assert tight == {tokenizer.eos_token_id}
