@@ -216,6 +216,7 @@ def vote(request: HttpRequest, pk: int) -> HttpResponse:
     )
     if recorded is None:
         return _next(request, campaign, notice=ALREADY_ANSWERED, may_have_open=assignment.others_open)
+    request.answer_saved = True
     if campaign.judge_display == JudgeDisplay.REVEAL:
         return _reveal(request, campaign, assignment, recorded)
     return _next(request, campaign, may_have_open=assignment.others_open)
@@ -240,6 +241,7 @@ def _reveal(request: HttpRequest, campaign: Campaign, assignment: Assignment, re
 def skip(request: HttpRequest, pk: int) -> HttpResponse:
     assignment = _get_assignment_for_expert(request, pk, pair=False, latest_vote=False)
     skipped = assignments.skip(assignment)
+    request.answer_saved = bool(skipped)
     return _next(request, assignment.item.campaign, notice="" if skipped else ALREADY_ANSWERED,
                  may_have_open=assignment.others_open)
 
@@ -265,6 +267,7 @@ def revise(request: HttpRequest, pk: int) -> HttpResponse:
         rationale=form.cleaned_data["rationale"],
         flags=pair.flags_from(request.POST),
     )
+    request.answer_saved = True
     return _next(request, campaign, may_have_open=assignment.others_open)
 
 
@@ -278,6 +281,7 @@ def undo(request: HttpRequest, pk: int) -> HttpResponse:
     reopened = assignments.undo_last_vote(request.user, campaign, int(vote_id)) if vote_id.isdigit() else None
     if reopened is None:
         return _next(request, campaign, notice=NOTHING_TO_UNDO)
+    request.answer_saved = True
     if not request.htmx:
         return redirect("annotation:assignment", reopened)
     assignment = _get_assignment_for_expert(request, reopened)

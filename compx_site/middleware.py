@@ -2,7 +2,9 @@
 503 with a page that says what happened, instead of a bare "Server Error (500)".
 
 Every write the expert screens make is one transaction (see annotation.assignments), so when the database
-fails mid-request the transaction is rolled back: the page can truthfully say that nothing was saved.
+fails mid-request the transaction is rolled back: the page can truthfully say that nothing was saved. The
+next pair is loaded after that transaction committed; a view marks ``request.answer_saved`` once it has,
+so a failure while loading the next pair says the answer was kept.
 """
 
 from __future__ import annotations
@@ -36,8 +38,10 @@ class DatabaseUnavailableMiddleware:
             return None
         logger.error("database unavailable during %s %s", request.method, request.path, exc_info=exception)
         match = request.resolver_match
+        saved = getattr(request, "answer_saved", False)
         context = {
-            "not_saved": NOT_SAVED.get(match.view_name, "") if match else "",
+            "saved": saved,
+            "not_saved": NOT_SAVED.get(match.view_name, "") if match and not saved else "",
             "retry_url": request.get_full_path() if request.method == "GET" else "",
         }
         # Rendered without the request: no context processor may touch the database that just failed.

@@ -299,6 +299,25 @@ def test_a_database_error_inside_the_vote_transaction_rolls_it_back_and_says_so(
             client.post(f"/review/assignment/{pk}/vote", {"choice": "left"})
 
 
+@pytest.mark.django_db
+def test_a_database_error_while_loading_the_next_pair_says_the_vote_was_kept(client_for, alice, monkeypatch):
+    """Injects: an OperationalError after the vote committed, while the next pair is claimed. Must survive: the
+    vote, stored once, and a 503 page that says so instead of claiming it was lost."""
+    campaign = make_campaign([alice], pairs=2)
+    client = client_for(alice)
+    pk = int(re.search(r'data-assignment="(\d+)"', client.get(f"/review/{campaign.pk}/").content.decode()).group(1))
+
+    def lost_connection(*args, **kwargs):
+        raise OperationalError("server closed the connection unexpectedly")
+
+    with monkeypatch.context() as patched:
+        patched.setattr("annotation.assignments.next_assignment", lost_connection)
+        failed = client.post(f"/review/assignment/{pk}/vote", {"choice": "left"}, HTTP_HX_REQUEST="true")
+    page = failed.content.decode()
+    assert failed.status_code == 503 and "Your answer was saved." in page and "not saved" not in page
+    assert Vote.objects.filter(assignment_id=pk).count() == 1
+
+
 # --- 3. the judge server: overload, errors, timeouts and garbage ------------------------------------------
 
 # What the scripted server does for each sample's comparison, read from the FAULT= marker in the profiles.
