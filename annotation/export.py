@@ -3,10 +3,13 @@
     python manage.py export_dpo --policy expert --format jsonl --out exports/v1
 
 The export streams: it walks the samples in batches, reads each batch's comparisons, votes, verdicts,
-profiles and documents in a few queries, renders each sample's prompt once (all its pairs share it), and
-writes rows as it goes, so memory stays flat whatever the size. The snapshot is written into a temporary
-folder and renamed into place, its files are hashed and made read-only, and an export that succeeded is
-never written again: later votes change the next export, not this one.
+profiles and documents in a few queries (a thread reads the next batch meanwhile), renders and
+JSON-encodes each sample's prompt once (all its pairs share it) and each profile once, and writes rows as
+it goes, so memory stays flat whatever the size. A JSON line is joined from those pre-encoded pieces, not
+encoded row by row; threads join, hash and write the lines, so the files are hashed as they are written.
+The snapshot is written into a temporary folder and renamed into place, its files are hashed and made
+read-only, and an export that succeeded is never written again: later votes change the next export, not
+this one. tests/test_export_bytes.py pins the bytes of the files; bench/export.py measures the speed.
 
 Rows are TRL's conversational preference format plus provenance columns, which TRL ignores (its
 DPOTrainer keeps only the columns it tokenizes)::
@@ -29,6 +32,7 @@ row, file and format (nested lists that are sometimes empty make JSON loaders gu
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import json
 import os
@@ -38,11 +42,12 @@ import threading
 import time
 from collections import Counter, defaultdict
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from json.encoder import encode_basestring
 from pathlib import Path
 from typing import Protocol
 
+import orjson
 from django.conf import settings
 from django.db import connection, connections, transaction
 from django.db.models import Count, Exists, Max, OuterRef, Q
@@ -60,7 +65,7 @@ from .verdicts import INCONSISTENT, INVALID, NO_CONSENSUS, combine_canonical, pa
 # Samples per batch: a few thousand rows, a handful of queries each.
 BATCH_SAMPLES = 500
 ROW_GROUP_ROWS = 5_000  # Parquet row group size: rows buffered before a write
-CHUNK_CHARS = 8_000_000  # JSONL: text buffered before it goes to the writing thread
+CHUNK_BYTES = 2 << 20  # JSONL: about how many bytes of lines are gathered before the writing thread takes them
 PROGRESS_EVERY_S = 1.0
 SPLITS = ("train", "test")
 CARD_BOOT = 200  # bootstrap resamples for the card's intervals: enough for two decimals
@@ -136,30 +141,31 @@ def judge_decision(verdicts: dict[int, OrderLabels], selection: JudgeSelection) 
 # --- reading in batches ------------------------------------------------------------------------------
 
 
-@dataclass
 class SampleInfo:
-    name: str
-    name_json: str
-    prompt: list[dict[str, str]]
-    prompt_json: str
-    split: str  # "train" or "test" in this export
+    """One sample of a batch, its prompt rendered and JSON-encoded once for all its rows."""
+
+    __slots__ = ("name", "name_json", "prompt", "prompt_json", "split")
+
+    def __init__(self, name: str, prompt: list[dict[str, str]], prompt_json: bytes, split: str):
+        self.name = name
+        self.name_json = json_string(name)  # as the JSON the rows hold
+        self.prompt = prompt
+        self.prompt_json = prompt_json
+        self.split = split  # "train" or "test" in this export
 
 
-@dataclass
 class ProfileInfo:
-    text: str
-    is_valid: bool
-    _json: str = ""
+    __slots__ = ("text", "is_valid", "_json")
+
+    def __init__(self, text: str, is_valid: bool):
+        self.text, self.is_valid, self._json = text, is_valid, b""
 
     @property
-    def as_messages_json(self) -> str:
+    def messages_json(self) -> bytes:
+        """``[{"role": "assistant", "content": text}]`` as json.dumps writes it, encoded once per profile."""
         if not self._json:
-            # The same text json.dumps writes for [{"role": "assistant", "content": text}], without its overhead.
-            self._json = f'[{{"role": "assistant", "content": {encode_basestring(self.text)}}}]'
+            self._json = b'[{"role": "assistant", "content": ' + json_string(self.text) + b"}]"
         return self._json
-
-    def as_messages(self) -> list[dict[str, str]]:
-        return [{"role": "assistant", "content": self.text}]
 
 
 @dataclass
@@ -239,17 +245,24 @@ def _read_ahead(source: Source, test_fraction: float) -> Iterator[Batch]:
 
 def read_batch(source: Source, sample_ids: list[int], test_fraction: float) -> Batch:
     in_batch = _in_samples(sample_ids)
+    comparisons = list(
+        source.comparisons().filter(in_batch).order_by("sample_id", "id")
+        .values_list("id", "sample_id", "profile_a_id", "profile_b_id")
+    )
+    in_comparisons = _in_samples(sample_ids, "comparison__")
+    # By comparison id where the batch's comparisons have (nearly) consecutive ids: the votes' and verdicts'
+    # own indexes then find them, with no join (the join reads every vote of the export for every batch).
+    comparison_ids = sorted(c[0] for c in comparisons)
+    of_comparisons = _range("comparison_id", comparison_ids) or in_comparisons
     return Batch(
         samples=_samples(sample_ids, in_batch, test_fraction),
-        comparisons=list(
-            source.comparisons().filter(in_batch).order_by("sample_id", "id")
-            .values_list("id", "sample_id", "profile_a_id", "profile_b_id")
-        ),
-        votes=_votes(source, _in_samples(sample_ids, "comparison__")),
-        verdicts=_verdicts(_in_samples(sample_ids, "comparison__")),
+        comparisons=comparisons,
+        votes=_votes(source, of_comparisons),
+        verdicts=_verdicts(of_comparisons),
         profiles={
             pid: ProfileInfo(text, valid)
-            for pid, text, valid in Profile.objects.filter(in_batch).values_list("id", "raw_text", "is_valid")
+            for pid, text, valid in
+            Profile.objects.filter(in_batch).order_by().values_list("id", "raw_text", "is_valid")
         },
     )
 
@@ -262,33 +275,39 @@ def _among(field: str, ids: list[int]) -> Q:
     """Rows whose ``field`` is one of the sorted ``ids``. Consecutive ids (the usual case: batches walk
     the samples in id order) become one range, which costs the database and the driver far less than
     hundreds of parameters; the few extra rows a range may hold are ignored by the caller."""
+    return _range(field, ids) or Q(**{f"{field}__in": ids})
+
+
+def _range(field: str, ids: list[int]) -> Q | None:
+    """One range holding the sorted ``ids``, or None when they are too spread out for one."""
     if ids and ids[-1] - ids[0] < 2 * len(ids):
         return Q(**{f"{field}__gte": ids[0], f"{field}__lte": ids[-1]})
-    return Q(**{f"{field}__in": ids})
+    return None
 
 
 def _samples(sample_ids: list[int], in_batch: Q, test_fraction: float) -> dict[int, SampleInfo]:
+    # No model orderings (order_by()): they would make the database sort, or join for, what nobody reads.
     places = list(SampleDocument.objects.filter(in_batch).order_by("sample_id", "position")
                   .values_list("sample_id", "document_id"))
     # Documents by primary key in a second query: joined, the planner may scan the whole document table.
     wanted = sorted({d for _, d in places})
     texts = {pk: (title, text) for pk, title, text in
-             Document.objects.filter(_among("pk", wanted)).values_list("pk", "title", "abstract")}
+             Document.objects.filter(_among("pk", wanted)).order_by().values_list("pk", "title", "abstract")}
     abstracts: dict[int, list[tuple[str, str]]] = defaultdict(list)
     for sample_id, document_id in places:
         abstracts[sample_id].append(texts[document_id])
     result = {}
-    for sample_id, name, split in Sample.objects.filter(_among("id", sample_ids)).values_list("id", "name", "split"):
+    rows = Sample.objects.filter(_among("id", sample_ids)).order_by().values_list("id", "name", "split")
+    for sample_id, name, split in rows:
         if sample_id not in abstracts:
             continue  # in the id range but not in the batch, or without abstracts (its pairs are dropped)
         prompt = build_extraction_messages(abstracts[sample_id])
-        prompt_json = json.dumps(prompt, ensure_ascii=False)
-        result[sample_id] = SampleInfo(name, json.dumps(name, ensure_ascii=False), prompt, prompt_json,
-                                       _split_of(split, prompt_json, test_fraction))
+        prompt_json = messages_json(prompt)
+        result[sample_id] = SampleInfo(name, prompt, prompt_json, _split_of(split, prompt_json, test_fraction))
     return result
 
 
-def _split_of(sample_split: str, prompt_json: str, test_fraction: float) -> str:
+def _split_of(sample_split: str, prompt_json: bytes, test_fraction: float) -> str:
     """Held-out samples are never trained on; the others go to test by a stable hash of their prompt.
 
     Hashing the prompt (not the sample id) keeps every export's split the same for a sample, and puts two
@@ -296,7 +315,7 @@ def _split_of(sample_split: str, prompt_json: str, test_fraction: float) -> str:
     """
     if sample_split == Split.HELDOUT:
         return "test"
-    bucket = int.from_bytes(hashlib.sha256(prompt_json.encode()).digest()[:8], "big") / 2**64
+    bucket = int.from_bytes(hashlib.sha256(prompt_json).digest()[:8], "big") / 2**64
     return "test" if bucket < test_fraction else "train"
 
 
@@ -310,7 +329,6 @@ def _votes(source: Source, in_batch: Q) -> dict[int, list[VoteTuple]]:
 
 def _verdicts(in_batch: Q) -> dict[int, VerdictKey]:
     """Each comparison's verdicts, one (judge, ab, ba, rows) entry per judge, grouped by the database."""
-    grouped: dict[int, list] = defaultdict(list)
     per_judge = (
         JudgeVerdict.objects.filter(in_batch).order_by("comparison_id", "judge_id")
         .values("comparison_id", "judge_id")
@@ -318,29 +336,72 @@ def _verdicts(in_batch: Q) -> dict[int, VerdictKey]:
                   ba=Max("preferred", filter=Q(order="ba", is_valid=True)), n=Count("id"))
         .values_list("comparison_id", "judge_id", "ab", "ba", "n")
     )
-    for cid, judge_id, ab, ba, n in per_judge:
-        grouped[cid].append((judge_id, ab, ba, n))
-    return {cid: tuple(entries) for cid, entries in grouped.items()}
+    result: dict[int, VerdictKey] = {}
+    single: dict = {}  # entry → the key of a comparison with only that entry, made once: a handful in all
+    previous = None
+    for cid, judge_id, ab, ba, n in _plain_rows(per_judge):
+        entry = (judge_id, ab, ba, n)
+        if cid == previous:  # another judge of the same comparison
+            result[cid] += (entry,)
+            continue
+        key = single.get(entry)
+        if key is None:
+            key = single[entry] = (entry,)
+        result[cid] = key
+        previous = cid
+    return result
 
 
-# --- rows --------------------------------------------------------------------------------------------
+def _plain_rows(queryset) -> Iterator[tuple]:
+    """A values_list queryset's rows as the driver returns them, skipping Django's per-row conversions:
+    for columns that need none (here ints, text and None; Count's converter only calls int on an int)."""
+    sql, params = queryset.query.get_compiler(queryset.db).as_sql()
+    with connections[queryset.db].cursor() as cursor:
+        cursor.execute(sql, params)
+        yield from cursor
 
 
-@dataclass(slots=True)
-class Row:
-    sample: SampleInfo
-    comparison_id: int
-    decision: Decision
-    votes_json: str  # the provenance columns' text, and that text encoded as a JSON string
-    votes_quoted: str
-    verdicts_json: str
-    verdicts_quoted: str
-    # Paired (DPO) rows:
-    chosen: tuple[int, ProfileInfo] | None = None
-    rejected: tuple[int, ProfileInfo] | None = None
-    # Unpaired (KTO) rows:
-    completion: tuple[int, ProfileInfo] | None = None
-    desirable: bool = False
+# --- JSON text ---------------------------------------------------------------------------------------
+# Rows are assembled from pieces of JSON encoded once each (a prompt per sample, a profile per profile,
+# the labels per distinct set of labels), in exactly the text json.dumps writes for them: the files stay
+# byte for byte what they were. orjson encodes a string exactly as json.dumps(ensure_ascii=False) does,
+# only many times faster (tests/test_export_bytes.py pins the bytes).
+
+
+def json_string(text: str) -> bytes:
+    """``json.dumps(text, ensure_ascii=False).encode()``."""
+    return orjson.dumps(text)
+
+
+def messages_json(messages: list[dict[str, str]]) -> bytes:
+    """``json.dumps(messages, ensure_ascii=False).encode()`` for chat messages (strings in, strings out)."""
+    parts = []
+    for message in messages:
+        if type(message) is not dict:
+            return json.dumps(messages, ensure_ascii=False).encode()
+        fields = []
+        for key, value in message.items():
+            if type(key) is not str or type(value) is not str:
+                return json.dumps(messages, ensure_ascii=False).encode()
+            fields.append(orjson.dumps(key) + b": " + orjson.dumps(value))
+        parts.append(b"{" + b", ".join(fields) + b"}")
+    return b"[" + b", ".join(parts) + b"]"
+
+
+# --- labels ------------------------------------------------------------------------------------------
+
+
+class Labels:
+    """A decided comparison's label and provenance columns: the same for every row the comparison gives."""
+
+    __slots__ = ("decision", "votes_json", "verdicts_json", "tail")
+
+    def __init__(self, decision: Decision, votes_json: str, votes_quoted: str, verdicts_json: str,
+                 verdicts_quoted: str, policy_json: str):
+        self.decision, self.votes_json, self.verdicts_json = decision, votes_json, verdicts_json
+        # A JSON line's columns after "sample": its end, the same for all the comparison's rows.
+        self.tail = (f',"decision":"{decision.label}","source":"{decision.source}","agreement":{decision.agreement!r},'
+                     f'"votes":{votes_quoted},"verdicts":{verdicts_quoted},"policy":{policy_json}}}\n').encode()
 
 
 class Labeller:
@@ -352,15 +413,29 @@ class Labeller:
 
     def __init__(self, policy: str, selection: JudgeSelection, judge_names: dict[int, str]):
         self.policy, self.selection, self.judge_names = policy, selection, judge_names
-        self._by_verdicts: dict[VerdictKey, tuple[Decision, str, str]] = {}
+        self.policy_json = json.dumps(policy)
+        self._experts_decide = policy in (ExportPolicy.EXPERT, ExportPolicy.EXPERT_OVERRIDES)
+        # verdicts → (the judges' decision, the verdicts column, that column quoted, the labels without votes)
+        self._by_verdicts: dict[VerdictKey, tuple[Decision, str, str, Labels | None]] = {}
 
-    def decide(self, votes: list[VoteTuple], verdicts: VerdictKey) -> Decision:
-        if self.policy == ExportPolicy.EXPERT or (self.policy == ExportPolicy.EXPERT_OVERRIDES and votes):
-            return expert_decision(votes)
-        return self.verdicts(verdicts)[0]
+    def label(self, votes: list[VoteTuple], verdicts: VerdictKey) -> Labels | Decision:
+        """The comparison's labels, or the Decision that drops it (its label None, ``dropped`` why)."""
+        if votes and self._experts_decide or self.policy == ExportPolicy.EXPERT:
+            if not votes:
+                return NO_VOTES_DECISION
+            decision = expert_decision(votes)
+            if decision.label is None:
+                return decision
+            _, verdicts_json, verdicts_quoted, _ = self._verdicts(verdicts)
+            return Labels(decision, *_votes_columns(votes), verdicts_json, verdicts_quoted, self.policy_json)
+        decision, verdicts_json, verdicts_quoted, unvoted = self._verdicts(verdicts)
+        if decision.label is None:
+            return decision
+        if not votes:
+            return unvoted
+        return Labels(decision, *_votes_columns(votes), verdicts_json, verdicts_quoted, self.policy_json)
 
-    def verdicts(self, key: VerdictKey) -> tuple[Decision, str, str]:
-        """(the judges' decision, the verdicts column, that column as a JSON string)."""
+    def _verdicts(self, key: VerdictKey) -> tuple[Decision, str, str, Labels | None]:
         cached = self._by_verdicts.get(key)
         if cached is None:
             if len(self._by_verdicts) >= self.CACHE_LIMIT:
@@ -370,12 +445,15 @@ class Labeller:
                 {"judge": self.judge_names.get(jid, str(jid)), "ab": ab, "ba": ba, "verdict": combine_canonical(ab, ba)}
                 for jid, ab, ba, _ in key
             ], ensure_ascii=False)
-            cached = self._by_verdicts[key] = (judge_decision(orders, self.selection), text,
-                                               json.dumps(text, ensure_ascii=False))
+            quoted = json.dumps(text, ensure_ascii=False)
+            decision = judge_decision(orders, self.selection)
+            unvoted = Labels(decision, *NO_VOTES, text, quoted, self.policy_json) if decision.label else None
+            cached = self._by_verdicts[key] = (decision, text, quoted, unvoted)
         return cached
 
 
 NO_VOTES = ("[]", '"[]"')
+NO_VOTES_DECISION = expert_decision([])
 
 
 def _votes_columns(votes: list[VoteTuple]) -> tuple[str, str]:
@@ -389,21 +467,12 @@ def _votes_columns(votes: list[VoteTuple]) -> tuple[str, str]:
 class Tally:
     rows: Counter = field(default_factory=Counter)  # split → rows written
     samples: Counter = field(default_factory=Counter)  # split → samples with rows
-    _last_sample: dict = field(default_factory=dict)  # split → the sample of its last row
     comparisons: int = 0
     labels: Counter = field(default_factory=Counter)  # decided label → comparisons
     sources: Counter = field(default_factory=Counter)  # experts / judges → comparisons used
     dropped: Counter = field(default_factory=Counter)  # reason → comparisons (or rows, for duplicates)
     # How often each set of verdicts occurred: the judges' figures for the card are worked out from it.
     verdicts: Counter = field(default_factory=Counter)
-
-    def count_row(self, row: Row) -> None:
-        split = row.sample.split
-        self.rows[split] += 1
-        # Rows come sample by sample, so a new sample shows as a change: no set of every sample seen.
-        if self._last_sample.get(split) is not row.sample:
-            self._last_sample[split] = row.sample
-            self.samples[split] += 1
 
     def as_counts(self) -> dict:
         return {
@@ -430,87 +499,146 @@ class Tally:
         return tallies
 
 
-def batch_rows(batch: Batch, labeller: Labeller, kto: bool, tally: Tally) -> Iterator[Row]:
-    """The batch's rows in sample order, duplicates within a prompt removed."""
+# --- rows --------------------------------------------------------------------------------------------
+
+
+def write_batch(batch: Batch, labeller: Labeller, kto: bool, tally: Tally, writer) -> None:
+    """The batch's rows, in sample order and with duplicates within a prompt removed, handed to the writer:
+    ``writer.pair(sample, comparison id, chosen, rejected, labels)`` for DPO rows,
+    ``writer.unpaired(sample, comparison id, profile, desirable, labels)`` for KTO rows, where a profile is
+    ``(id, ProfileInfo)``. Rows are handed over as arguments, never built as dicts or objects: this loop runs
+    for every comparison, and the writer turns the arguments straight into its format."""
+    samples, profiles, votes_of, verdicts_of = batch.samples, batch.profiles, batch.votes, batch.verdicts
+    rows, samples_seen, dropped, labels_count, sources, verdict_counts = (
+        tally.rows, tally.samples, tally.dropped, tally.labels, tally.sources, tally.verdicts)
+    label = labeller.label
+    pair, unpaired = writer.pair, writer.unpaired
     seen: set = set()
     current_sample = None
+    sample = None
+    written = 0  # rows of the current sample
+    no_votes: list = []
     for cid, sample_id, a_id, b_id in batch.comparisons:
         if sample_id != current_sample:
-            seen, current_sample = set(), sample_id
-        tally.comparisons += 1
-        votes, verdicts = batch.votes.get(cid, []), batch.verdicts.get(cid, ())
-        tally.verdicts[verdicts] += 1
-        decision = labeller.decide(votes, verdicts)
-        if decision.label is None or sample_id not in batch.samples:
-            tally.dropped[decision.dropped or "sample_without_abstracts"] += 1
+            if written:
+                rows[sample.split] += written
+                samples_seen[sample.split] += 1
+            seen, current_sample, written = set(), sample_id, 0
+            sample = samples.get(sample_id)
+        verdicts = verdicts_of.get(cid, ())
+        verdict_counts[verdicts] += 1
+        labels = label(votes_of.get(cid, no_votes), verdicts)
+        if type(labels) is Decision:
+            dropped[labels.dropped] += 1
             continue
-        rows = _rows_for(batch, cid, sample_id, (a_id, b_id), decision, kto, _votes_columns(votes),
-                         labeller.verdicts(verdicts)[1:])
-        if not rows:
-            tally.dropped["invalid_chosen_profile" if decision.label in ("a", "b") else decision.label] += 1
+        if sample is None:
+            dropped["sample_without_abstracts"] += 1
             continue
-        tally.labels[decision.label] += 1
-        tally.sources[decision.source] += 1
-        for row in rows:
-            key = _dedup_key(row)
+        decision = labels.decision.label
+        a, b = profiles[a_id], profiles[b_id]
+        if decision == "a" or decision == "b":
+            if decision == "a":
+                chosen, rejected = (a_id, a), (b_id, b)
+            else:
+                chosen, rejected = (b_id, b), (a_id, a)
+            if not chosen[1].is_valid:  # an invalid profile must never be taught as the better answer
+                dropped["invalid_chosen_profile"] += 1
+                continue
+            labels_count[decision] += 1
+            sources[labels.decision.source] += 1
+            if not kto:
+                key = (chosen[1].text, rejected[1].text)
+                if key in seen:
+                    dropped["duplicate_rows"] += 1
+                    continue
+                seen.add(key)
+                pair(sample, cid, chosen, rejected, labels)
+                written += 1
+                continue
+            unpaired_rows = ((chosen, True), (rejected, False))
+        elif not kto:
+            dropped[decision] += 1  # a tie or "both bad" has no chosen answer
+            continue
+        else:
+            labels_count[decision] += 1
+            sources[labels.decision.source] += 1
+            unpaired_rows = (((a_id, a), False), ((b_id, b), False))
+        for profile, desirable in unpaired_rows:
+            key = (profile[1].text, desirable)
             if key in seen:
-                tally.dropped["duplicate_rows"] += 1
+                dropped["duplicate_rows"] += 1
                 continue
             seen.add(key)
-            yield row
-
-
-def _rows_for(batch: Batch, cid: int, sample_id: int, pair: tuple[int, int], decision: Decision, kto: bool,
-              votes: tuple[str, str], verdicts: tuple[str, str]) -> list[Row]:
-    profiles = [(pid, batch.profiles[pid]) for pid in pair]
-    if decision.label in ("a", "b"):
-        chosen, rejected = profiles if decision.label == "a" else profiles[::-1]
-        if not chosen[1].is_valid:
-            return []  # an invalid profile must never be taught as the better answer
-    elif not kto:
-        return []
-    common = dict(sample=batch.samples[sample_id], comparison_id=cid, decision=decision, votes_json=votes[0],
-                  votes_quoted=votes[1], verdicts_json=verdicts[0], verdicts_quoted=verdicts[1])
-    if not kto:
-        return [Row(**common, chosen=chosen, rejected=rejected)]
-    if decision.label in ("a", "b"):
-        return [Row(**common, completion=chosen, desirable=True), Row(**common, completion=rejected, desirable=False)]
-    return [Row(**common, completion=profile, desirable=False) for profile in profiles]
-
-
-def _dedup_key(row: Row) -> tuple:
-    if row.completion is not None:
-        return (row.completion[1].text, row.desirable)
-    return (row.chosen[1].text, row.rejected[1].text)
+            unpaired(sample, cid, profile, desirable, labels)
+            written += 1
+    if written:
+        rows[sample.split] += written
+        samples_seen[sample.split] += 1
+    tally.comparisons += len(batch.comparisons)
 
 
 # --- writers -----------------------------------------------------------------------------------------
 
 
 class JsonlWriter:
-    """One JSON line per row. A thread hashes and writes the bytes (both release the GIL) while the main
-    thread builds the next batch, so the files are hashed as they are written, with no second pass."""
+    """One JSON line per row, joined from pre-encoded pieces. While the main thread assembles the next chunk
+    of lines, one thread joins and hashes each chunk and another writes it (joining, hashing and writing
+    all release the GIL), so the files are hashed as they are written, with no second pass."""
 
     suffix = "jsonl"
 
     def __init__(self, folder: Path, policy: str):
-        self.files = {split: (folder / f"{split}.jsonl").open("wb") for split in SPLITS}
+        self.files = {split: (folder / f"{split}.jsonl").open("wb", buffering=0) for split in SPLITS}
         self.hashes = {split: hashlib.sha256() for split in SPLITS}
-        self.pending: dict[str, list[str]] = {split: [] for split in SPLITS}
-        self.pending_chars = {split: 0 for split in SPLITS}
-        self.policy_json = json.dumps(policy)
+        self.pending: dict[str, list[bytes]] = {split: [] for split in SPLITS}
+        self.pending_bytes = {split: 0 for split in SPLITS}
+        self.rows = {split: 0 for split in SPLITS}
         self.bytes = 0
-        self._queue: queue.Queue = queue.Queue(maxsize=2)  # bounded: at most a few chunks wait in memory
+        self._sample: SampleInfo | None = None  # the sample whose row starts are below: rows come sample by sample
+        self._pair_start = self._unpaired_start = b""
+        # Bounded: at most a few chunks wait in memory.
+        self._queue: queue.Queue = queue.Queue(maxsize=2)  # (split, pieces) to join and hash
+        self._to_write: queue.Queue = queue.Queue(maxsize=2)  # (split, joined bytes) to write
         self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._drain, name="export-writer", daemon=True)
-        self._thread.start()
+        self._threads = [threading.Thread(target=self._join_and_hash, name="export-hasher", daemon=True),
+                         threading.Thread(target=self._write, name="export-writer", daemon=True)]
+        for thread in self._threads:
+            thread.start()
 
-    def write(self, row: Row) -> None:
-        split = row.sample.split
-        line = self._line(row)
-        self.pending[split].append(line)
-        self.pending_chars[split] += len(line)
-        if self.pending_chars[split] >= CHUNK_CHARS:
+    def _start(self, sample: SampleInfo) -> None:
+        self._sample = sample
+        self._pair_start = b'{"prompt":' + sample.prompt_json + b',"chosen":'
+        self._unpaired_start = b'{"prompt":' + sample.prompt_json + b',"completion":'
+
+    def pair(self, sample: SampleInfo, comparison_id: int, chosen: tuple[int, ProfileInfo],
+             rejected: tuple[int, ProfileInfo], labels: Labels) -> None:
+        if sample is not self._sample:
+            self._start(sample)
+        split = sample.split
+        chosen_json, rejected_json = chosen[1].messages_json, rejected[1].messages_json
+        ids = b',"chosen_profile_id":%d,"rejected_profile_id":%d,"comparison_id":%d,"sample":' % (
+            chosen[0], rejected[0], comparison_id)
+        self.pending[split] += (self._pair_start, chosen_json, b',"rejected":', rejected_json, ids, sample.name_json,
+                                labels.tail)
+        self.rows[split] += 1
+        size = self.pending_bytes[split] + len(self._pair_start) + len(chosen_json) + len(rejected_json) + 300
+        self.pending_bytes[split] = size
+        if size >= CHUNK_BYTES:
+            self._send(split)
+
+    def unpaired(self, sample: SampleInfo, comparison_id: int, profile: tuple[int, ProfileInfo], desirable: bool,
+                 labels: Labels) -> None:
+        if sample is not self._sample:
+            self._start(sample)
+        split = sample.split
+        completion = profile[1].messages_json
+        ids = (b',"label":true,"profile_id":%d,"comparison_id":%d,"sample":' if desirable else
+               b',"label":false,"profile_id":%d,"comparison_id":%d,"sample":') % (profile[0], comparison_id)
+        self.pending[split] += (self._unpaired_start, completion, ids, sample.name_json, labels.tail)
+        self.rows[split] += 1
+        size = self.pending_bytes[split] + len(self._unpaired_start) + len(completion) + 300
+        self.pending_bytes[split] = size
+        if size >= CHUNK_BYTES:
             self._send(split)
 
     def flush(self) -> None:
@@ -518,27 +646,25 @@ class JsonlWriter:
             self._send(split)
 
     def _send(self, split: str) -> None:
-        lines = self.pending[split]
-        if lines:
-            data = "".join(lines).encode()
-            self.bytes += len(data)
-            self._put((split, data))
-            lines.clear()
-            self.pending_chars[split] = 0
+        if self.pending[split]:
+            self._put((split, self.pending[split]))
+            self.pending[split] = []
+            self.pending_bytes[split] = 0
 
     def close(self) -> dict[str, str]:
         self.flush()
-        self._put(None)
-        self._thread.join()
-        for handle in self.files.values():
-            handle.close()
+        self._stop()
         if self._error:
             raise self._error
         return {f"{split}.jsonl": digest.hexdigest() for split, digest in self.hashes.items()}
 
     def abort(self) -> None:
-        self._put(None)
-        self._thread.join()
+        self._stop()
+
+    def _stop(self) -> None:
+        self._queue.put(None)
+        for thread in self._threads:
+            thread.join()
         for handle in self.files.values():
             handle.close()
 
@@ -547,32 +673,32 @@ class JsonlWriter:
             raise self._error
         self._queue.put(item)
 
-    def _drain(self) -> None:
+    def _join_and_hash(self) -> None:
         while (item := self._queue.get()) is not None:
             if self._error:
                 continue  # keep taking items so the producer never blocks on a dead writer
             try:
-                split, data = item
+                split, pieces = item
+                data = b"".join(pieces)
+                del pieces, item
+                self._to_write.put((split, data))
                 self.hashes[split].update(data)
-                self.files[split].write(data)
             except BaseException as exc:  # reported to the producer on its next put or at close
                 self._error = exc
+        self._to_write.put(None)
 
-    def _line(self, row: Row) -> str:
-        d = row.decision
-        provenance = (
-            f'"comparison_id":{row.comparison_id},"sample":{row.sample.name_json},'
-            f'"decision":"{d.label}","source":"{d.source}","agreement":{d.agreement!r},'
-            f'"votes":{row.votes_quoted},"verdicts":{row.verdicts_quoted},'
-            f'"policy":{self.policy_json}}}\n'
-        )
-        if row.completion is not None:
-            pid, profile = row.completion
-            return (f'{{"prompt":{row.sample.prompt_json},"completion":{profile.as_messages_json},'
-                    f'"label":{"true" if row.desirable else "false"},"profile_id":{pid},' + provenance)
-        return (f'{{"prompt":{row.sample.prompt_json},"chosen":{row.chosen[1].as_messages_json},'
-                f'"rejected":{row.rejected[1].as_messages_json},"chosen_profile_id":{row.chosen[0]},'
-                f'"rejected_profile_id":{row.rejected[0]},' + provenance)
+    def _write(self) -> None:
+        while (item := self._to_write.get()) is not None:
+            if self._error:
+                continue
+            try:
+                split, data = item
+                view = memoryview(data)
+                while view:  # an unbuffered write may write less than it was given
+                    view = view[self.files[split].write(view):]
+                self.bytes += len(data)
+            except BaseException as exc:
+                self._error = exc
 
 
 def _arrow_schema(kto: bool):
@@ -590,7 +716,9 @@ def _arrow_schema(kto: bool):
 
 
 class ParquetWriter:
-    """Rows buffered per split and written as Parquet row groups."""
+    """Rows buffered per split and written as Parquet row groups, built column by column: a prompt is
+    converted to Arrow once per sample and repeated for its rows by Arrow, not by Python. Arrow encodes and
+    compresses with the GIL released, so the reading thread goes on meanwhile."""
 
     suffix = "parquet"
 
@@ -602,15 +730,26 @@ class ParquetWriter:
         self.policy = policy
         self.writers = {split: pq.ParquetWriter(folder / f"{split}.parquet", self.schema, compression="zstd")
                         for split in SPLITS}
-        self.pending: dict[str, list[dict]] = {split: [] for split in SPLITS}
+        # split → the pending rows: (sample, comparison id, first profile, second profile or desirable, labels)
+        self.pending: dict[str, list[tuple]] = {split: [] for split in SPLITS}
+        self.rows = {split: 0 for split in SPLITS}
         self.folder = folder
         self.bytes = 0
 
-    def write(self, row: Row) -> None:
-        pending = self.pending[row.sample.split]
-        pending.append(self._record(row))
+    def pair(self, sample: SampleInfo, comparison_id: int, chosen: tuple[int, ProfileInfo],
+             rejected: tuple[int, ProfileInfo], labels: Labels) -> None:
+        self._add(sample.split, (sample, comparison_id, chosen, rejected, labels))
+
+    def unpaired(self, sample: SampleInfo, comparison_id: int, profile: tuple[int, ProfileInfo], desirable: bool,
+                 labels: Labels) -> None:
+        self._add(sample.split, (sample, comparison_id, profile, desirable, labels))
+
+    def _add(self, split: str, row: tuple) -> None:
+        pending = self.pending[split]
+        pending.append(row)
+        self.rows[split] += 1
         if len(pending) >= ROW_GROUP_ROWS:
-            self._write_group(row.sample.split)
+            self._write_group(split)
 
     def flush(self) -> None:
         pass  # row groups are written when full; a half-full group waits for more rows
@@ -629,33 +768,56 @@ class ParquetWriter:
     def _write_group(self, split: str) -> None:
         import pyarrow as pa
 
-        if self.pending[split]:
-            self.writers[split].write_table(pa.Table.from_pylist(self.pending[split], schema=self.schema))
-            self.pending[split] = []
-
-    def _record(self, row: Row) -> dict:
-        d = row.decision
-        record = {"prompt": row.sample.prompt}
+        rows = self.pending[split]
+        if not rows:
+            return
+        # The group's samples, each once, and which of them each row's prompt is.
+        samples, which = [], []
+        for row in rows:
+            if not samples or samples[-1] is not row[0]:
+                samples.append(row[0])
+            which.append(len(samples) - 1)
+        messages = self.schema.field("prompt").type
+        prompts = pa.array([s.prompt for s in samples], type=messages)
+        labels = [row[4] for row in rows]
+        decisions = [lab.decision for lab in labels]
         if self.kto:
-            record.update(completion=row.completion[1].as_messages(), label=row.desirable, profile_id=row.completion[0])
+            head = [_assistant_messages([row[2][1].text for row in rows], messages),
+                    pa.array([row[3] for row in rows], type=pa.bool_()),
+                    pa.array([row[2][0] for row in rows], type=pa.int64())]
         else:
-            record.update(chosen=row.chosen[1].as_messages(), rejected=row.rejected[1].as_messages(),
-                          chosen_profile_id=row.chosen[0], rejected_profile_id=row.rejected[0])
-        record.update(comparison_id=row.comparison_id, sample=row.sample.name, decision=d.label, source=d.source,
-                      agreement=d.agreement, votes=row.votes_json, verdicts=row.verdicts_json, policy=self.policy)
-        return record
+            head = [_assistant_messages([row[2][1].text for row in rows], messages),
+                    _assistant_messages([row[3][1].text for row in rows], messages),
+                    pa.array([row[2][0] for row in rows], type=pa.int64()),
+                    pa.array([row[3][0] for row in rows], type=pa.int64())]
+        tail = [
+            pa.array([row[1] for row in rows], type=pa.int64()),
+            pa.array([row[0].name for row in rows], type=pa.string()),
+            pa.array([d.label for d in decisions], type=pa.string()),
+            pa.array([d.source for d in decisions], type=pa.string()),
+            pa.array([d.agreement for d in decisions], type=pa.float64()),
+            pa.array([lab.votes_json for lab in labels], type=pa.string()),
+            pa.array([lab.verdicts_json for lab in labels], type=pa.string()),
+            pa.array([self.policy] * len(rows), type=pa.string()),
+        ]
+        self.pending[split] = []
+        prompts = prompts.take(pa.array(which, type=pa.int32()))  # each row's prompt, repeated by Arrow
+        self.writers[split].write_table(pa.Table.from_arrays([prompts, *head, *tail], schema=self.schema))
+
+
+def _assistant_messages(texts: list[str], messages_type):
+    """A column of one-message lists ``[{"role": "assistant", "content": text}]``, built from the texts."""
+    import pyarrow as pa
+
+    struct = messages_type.value_type
+    contents = pa.array(texts, type=pa.string())
+    roles = pa.array(["assistant"] * len(texts), type=pa.string())
+    values = pa.StructArray.from_arrays([roles, contents], fields=list(struct))
+    return pa.ListArray.from_arrays(pa.array(range(len(texts) + 1), type=pa.int32()), values, type=messages_type)
 
 
 class HfWriter(ParquetWriter):
     """A `datasets` folder (``load_from_disk``): Parquet first, then converted split by split."""
-
-    def __init__(self, folder: Path, policy: str, kto: bool):
-        super().__init__(folder, policy, kto)
-        self.rows = {split: 0 for split in SPLITS}
-
-    def write(self, row: Row) -> None:
-        super().write(row)
-        self.rows[row.sample.split] += 1
 
     def close(self) -> dict[str, str]:
         from datasets import DatasetDict
@@ -718,8 +880,9 @@ def export_dataset(export: DatasetExport, progress: Progress | None = None,
     tmp = target.parent / f".{target.name}.tmp-{os.getpid()}"
     try:
         _check_target(target)
-        counts, card, nbytes = _write_snapshot(export, tmp, progress)
-        sha256 = _seal(tmp, counts)
+        with _objects_before_frozen():
+            counts, card, nbytes = _write_snapshot(export, tmp, progress)
+            sha256 = _seal(tmp, counts)
         if target.exists():
             target.rmdir()  # checked empty above
         os.replace(tmp, target)
@@ -764,6 +927,10 @@ def _write_snapshot(export: DatasetExport, folder: Path, progress: Progress | No
     labels = agreement.gather(export.campaign, voted_only=True)
     judge_names = dict(Judge.objects.values_list("id", "name"))
     selection = judge_selection(export, labels)
+    # What the card needs from the votes, worked out now: the votes then need not stay in memory while the
+    # rows stream (they grow with the data; the stream's memory does not).
+    expert_figures = ExpertFigures.of(labels)
+    del labels
     tally = Tally()
     writer = _writer(export, folder)
     try:
@@ -773,12 +940,28 @@ def _write_snapshot(export: DatasetExport, folder: Path, progress: Progress | No
         writer.abort()
         raise
     judges = tally.judge_tallies(judge_names)
-    figures = card_figures(labels, judges)
+    figures = card_figures(expert_figures, judges)
     counts = {**tally.as_counts(), "agreement": figures, "judges_used": selection_names(selection, judges),
               "files": {name: {"sha256": digest} for name, digest in hashes.items()}}
     card = dataset_card(export, counts, figures)
     (folder / "README.md").write_text(card)
     return counts, card, writer.bytes
+
+
+@contextmanager
+def _objects_before_frozen() -> Iterator[None]:
+    """Keep the cycle collector off the objects that existed before the export (the modules, the site).
+
+    An export makes objects by the million, and now and then that sets off a full collection, which walks
+    every object of the process (a tenth of a second each here, many times over in a large export); the
+    export's own objects are freed by reference counting. Frozen objects are only skipped by collections,
+    never freed or changed, and go back to the collector's oldest generation afterwards.
+    """
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
 
 
 def _stream(export: DatasetExport, labeller: Labeller, writer, tally: Tally, progress: Progress | None) -> None:
@@ -788,10 +971,7 @@ def _stream(export: DatasetExport, labeller: Labeller, writer, tally: Tally, pro
         progress.start(total)
     last_report = time.monotonic()
     for batch in read_batches(source, export.test_fraction):
-        for row in batch_rows(batch, labeller, export.ties_as_kto, tally):
-            writer.write(row)
-            tally.count_row(row)
-        writer.flush()
+        write_batch(batch, labeller, export.ties_as_kto, tally, writer)
         if progress and time.monotonic() - last_report >= PROGRESS_EVERY_S:
             progress.advance(tally.comparisons, f"{tally.comparisons} of {total} comparisons")
             last_report = time.monotonic()
@@ -872,16 +1052,29 @@ def selection_names(selection: JudgeSelection, judges: dict[int, agreement.Judge
 # --- the dataset card --------------------------------------------------------------------------------
 
 
-def card_figures(labels: agreement.Labels, judges: dict[int, agreement.JudgeTally]) -> dict:
+@dataclass(frozen=True)
+class ExpertFigures:
+    """The card's figures that come from the votes and the verdicts on voted comparisons."""
+
+    votes: int
+    against_experts: dict[int, agreement.Agreement]  # judge id → agreement with the experts (κ)
+    experts: agreement.ExpertAgreement  # expert vs expert (α)
+
+    @classmethod
+    def of(cls, labels: agreement.Labels) -> ExpertFigures:
+        against_experts = {j.judge_id: j.agreement for j in agreement.judge_behaviour(labels, n_boot=CARD_BOOT)}
+        return cls(len(labels.votes), against_experts, agreement.expert_vs_expert(labels, n_boot=CARD_BOOT))
+
+
+def card_figures(figures: ExpertFigures, judges: dict[int, agreement.JudgeTally]) -> dict:
     """Agreement at export time, as plain numbers (stored with the export and written into the card).
 
-    ``labels``: the votes and the verdicts on voted comparisons (for κ); ``judges``: each judge's tally
-    over every comparison the export read (for flips, position bias and invalid output).
+    ``figures``: from the votes and the verdicts on voted comparisons (κ, α); ``judges``: each judge's
+    tally over every comparison the export read (for flips, position bias and invalid output).
     """
-    against_experts = {j.judge_id: j.agreement for j in agreement.judge_behaviour(labels, n_boot=CARD_BOOT)}
-    experts = agreement.expert_vs_expert(labels, n_boot=CARD_BOOT)
+    against_experts, experts = figures.against_experts, figures.experts
     return {
-        "votes": len(labels.votes),
+        "votes": figures.votes,
         "experts": {"units": experts.units, "alpha": _estimate(experts.alpha),
                     "alpha_collapsed": _estimate(experts.collapsed_alpha)},
         "judges": [_judge_figures(tally, against_experts.get(judge_id))

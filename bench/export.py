@@ -9,15 +9,20 @@ data with COPY — samples of four ~150-word abstracts, eight candidate profiles
 two generators, 12 comparisons per sample (a knockout tournament of 8), one judge's verdicts in both
 orders (with order flips and invalid answers), and expert votes on 5% of the comparisons — then runs the
 export in a fresh process (so its peak RSS is its own) with the expert-overrides-judge policy, and drops
-the database. Needs PostgreSQL on BENCH_PG (default postgres://postgres@127.0.0.1:5432) with a superuser.
+the database. Needs PostgreSQL on BENCH_PG (default postgres://postgres@127.0.0.1:5432) with a superuser;
+BENCH_DB names the throwaway database (default compx_bench; the template is its name + "_template").
 
 "export CPU s" is the exporting process's own CPU time (all its threads; PostgreSQL's is not included): on
-a busy machine it tells what the export costs when the wall clock does not.
+a busy machine it tells what the export costs when the wall clock does not. "data sha256" is a digest of
+the data files' hashes (README.md left out: it has the time; so is the hf format's state.json: a random
+fingerprint): the same code and data give the same digest, so a change that should not change the output
+can be checked against the digest from before it.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import io
 import json
 import math
@@ -33,7 +38,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 SERVER = os.environ.get("BENCH_PG", "postgres://postgres@127.0.0.1:5432")
-DATABASE, TEMPLATE = "compx_bench", "compx_bench_template"
+DATABASE = os.environ.get("BENCH_DB", "compx_bench")  # created and dropped for each size
+TEMPLATE = f"{DATABASE}_template"
 PAIRS_PER_SAMPLE = 12  # the thesis' knockout tournament: 8 candidates → 12 preference pairs
 CANDIDATES = 8
 VOTED_SHARE = 0.05  # experts label a small share; the judge labels everything
@@ -67,11 +73,12 @@ def main() -> None:
     print(f"export benchmark · PostgreSQL · format {args.format} · policy expert_overrides · {os.cpu_count()} cores · "
           f"load average {os.getloadavg()[0]:.1f} at start")
     print(f"{'comparisons':>12} {'rows':>10} {'build s':>8} {'export s':>9} {'rows/s':>9} {'MB':>8} {'MB/s':>7} "
-          f"{'peak RSS MB':>12} {'export CPU s':>13}")
+          f"{'peak RSS MB':>12} {'export CPU s':>13} {'data sha256':>12}")
     _make_template()
     try:
         for size in sizes:
             print(_run_size(size, args.format), flush=True)
+        print(f"load average {os.getloadavg()[0]:.1f} at the end")
     finally:
         _psql(f"DROP DATABASE IF EXISTS {DATABASE}")
         _psql(f"DROP DATABASE IF EXISTS {TEMPLATE}")
@@ -92,7 +99,7 @@ def _run_size(size: int, fmt: str) -> str:
     mb = result["bytes"] / 1e6
     return (f"{size:>12,} {result['rows']:>10,} {built:>8.1f} {result['seconds']:>9.1f} "
             f"{result['rows'] / result['seconds']:>9,.0f} {mb:>8,.0f} {mb / result['seconds']:>7.1f} "
-            f"{result['peak_rss_mb']:>12.0f} {result['cpu']:>13.1f}")
+            f"{result['peak_rss_mb']:>12.0f} {result['cpu']:>13.1f} {result['data_sha256'][:12]:>12}")
 
 
 def _make_template() -> None:
@@ -281,7 +288,11 @@ def export(fmt: str, out: Path) -> None:
     seconds, cpu = time.monotonic() - started, time.process_time() - cpu
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kB on Linux
     rows = result.counts["train"] + result.counts["test"]
-    print(json.dumps({"rows": rows, "seconds": seconds, "cpu": cpu, "bytes": result.bytes, "peak_rss_mb": peak}))
+    files = sorted((name, info["sha256"]) for name, info in result.counts["files"].items()
+                   if name != "README.md" and not name.endswith("state.json"))
+    data_sha256 = hashlib.sha256(json.dumps(files).encode()).hexdigest()
+    print(json.dumps({"rows": rows, "seconds": seconds, "cpu": cpu, "bytes": result.bytes, "peak_rss_mb": peak,
+                      "data_sha256": data_sha256}))
 
 
 if __name__ == "__main__":
