@@ -540,6 +540,12 @@ class DatasetExportAdmin(admin.ModelAdmin):
     change_list_template = "admin/annotation/datasetexport/change_list.html"
     actions = ["export_again"]
 
+    def changelist_view(self, request, extra_context=None):
+        from .liveness import mark_stale
+
+        mark_stale(models=[Job])  # an export whose worker died fails with its job (annotation.liveness)
+        return super().changelist_view(request, extra_context)
+
     def get_fields(self, request, obj=None):
         return self.settings_fields if obj is None else self.settings_fields + self.result_fields
 
@@ -617,11 +623,17 @@ def _job_link(job) -> str:
 
 @admin.register(Job)
 class JobAdmin(admin.ModelAdmin):
-    list_display = ["id", "kind", "status", "done", "total", "message", "created_at", "finished_at"]
+    list_display = ["id", "kind", "status", "done", "total", "message", "worker", "created_at", "finished_at"]
     list_filter = ["kind", "status"]
     readonly_fields = ["kind", "status", "params", "done", "total", "message", "error", "created_by",
-                       "started_at", "finished_at", "heartbeat_at"]
+                       "started_at", "finished_at", "heartbeat_at", "worker"]
     actions = ["cancel_jobs"]
+
+    def changelist_view(self, request, extra_context=None):
+        from .liveness import mark_stale
+
+        mark_stale(models=[Job])  # a dead worker's job shows as failed, not running, in the list
+        return super().changelist_view(request, extra_context)
 
     @admin.action(description="Cancel the selected jobs")
     def cancel_jobs(self, request, queryset):

@@ -1,15 +1,31 @@
-"""Background jobs: created in the web request, run by a Celery worker, watched live in the admin."""
+"""Background jobs: created in the web request, run by a Celery worker, watched live in the admin.
+
+A job runs at most once: ``run_job`` claims it (queued → running, atomically, with the worker's name), and a
+message for a job that is not queued any more (a duplicate, or the broker handing a dead worker's message out
+again) does nothing. While the work runs a heartbeat thread proves the worker alive; if the worker dies,
+``annotation.liveness`` fails the job with the reason, and nothing the work writes afterwards can revive it.
+"""
 
 from __future__ import annotations
+
+import logging
 
 from django.db import transaction
 from django.utils import timezone
 
+from .liveness import Heartbeat, job_hint
 from .models import FINISHED_STATUSES, Job, JobStatus
+
+logger = logging.getLogger(__name__)
 
 
 class JobCancelled(Exception):
     pass
+
+
+class JobLost(Exception):
+    """The job is no longer this worker's to write: it was marked failed behind its back (its heartbeat went
+    stale, so the watchdog took it for dead) or deleted. The work stops; the job keeps the watchdog's error."""
 
 
 def enqueue(task, job: Job) -> Job:
@@ -23,7 +39,8 @@ def create_job(kind: str, params: dict | None = None, user=None, total: int = 0)
 
 
 class JobProgress:
-    """What a task uses to report progress; raises JobCancelled once an admin asked to stop."""
+    """What a task uses to report progress; raises JobCancelled once an admin asked to stop, and JobLost
+    once the job was failed (or deleted) behind its back."""
 
     def __init__(self, job: Job):
         self.job = job
@@ -43,33 +60,69 @@ class JobProgress:
             raise JobCancelled
 
     def finish(self, status: str, message: str = "", error: str = "") -> None:
-        self._update(status=status, message=message, error=error, finished_at=timezone.now())
+        if not self._update(status=status, message=message, error=error, finished_at=timezone.now(), check=False):
+            logger.warning("job %s had already ended (%s) when it finished as %s", self.job.pk,
+                           Job.objects.filter(pk=self.job.pk).values_list("status", flat=True).first(), status)
 
-    def _update(self, **fields) -> None:
-        Job.objects.filter(pk=self.job.pk).update(**fields)
+    def _update(self, check: bool = True, **fields) -> int:
+        # Never over a job that has ended: a job the watchdog failed stays failed, with its reason.
+        updated = Job.objects.filter(pk=self.job.pk).exclude(status__in=FINISHED_STATUSES).update(**fields)
+        if not updated:
+            if check:
+                raise JobLost(f"job {self.job.pk} was marked failed (or deleted) while this worker was running it")
+            return 0
         for name, value in fields.items():
             setattr(self.job, name, value)
+        return updated
 
 
-def run_job(job_id: int, work) -> None:
-    """Run work(job, progress) and record how it ended; a job already finished is left alone."""
-    job = Job.objects.get(pk=job_id)
-    if job.status in FINISHED_STATUSES:
+def _current_worker() -> str:
+    """The hostname of the Celery worker running the current task; "" outside a worker."""
+    from celery import current_task
+
+    request = getattr(current_task, "request", None) if current_task else None
+    return getattr(request, "hostname", None) or ""
+
+
+def claim(job_id: int, worker: str) -> Job | None:
+    """queued → running, atomically: a redelivered or duplicate message finds nothing to do."""
+    now = timezone.now()
+    if Job.objects.filter(pk=job_id, status=JobStatus.QUEUED, cancel_requested=True).update(
+            status=JobStatus.CANCELLED, message="cancelled before it started", finished_at=now, worker=worker):
+        return None
+    claimed = Job.objects.filter(pk=job_id, status=JobStatus.QUEUED).update(
+        status=JobStatus.RUNNING, started_at=now, heartbeat_at=now, worker=worker)
+    return Job.objects.get(pk=job_id) if claimed else None
+
+
+def run_job(job_id: int, work, worker: str = "") -> None:
+    """Claim the job, run work(job, progress) with a heartbeat, and record how it ended.
+
+    A job that is not queued (finished, cancelled, or running in some worker, alive or dead) is left alone.
+    """
+    job = claim(job_id, worker or _current_worker())
+    if job is None:
+        status = Job.objects.filter(pk=job_id).values_list("status", flat=True).first()
+        logger.info("job %s is %s, not queued: nothing to do", job_id, status or "gone")
         return
     progress = JobProgress(job)
-    if job.cancel_requested:
-        progress.finish(JobStatus.CANCELLED, "cancelled before it started")
-        return
-    progress.start()
-    try:
-        message = work(job, progress) or ""
-    except JobCancelled:
-        progress.finish(JobStatus.CANCELLED, "cancelled by an admin")
-    except Exception as exc:
-        progress.finish(JobStatus.FAILED, error=f"{type(exc).__name__}: {exc}")
-        raise
-    else:
-        progress.finish(JobStatus.SUCCEEDED, message)
+    with Heartbeat(Job, job.pk):
+        try:
+            message = work(job, progress) or ""
+        except JobCancelled:
+            progress.finish(JobStatus.CANCELLED, "cancelled by an admin")
+        except JobLost:  # it keeps the error it was failed with; the caller (an evaluation, the task's log) hears
+            logger.warning("job %s was taken away while running (marked failed or deleted); stopped", job.pk)
+            raise
+        except Exception as exc:
+            progress.finish(JobStatus.FAILED, error=f"{type(exc).__name__}: {exc}")
+            raise
+        except BaseException as exc:  # the worker is shutting down mid-job: say so, then let it go
+            progress.finish(JobStatus.FAILED, "the worker stopped",
+                            error=f"The worker stopped during the job ({type(exc).__name__}). {job_hint(job)}")
+            raise
+        else:
+            progress.finish(JobStatus.SUCCEEDED, message)
 
 
 def follow(job: Job, stream, poll_s: float = 0.5) -> Job:

@@ -540,8 +540,19 @@ class JobKind(models.TextChoices):
 
 
 class JobQuerySet(models.QuerySet):
+    """Shared by jobs, training runs and evaluations: work a worker runs, watched through a heartbeat."""
+
     def active(self):
         return self.filter(status__in=[JobStatus.QUEUED, JobStatus.RUNNING])
+
+    def stale(self, now=None):
+        """Running rows whose worker stopped sending heartbeats (annotation.liveness)."""
+        from .liveness import stale_cutoff
+
+        cutoff = stale_cutoff(now)
+        return self.filter(status=JobStatus.RUNNING).filter(
+            Q(heartbeat_at__lt=cutoff) | Q(heartbeat_at__isnull=True, started_at__lt=cutoff)
+        )
 
 
 class Job(models.Model):
@@ -561,7 +572,10 @@ class Job(models.Model):
     created_at = models.DateTimeField(auto_now_add=True)
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
+    # A live worker touches this every few seconds (annotation.liveness); a stale one means the worker died.
     heartbeat_at = models.DateTimeField(null=True, blank=True)
+    # The Celery worker (hostname) running it: a worker that restarts fails the jobs it left behind.
+    worker = models.CharField(max_length=200, blank=True)
 
     objects = JobQuerySet.as_manager()
 

@@ -1,6 +1,7 @@
 import socket
 
 from celery import shared_task
+from celery.signals import worker_ready
 
 from .jobs import run_job
 
@@ -39,3 +40,12 @@ def fail_job_task(job_id: int, reason: str) -> None:
     from .jobs import fail_queued_job
 
     fail_queued_job(job_id, reason)
+
+
+@worker_ready.connect
+def _on_worker_ready(sender=None, **kwargs) -> None:
+    # Whatever this worker was running before it (re)started has died with it (jobs, training runs,
+    # evaluations); then keep watching every worker's heartbeats (annotation.liveness).
+    from .liveness import on_worker_ready
+
+    on_worker_ready(getattr(sender, "hostname", "") or "")

@@ -10,6 +10,7 @@ from django_htmx.http import HttpResponseStopPolling
 
 from compx_site.celery import app as celery_app
 
+from .liveness import mark_stale
 from .models import Campaign, Job
 from .roles import admin_required, is_admin, is_expert
 
@@ -17,7 +18,10 @@ from .roles import admin_required, is_admin, is_expert
 @login_required
 def home(request: HttpRequest) -> HttpResponse:
     campaigns = Campaign.objects.filter(experts=request.user, is_active=True) if is_expert(request.user) else []
-    jobs = Job.objects.select_related("created_by")[:8] if is_admin(request.user) else []
+    jobs = []
+    if is_admin(request.user):
+        mark_stale(models=[Job])  # a dead worker's job shows as failed, not running
+        jobs = Job.objects.select_related("created_by")[:8]
     return render(request, "home.html", {
         "is_expert": is_expert(request.user),
         "is_admin": is_admin(request.user),
@@ -68,6 +72,8 @@ def _job_context(job: Job) -> dict:
 
 @admin_required
 def job_detail(request: HttpRequest, pk: int) -> HttpResponse:
+    # Opening (or polling) the page is one of the moments a dead worker's job gets noticed (annotation.liveness).
+    mark_stale(models=[Job])
     job = get_object_or_404(Job, pk=pk)
     if request.htmx:
         response = render(request, "annotation/job.html#progress", _job_context(job))

@@ -2,35 +2,17 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
-
 from django.conf import settings
 from django.db import models
 from django.db.models import Q
 from django.utils import timezone
 
-from annotation.models import FINISHED_STATUSES, Campaign, DatasetExport, Generator, Judge, JobStatus
+from annotation.models import FINISHED_STATUSES, Campaign, DatasetExport, Generator, Judge, JobQuerySet, JobStatus
 
 
-# A live worker touches heartbeat_at every HEARTBEAT_S; a running row silent for STALE_AFTER_S has lost its
-# worker. 45 s plus a watchdog pass every 15 s marks a dead worker's run failed within a minute.
-HEARTBEAT_S = getattr(settings, "TRAINING_HEARTBEAT_S", 5)
-STALE_AFTER_S = getattr(settings, "TRAINING_STALE_AFTER_S", 45)
-
-
-class LivenessQuerySet(models.QuerySet):
-    """Shared by training and evaluation runs: both are long tasks watched through a heartbeat."""
-
-    def active(self):
-        return self.filter(status__in=[JobStatus.QUEUED, JobStatus.RUNNING])
-
-    def stale(self, now=None):
-        """Running rows whose worker stopped sending heartbeats."""
-        cutoff = (now or timezone.now()) - timedelta(seconds=STALE_AFTER_S)
-        return self.filter(status=JobStatus.RUNNING).filter(
-            Q(heartbeat_at__lt=cutoff) | Q(heartbeat_at__isnull=True, started_at__lt=cutoff)
-        )
-
+class LivenessQuerySet(JobQuerySet):
+    """Shared by training and evaluation runs: both are long tasks watched through a heartbeat, like jobs
+    (``active()``, ``stale()``; annotation.liveness)."""
 
 
 class TrainingRun(models.Model):

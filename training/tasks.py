@@ -1,13 +1,12 @@
 """Training-queue tasks (settings route ``training.tasks.*`` to the ``training`` queue).
 
 Start training workers with one slot, so one run at a time has the machine:
-``celery -A compx_site worker -Q training -c 1``. The real work lives in plain functions.
+``celery -A compx_site worker -Q training -c 1``. The real work lives in plain functions. Dead-worker
+detection (heartbeats, the watchdog every worker starts) is ``annotation.liveness``, started in
+``annotation.tasks``.
 """
 
 from celery import shared_task
-from celery.signals import worker_ready
-
-from .liveness import mark_worker_restarted, start_watchdog
 
 
 @shared_task(bind=True)
@@ -30,9 +29,3 @@ def evaluate_task(self, evaluation_id: int) -> str:
 
     return run_evaluation(evaluation_id, worker=self.request.hostname or "")
 
-
-@worker_ready.connect
-def _on_worker_ready(sender=None, **kwargs) -> None:
-    # Whatever this worker was running before it (re)started has died with it; then keep watching others.
-    mark_worker_restarted(getattr(sender, "hostname", "") or "")
-    start_watchdog()
