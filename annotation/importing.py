@@ -260,13 +260,15 @@ class _Writer:
 
     def _assign_samples(self, pairs: list[tuple[str, Document]]) -> None:
         pairs = [(name, doc) for name, doc in pairs if name]
-        names = {name for name, _ in pairs}
-        samples = Sample.objects.in_bulk(list(names), field_name="name")
-        for name in names - samples.keys():
+        # In the order the file names them, not a set's (hash-seeded) order: sample ids follow the file, so
+        # seeded generation over "the samples in id order" gives the same profiles on every import.
+        names = list(dict.fromkeys(name for name, _ in pairs))
+        samples = Sample.objects.in_bulk(names, field_name="name")
+        for name in [n for n in names if n not in samples]:
             split = Split.HELDOUT if heldout_for(name, self.options.heldout_fraction) else Split.TRAIN
             samples[name] = Sample.objects.create(name=name, split=split)
             self.result.samples_created += 1
-        self.result.samples |= names
+        self.result.samples.update(names)
         members = set(
             SampleDocument.objects.filter(sample__in=samples.values()).values_list("sample_id", "document_id")
         )

@@ -63,6 +63,14 @@ def test_group_by_author_builds_samples_of_the_given_size(tmp_path):
     assert sizes == {"Grace Hopper #1": 2, "Grace Hopper #2": 2, "Grace Hopper #3": 1, "Alan Turing #1": 1}
 
 
+def test_samples_are_created_in_the_order_the_file_names_them(tmp_path):
+    # Sample ids decide the order (and so the seeds) of generation batches: they must not depend on hashing.
+    names = [f"author {n}" for n in (5, 1, 9, 3, 7, 2, 8)]
+    rows = [doc(i, authors=[name]) for i, name in enumerate(names)]
+    import_documents(write_jsonl(tmp_path, rows), ImportOptions(group_by="author"))
+    assert list(Sample.objects.order_by("pk").values_list("name", flat=True)) == [f"{name} #1" for name in names]
+
+
 def test_heldout_split_is_reproducible_per_sample_name(tmp_path):
     rows = [doc(i, sample=f"s{i}") for i in range(40)]
     import_documents(write_jsonl(tmp_path, rows), ImportOptions(heldout_fraction=0.3))
