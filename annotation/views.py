@@ -1,5 +1,5 @@
 from django.conf import settings as django_settings
-from django.contrib import messages
+from django.contrib import admin, messages
 from django.contrib.auth.decorators import login_required
 from django.db import connection
 from django.http import HttpRequest, HttpResponse, JsonResponse
@@ -79,7 +79,7 @@ def job_detail(request: HttpRequest, pk: int) -> HttpResponse:
         response = render(request, "annotation/job.html#progress", _job_context(job))
         # 286 tells htmx to stop polling: the page stops asking once the job has ended.
         return HttpResponseStopPolling(response.content) if job.is_finished else response
-    return render(request, "annotation/job.html", _job_context(job))
+    return render(request, "annotation/job.html", {**admin.site.each_context(request), **_job_context(job)})
 
 
 @admin_required

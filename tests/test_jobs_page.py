@@ -18,6 +18,7 @@ def test_the_job_page_shows_live_progress_to_admins(client_for, admin_user, job)
     page = client_for(admin_user).get(f"/jobs/{job.pk}/").content.decode()
     assert "4 / 10" in page and "sample 4 of 10" in page and "tokens/s" in page
     assert 'hx-trigger="every 1s"' in page
+    assert "CompX administration" in page and "Django administration" not in page  # the admin's own header
 
 
 def test_polling_stops_when_the_job_has_ended(client_for, admin_user, job):

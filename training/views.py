@@ -6,7 +6,7 @@ import io
 import math
 import zipfile
 
-from django.contrib import messages
+from django.contrib import admin, messages
 from django.http import FileResponse, Http404, HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
@@ -79,7 +79,7 @@ def run_detail(request: HttpRequest, pk: int) -> HttpResponse:
         response = render(request, "training/run.html#live", _run_context(run))
         # 286 tells htmx to stop polling: the page stops asking once the run has ended.
         return HttpResponseStopPolling(response.content) if run.is_finished else response
-    return render(request, "training/run.html", _run_context(run))
+    return render(request, "training/run.html", {**admin.site.each_context(request), **_run_context(run)})
 
 
 @admin_required
@@ -204,7 +204,8 @@ def evaluation_detail(request: HttpRequest, pk: int) -> HttpResponse:
     if request.htmx:
         response = render(request, "training/evaluation.html#live", _evaluation_context(evaluation))
         return HttpResponseStopPolling(response.content) if evaluation.is_finished else response
-    return render(request, "training/evaluation.html", _evaluation_context(evaluation))
+    return render(request, "training/evaluation.html",
+                  {**admin.site.each_context(request), **_evaluation_context(evaluation)})
 
 
 @admin_required
@@ -225,7 +226,8 @@ def evaluation_send(request: HttpRequest, pk: int) -> HttpResponse:
     evaluation = _get_evaluation(pk)
     form = SendToExpertsForm(request.POST)
     if not form.is_valid():
-        return render(request, "training/evaluation.html", _evaluation_context(evaluation, form), status=400)
+        return render(request, "training/evaluation.html",
+                      {**admin.site.each_context(request), **_evaluation_context(evaluation, form)}, status=400)
     try:
         campaign = evaluations.send_to_experts(evaluation, form.cleaned_data["experts"], form.cleaned_data["size"],
                                                form.cleaned_data["overlap"], user=request.user)
