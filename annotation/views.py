@@ -75,11 +75,16 @@ def job_detail(request: HttpRequest, pk: int) -> HttpResponse:
     # Opening (or polling) the page is one of the moments a dead worker's job gets noticed (annotation.liveness).
     mark_stale(models=[Job])
     job = get_object_or_404(Job, pk=pk)
+    return live_page(request, "annotation/job.html", "progress", _job_context(job), finished=job.is_finished)
+
+
+def live_page(request: HttpRequest, template: str, partial: str, context: dict, *, finished: bool) -> HttpResponse:
+    """An admin page that polls itself: htmx polls get ``partial`` alone, the first visit the whole page."""
     if request.htmx:
-        response = render(request, "annotation/job.html#progress", _job_context(job))
-        # 286 tells htmx to stop polling: the page stops asking once the job has ended.
-        return HttpResponseStopPolling(response.content) if job.is_finished else response
-    return render(request, "annotation/job.html", {**admin.site.each_context(request), **_job_context(job)})
+        response = render(request, f"{template}#{partial}", context)
+        # 286 tells htmx to stop polling: the page stops asking once the work has ended.
+        return HttpResponseStopPolling(response.content) if finished else response
+    return render(request, template, {**admin.site.each_context(request), **context})
 
 
 @admin_required

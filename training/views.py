@@ -12,10 +12,10 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.utils import timezone
 from django.views.decorators.http import require_GET, require_POST
-from django_htmx.http import HttpResponseStopPolling
 
 from annotation.models import Sample, Split
 from annotation.roles import admin_required
+from annotation.views import live_page
 
 from . import runs
 from .charts import line_chart
@@ -75,11 +75,7 @@ def _run_context(run: TrainingRun) -> dict:
 @require_GET
 def run_detail(request: HttpRequest, pk: int) -> HttpResponse:
     run = _get_run(pk)
-    if request.htmx:
-        response = render(request, "training/run.html#live", _run_context(run))
-        # 286 tells htmx to stop polling: the page stops asking once the run has ended.
-        return HttpResponseStopPolling(response.content) if run.is_finished else response
-    return render(request, "training/run.html", {**admin.site.each_context(request), **_run_context(run)})
+    return live_page(request, "training/run.html", "live", _run_context(run), finished=run.is_finished)
 
 
 @admin_required
@@ -201,11 +197,8 @@ def _evaluation_context(evaluation: EvaluationRun, form: SendToExpertsForm | Non
 @require_GET
 def evaluation_detail(request: HttpRequest, pk: int) -> HttpResponse:
     evaluation = _get_evaluation(pk)
-    if request.htmx:
-        response = render(request, "training/evaluation.html#live", _evaluation_context(evaluation))
-        return HttpResponseStopPolling(response.content) if evaluation.is_finished else response
-    return render(request, "training/evaluation.html",
-                  {**admin.site.each_context(request), **_evaluation_context(evaluation)})
+    return live_page(request, "training/evaluation.html", "live", _evaluation_context(evaluation),
+                     finished=evaluation.is_finished)
 
 
 @admin_required
