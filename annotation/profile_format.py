@@ -25,6 +25,7 @@ import re
 import unicodedata
 from collections import Counter
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 MIN_COMPETENCIES = 3
 MAX_COMPETENCIES = 8
@@ -299,10 +300,31 @@ def is_near_duplicate(a: ParsedProfile, b: ParsedProfile, threshold: float = 0.9
 
 def name_similarity(a: str, b: str) -> float:
     """difflib ratio of normalised names, word order ignored ("Statistics, Bayesian" = "Bayesian statistics")."""
-    na, nb = normalise_name(a), normalise_name(b)
+    return _similarity(normalise_name(a), normalise_name(b))
+
+
+@lru_cache(maxsize=4096)
+def _similarity(na: str, nb: str) -> float:
+    # Cached: a review screen scores every name of one profile against every name of the other, and each
+    # profile comes back in several pairs and before several experts.
     in_order = difflib.SequenceMatcher(None, na, nb).ratio()
     sorted_a, sorted_b = " ".join(sorted(na.split())), " ".join(sorted(nb.split()))
     return max(in_order, difflib.SequenceMatcher(None, sorted_a, sorted_b).ratio())
+
+
+def _similarity_at_least(na: str, nb: str, threshold: float) -> float:
+    """``_similarity`` when it reaches ``threshold``, else 0.
+
+    Sorting a name's words keeps its letters, so difflib's cheap letter-count bound holds for both ratios:
+    most pairs of unrelated names fail it and never run the matcher.
+    """
+    if na == nb:
+        return 1.0
+    bound = difflib.SequenceMatcher(None, na, nb)
+    if bound.real_quick_ratio() < threshold or bound.quick_ratio() < threshold:
+        return 0.0
+    score = _similarity(na, nb)
+    return score if score >= threshold else 0.0
 
 
 def align_competencies(
@@ -314,18 +336,17 @@ def align_competencies(
     competency is used once. Result: A's competencies in A's order, each with its match in B or None,
     then B's unmatched ones in B's order with None on the left.
     """
+    names_a = [normalise_name(ca.name) for ca in a.competencies]
+    names_b = [normalise_name(cb.name) for cb in b.competencies]
     scored = sorted(
-        (
-            (-name_similarity(ca.name, cb.name), i, j)
-            for i, ca in enumerate(a.competencies)
-            for j, cb in enumerate(b.competencies)
-        )
+        (-score, i, j)
+        for i, na in enumerate(names_a)
+        for j, nb in enumerate(names_b)
+        if (score := _similarity_at_least(na, nb, threshold))
     )
     match_of_a: dict[int, int] = {}
     used_b: set[int] = set()
-    for negative_score, i, j in scored:
-        if -negative_score < threshold:
-            break
+    for _, i, j in scored:
         if i not in match_of_a and j not in used_b:
             match_of_a[i] = j
             used_b.add(j)

@@ -6,7 +6,8 @@
 What it does: creates a throwaway database on the PostgreSQL server of $BENCH_DATABASE_URL (default
 postgres://postgres@127.0.0.1:5432/compx_bench_review), migrates it, seeds one campaign per queue size
 (overlap 3; half of each queue already answered by earlier experts, so the counts it scans are realistic),
-starts gunicorn on 127.0.0.1, and lets every expert log in through the login form and answer ``--votes``
+starts gunicorn on 127.0.0.1 (sessions in the Redis database of $BENCH_CACHE_URL, default
+redis://127.0.0.1:6379/13, emptied afterwards; "" keeps them in PostgreSQL), and lets every expert log in through the login form and answer ``--votes``
 pairs per campaign from its own thread, all at once, through the htmx vote endpoint: one request per
 judgment, answered with the next pair. Every 10th vote is sent twice (a double submit) and must be refused.
 
@@ -38,6 +39,7 @@ from urllib.parse import urlparse
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_URL = "postgres://postgres@127.0.0.1:5432/compx_bench_review"
+DEFAULT_CACHE_URL = "redis://127.0.0.1:6379/13"
 PASSWORD = "bench-password-not-secret"
 OVERLAP = 3
 # Earlier experts who answered the first half of each queue before the run.
@@ -59,6 +61,8 @@ class Config:
     workers: int = os.cpu_count() or 2
     display: str = "hidden"  # the campaigns' judge display mode
     database_url: str = os.environ.get("BENCH_DATABASE_URL", DEFAULT_URL)
+    # Sessions in Redis, as in production (deploy/production.env.example); "" keeps them in the database.
+    cache_url: str = os.environ.get("BENCH_CACHE_URL", DEFAULT_CACHE_URL)
 
 
 @dataclass
@@ -111,6 +115,10 @@ def main(config: Config) -> int:
     finally:
         connections.close_all()
         _drop_database(config.database_url)
+        if config.cache_url:
+            import redis
+
+            redis.Redis.from_url(config.cache_url).flushdb()  # the bench's sessions, gone with its database
 
 
 def _bench(config: Config) -> bool:
@@ -250,7 +258,7 @@ def _free_port() -> int:
 def _start_gunicorn(config: Config, port: int) -> subprocess.Popen:
     env = {**os.environ, "DATABASE_URL": config.database_url, "DEBUG": "0",
            # Persistent connections, as in production: opening one per request would dominate the timing.
-           "DB_CONN_MAX_AGE": "60"}
+           "DB_CONN_MAX_AGE": "60", "CACHE_URL": config.cache_url}
     server = subprocess.Popen(
         [str(Path(sys.executable).parent / "gunicorn"), "compx_site.wsgi:application", "--bind", f"127.0.0.1:{port}",
          "--workers", str(config.workers), "--log-level", "warning"],

