@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import timedelta
 
 import pytest
@@ -175,6 +176,8 @@ def test_the_page_shows_both_tables_and_offers_the_expert_check(client_for, admi
     assert "Tuned vs base" in page and "50%" in page and "Judged pairs (both valid)" in page
     assert "1 flipped with the order" in page
     assert "Send a random sample of the 3 judged" in page and "alice" in page
+    # Fewer judged pairs than the usual 20: the form offers all of them.
+    assert re.search(r'name="size" value="3"', page)
 
 
 def test_evaluation_needs_heldout_samples_and_distinct_models(db):

@@ -178,6 +178,7 @@ def _evaluation_context(evaluation: EvaluationRun, form: SendToExpertsForm | Non
     experts = evaluations.expert_figures(evaluation)
     judged = results.get("versus", {}).get("baseline", {}).get("judged")
     roles = [("candidate", evaluation.candidate), ("baseline", evaluation.baseline), ("third", evaluation.third)]
+    judged_pairs = len(evaluations.judged_pairs(evaluation))
     return {
         "evaluation": evaluation,
         "results": results,
@@ -188,8 +189,9 @@ def _evaluation_context(evaluation: EvaluationRun, form: SendToExpertsForm | Non
         "experts": experts,
         "experts_rows": [("Judge, all judged pairs", judged), ("Judge, the same pairs", experts["judge_same_pairs"]),
                          ("Experts", experts["experts"])] if experts and judged else [],
-        "judged_pairs": len(evaluations.judged_pairs(evaluation)),
-        "send_form": form or SendToExpertsForm(),
+        "judged_pairs": judged_pairs,
+        # All of them when there are fewer than the usual 20.
+        "send_form": form or SendToExpertsForm(initial={"size": min(20, judged_pairs) or 20}),
     }
 
 
