@@ -40,9 +40,12 @@ $(CHROMIUM):
 	$(SUDO) apt-get update -qq
 	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
 
+# Another address or port: make demo DEMO_ADDR=127.0.0.1:8765
+DEMO_ADDR ?= 127.0.0.1:8000
+
 demo: install
 	$(PY) manage.py migrate --noinput -v0
-	$(PY) manage.py run_demo
+	$(PY) manage.py run_demo --addr $(DEMO_ADDR)
 
 check: install
 	$(PY) manage.py check

@@ -520,6 +520,7 @@ class DatasetExportForm(forms.ModelForm):
                            "format, with ties and both-bad pairs as undesirable rows.",
             "test_fraction": "Share of training samples held out as the test split (by sample, so no prompt is in "
                              "both); held-out samples always go to test.",
+            "kappa_threshold": "Judges calibrated against experts: the minimum judge–expert κ a judge needs.",
         }
 
 

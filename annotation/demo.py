@@ -5,6 +5,7 @@ from __future__ import annotations
 from celery import chain
 from django.contrib.auth import get_user_model
 from django.db import transaction
+from django.utils import timezone
 
 from .jobs import create_job
 from .models import (
@@ -25,7 +26,7 @@ Each screen shows one researcher's abstracts and two competency profiles written
 - 3 to 8 competencies, no repetition, no junk.
 
 Pick **Tie** when both are equally good and **Both bad** when neither is usable.
-Keys: `1` A · `2` B · `3` tie · `4` both bad · `Enter` submit · `u` undo · `?` help.
+Keys: `1` A · `2` B · `3` tie · `4` both bad · `Enter` submit · `s` skip · `u` undo · `?` help.
 """
 
 
@@ -43,18 +44,27 @@ def ensure_demo_objects() -> tuple[Generator, Judge, Campaign]:
     return generator, judge, campaign
 
 
+STOPPED = ("The demo stopped before this job finished (Ctrl-C during the first start?); the next `make demo` "
+           "started it again, and generation and judging fill in only what is missing.")
+
+
 def pipeline_jobs() -> list[Job]:
-    return list(Job.objects.filter(params__demo=True).order_by("pk"))
+    """The latest start's jobs: generation, then judging."""
+    return list(Job.objects.filter(params__demo=True).order_by("-pk")[:2])[::-1]
 
 
 def start_pipeline() -> list[Job]:
     """Generate candidates for every sample, then judge the train samples' pairs into the campaign.
 
-    Started once: a later `make demo` finds the jobs (finished or not) and leaves them be.
+    Done once: a later `make demo` finds the jobs succeeded and leaves them be. Jobs that a stopped demo left
+    queued or running (its workers are gone: `make demo` starts its own) are failed as such, and a failed
+    pipeline is started again; generation and judging fill in only what is missing.
     """
     existing = pipeline_jobs()
-    if existing:
+    if existing and pipeline_status(existing) == "ready":
         return existing
+    left = Job.objects.filter(pk__in=[job.pk for job in existing], status__in=[JobStatus.QUEUED, JobStatus.RUNNING])
+    left.update(status=JobStatus.FAILED, message="stopped with the demo", error=STOPPED, finished_at=timezone.now())
     from .tasks import fail_job_task, generate_profiles_task, judge_comparisons_task
 
     generator, judge, campaign = ensure_demo_objects()

@@ -91,6 +91,11 @@ class JudgeView:
     def has_verdict(self) -> bool:
         return any(run.preferred for run in self.runs)
 
+    @property
+    def has_reasoning(self) -> bool:
+        # The offline judge reads its answer from one token's probabilities and writes no reasoning.
+        return any(run.reasoning for run in self.runs)
+
 
 @dataclass
 class Pair:

@@ -67,7 +67,25 @@ def root(request: HttpRequest) -> HttpResponse:
 
 
 def _job_context(job: Job) -> dict:
-    return {"job": job, "eta": job.eta_seconds(), "tokens_per_second": job.tokens_per_second()}
+    return {"job": job, "eta": job.eta_seconds(), "tokens_per_second": job.tokens_per_second(),
+            "params": parameter_rows(job.params)}
+
+
+def parameter_rows(params: dict, shown: int = 12) -> list[tuple[str, str]]:
+    """A job's parameters as label and text for the page: no Python dict, and a long id list stays one line."""
+    rows = []
+    for key, value in params.items():
+        if isinstance(value, (list, tuple)):
+            text = ", ".join(map(str, value[:shown]))
+            text = f"{text}, … ({len(value)} in all)" if len(value) > shown else text or "none"
+        elif isinstance(value, bool):
+            text = "yes" if value else "no"
+        elif value is None:
+            text = "–"
+        else:
+            text = str(value)
+        rows.append((key.replace("_", " "), text))
+    return rows
 
 
 @admin_required

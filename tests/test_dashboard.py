@@ -114,6 +114,12 @@ def test_the_export_list_links_the_dashboard(client_for, admin_user):
     assert 'href="/admin-tools/agreement/"' in page and "Export DPO dataset" in page
 
 
+def test_the_export_form_explains_its_fields_in_words(client_for, admin_user):
+    page = client_for(admin_user).get("/admin/annotation/datasetexport/add/").content.decode()
+    assert "Judges calibrated against experts: the minimum judge–expert κ" in page
+    assert "judge_calibrated:" not in page  # the policy's stored value, not what the menu calls it
+
+
 def snapshot_path(export):
     from pathlib import Path
 

@@ -39,3 +39,24 @@ def test_a_failed_generation_marks_the_judging_step_failed(celery_worker_process
     assert generate.status == JobStatus.FAILED and "cannot reach" in generate.error
     assert judging.status == JobStatus.FAILED and "generating the candidates failed" in judging.error
     assert demo.pipeline_status([generate, judging]) == "failed"
+
+
+@pytest.mark.django_db
+def test_a_pipeline_a_stopped_demo_left_unfinished_is_started_again(django_capture_on_commit_callbacks):
+    make_samples(1)
+    with django_capture_on_commit_callbacks() as sent:
+        first = demo.start_pipeline()
+    assert len(sent) == 1
+    # Ctrl-C during the first start: generation was running and judging queued, and their workers are gone.
+    Job.objects.filter(pk=first[0].pk).update(status=JobStatus.RUNNING)
+    with django_capture_on_commit_callbacks() as sent:
+        again = demo.start_pipeline()
+    assert len(sent) == 1 and {job.pk for job in again}.isdisjoint(job.pk for job in first)
+    assert demo.pipeline_jobs() == again and demo.pipeline_status(again) == "running"
+    for job in first:
+        job.refresh_from_db()
+        assert job.status == JobStatus.FAILED and "the next `make demo` started it again" in job.error
+    Job.objects.filter(pk__in=[job.pk for job in again]).update(status=JobStatus.SUCCEEDED)
+    with django_capture_on_commit_callbacks() as sent:
+        assert demo.start_pipeline() == again  # done: later starts leave it be
+    assert not sent

@@ -180,6 +180,15 @@ def test_the_page_shows_both_tables_and_offers_the_expert_check(client_for, admi
     assert re.search(r'name="size" value="3"', page)
 
 
+def test_one_judged_pair_is_offered_in_the_singular(client_for, admin_user, judged_evaluation):
+    evaluation, comparisons, _ = judged_evaluation
+    results = evaluation.results
+    results["versus"]["baseline"]["comparison_ids"] = [comparisons[0].pk]  # the demo's evaluation: one pair
+    EvaluationRun.objects.filter(pk=evaluation.pk).update(results=results)
+    page = client_for(admin_user).get(f"/training/evaluations/{evaluation.pk}/").content.decode()
+    assert "Send the one judged tuned-vs-base pair" in page and "the 1 judged" not in page
+
+
 def test_evaluation_needs_heldout_samples_and_distinct_models(db):
     world = World()
     judge, base, tuned = world.judge(), world.generator("base"), world.generator("tuned")

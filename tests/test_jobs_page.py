@@ -21,6 +21,15 @@ def test_the_job_page_shows_live_progress_to_admins(client_for, admin_user, job)
     assert "CompX administration" in page and "Django administration" not in page  # the admin's own header
 
 
+def test_the_parameters_read_as_a_table_not_a_python_dict(client_for, admin_user):
+    job = create_job(JobKind.GENERATE, {"generator": "smollm2-base", "sample_ids": list(range(1, 31)), "demo": True,
+                                        "limit": None}, total=30)
+    page = client_for(admin_user).get(f"/jobs/{job.pk}/").content.decode()
+    assert "<th scope=\"row\">sample ids</th><td>1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, … (30 in all)</td>" in page
+    assert "<th scope=\"row\">demo</th><td>yes</td>" in page and "<th scope=\"row\">limit</th><td>–</td>" in page
+    assert "{&#x27;" not in page and "True" not in page
+
+
 def test_polling_stops_when_the_job_has_ended(client_for, admin_user, job):
     client = client_for(admin_user)
     assert client.get(f"/jobs/{job.pk}/", headers={"HX-Request": "true"}).status_code == 200

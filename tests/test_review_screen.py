@@ -109,6 +109,20 @@ def test_the_judge_reasoning_says_when_its_labels_are_the_reverse_of_the_experts
     assert "B shown first · preferred A (its “A” is your B, its “B” your A)" in text
 
 
+def test_a_judge_without_reasoning_is_not_announced_as_reasoning(client_for, alice):
+    judge = make_judge()
+    campaign = make_campaign([alice], pairs=1, judge_display="alongside", judge=judge)
+    comparison = campaign.items.get().comparison
+    add_verdicts(comparison, judge, "a", "b")
+    client = client_for(alice)
+    assert "The judge's reasoning" in text_of(page_for(client, campaign))
+    comparison.verdicts.update(reasoning="")  # the offline judge answers from one token and writes none
+    text = text_of(page_for(client, campaign))
+    assert "The judge's reasoning" not in text
+    assert "The judge's answer in each order · it wrote no reasoning" in text
+    assert "A shown first · preferred A" in text
+
+
 def test_guidelines_are_markdown_rendered_safely(client_for, alice):
     guidelines = "Prefer **grounded** competencies.\n\n- one\n- two\n\n<script>alert(1)</script>[x](javascript:alert(2))"
     campaign = make_campaign([alice], pairs=1, guidelines=guidelines)

@@ -19,11 +19,12 @@ def test_home_shows_an_expert_their_campaigns(client_for, alice, bob):
     page = client_for(alice).get("/").content.decode()
     assert "Alice&#x27;s campaign" in page and "Someone else" not in page
     assert 'href="/admin/"' not in page
+    assert '<a href="/review/">Review</a>' in page  # the same top-bar link as on the review pages
 
 
 def test_home_tells_a_user_without_a_role_to_ask_for_one(client_for, charlie):
     page = client_for(charlie).get("/").content.decode()
-    assert "no role yet" in page
+    assert "no role yet" in page and 'href="/review/"' not in page
 
 
 def test_home_links_admins_to_the_admin(client_for, admin_user):

@@ -58,7 +58,8 @@ def test_the_page_shows_live_progress_curves_and_config(client_for, admin_user, 
     assert "0.6100" in page and "0.75" in page and "4.00e-05" in page
     assert page.count('<svg class="chart"') == 3 and "<polyline" in page  # loss, reward accuracy, margin
     assert 'hx-trigger="every 2s"' in page and "Cancel run" in page
-    assert "&#x27;max_steps&#x27;: 10" in page  # the config
+    assert "&quot;max_steps&quot;: 10," in page and "&#x27;" not in page  # the config, as JSON
+    assert "heartbeat 0 s ago" in page or "heartbeat 1 s ago" in page  # not "0 minutes ago"
     assert "<script src=" in page and "cdn" not in page.lower()
 
 

@@ -84,6 +84,17 @@ def test_exports_training_cannot_read_are_refused(client_for, admin_user, export
     assert not TrainingRun.objects.exists()
 
 
+def test_an_export_without_train_pairs_is_refused_before_a_run_starts(client_for, admin_user, tmp_path):
+    # A small campaign's pairs can all land in the test split: the form says so instead of a run failing at step 0.
+    test_only = make_export(tmp_path / "test-only", name="test-only", n=0, test_n=2)
+    response = client_for(admin_user).post(ADD, form_data(test_only))
+    errors = str(response.context["form"].errors["export"])
+    assert "no train pairs (0 train · 2 test)" in errors and "test fraction 0" in errors
+    assert not TrainingRun.objects.exists()
+    with pytest.raises(CommandError, match="no train pairs"):
+        call_command("start_training", "--export", str(test_only.pk), "--no-wait", stdout=StringIO())
+
+
 def test_the_command_starts_the_same_run(export, django_capture_on_commit_callbacks):
     out = StringIO()
     with django_capture_on_commit_callbacks() as callbacks:

@@ -95,6 +95,10 @@ def export_files(export: DatasetExport) -> tuple[Path, Path | None]:
     if train_file.suffix != ".jsonl" or not train_file.is_file():
         raise TrainingError(f"export {export.name!r} has no train.jsonl in {folder} (format {export.format}); "
                             "training reads the JSONL snapshot")
+    if train_file.stat().st_size == 0:
+        counts = f"{export.counts.get('train', 0)} train · {export.counts.get('test', 0)} test"
+        raise TrainingError(f"export {export.name!r} has no train pairs ({counts}): export again once more pairs "
+                            "are decided, or with test fraction 0 so that every pair is for training")
     test_file = train_file.with_name("test.jsonl")
     has_test = test_file.is_file() and test_file.stat().st_size > 0
     return train_file, test_file if has_test else None

@@ -71,6 +71,14 @@
     event.preventDefault();
   });
 
+  // A summary clicked with the mouse keeps the focus, and Enter would fold it again instead of submitting the
+  // answer. After a pointer click (detail > 0; Enter or Space on a focused summary sends detail 0) the keys
+  // belong to the pair again.
+  document.addEventListener("click", (event) => {
+    const summary = event.target.closest && event.target.closest("summary");
+    if (summary && event.detail > 0 && form()) summary.blur();
+  });
+
   // A competency's flags are one answer: irrelevant or not supported, never both.
   document.addEventListener("change", (event) => {
     const box = event.target;

@@ -83,6 +83,24 @@ def test_an_expert_reviews_by_keyboard_alone(page, log_in, alice):
     assert all(v.seconds_spent is not None and v.seconds_spent >= 0 for v in votes.values())
 
 
+def test_enter_submits_after_a_mouse_click_opened_an_abstract(page, log_in, alice):
+    make_campaign([alice], pairs=2)
+    log_in(alice)
+    page.goto("/review/")
+    first = page.locator(".abstract").first
+    first.locator("summary").focus()
+    page.keyboard.press("Enter")  # a keyboard user on a summary: Enter opens it, nothing is sent
+    assert first.get_attribute("open") is not None and not Vote.objects.exists()
+    page.keyboard.press("Enter")
+    assert first.get_attribute("open") is None
+    first.locator("summary").click()  # the mouse opens it to read; the keys go back to the pair
+    assert first.get_attribute("open") is not None
+    page.keyboard.press("1")
+    before = shown(page)
+    assert press_and_wait(page, "Enter") != before
+    assert Vote.objects.filter(assignment_id=before).exists()
+
+
 def test_reveal_after_vote_lets_the_expert_revise(page, log_in, alice):
     judge = make_judge()
     campaign = make_campaign([alice], pairs=2, judge_display="reveal", judge=judge)

@@ -50,9 +50,10 @@ class Command(BaseCommand):
         self.stdout.write(seed_output.strip())
         self.stdout.write(f"Workers: {', '.join(WORKERS)} (broker: {broker}; logs in {settings.VAR_DIR}/worker-*.log)")
         if demo.pipeline_status(jobs) != "ready":
-            self.stdout.write(f"First start: the worker generates candidate profiles with the offline model and "
-                              f"judges them (a few minutes on a laptop). Watch: http://{addr}/jobs/{jobs[0].pk}/ "
-                              f"then http://{addr}/jobs/{jobs[1].pk}/")
+            self.stdout.write(f"Getting the demo ready (once): the worker generates candidate profiles with the "
+                              f"offline model and judges them (10–20 minutes on two CPU cores; the experts' queues "
+                              f"fill when judging ends). Watch: http://{addr}/jobs/{jobs[0].pk}/ then "
+                              f"http://{addr}/jobs/{jobs[1].pk}/")
         self.stdout.write("Press Ctrl-C to stop the site and the workers.\n")
 
     def _wait(self, processes: list[subprocess.Popen]) -> None:
