@@ -39,6 +39,7 @@ def agreement_dashboard(request: HttpRequest) -> HttpResponse:
 
     campaign = _campaign_from(request)
     summary = agreement.summary(campaign, judge_id=_int(request.GET.get("judge")))
+    rows = agreement.comparison_rows(summary.labels, summary.judge_id)
     context = {
         **admin.site.each_context(request),
         "is_nav_sidebar_enabled": False,  # the page needs the width
@@ -51,7 +52,8 @@ def agreement_dashboard(request: HttpRequest) -> HttpResponse:
         "expert_rows": [_expert_row(e) for e in summary.per_expert],
         "pair_rows": [_pair_row(p) for p in summary.experts.pairs],
         "ranking_rows": [_ranking_row(r) for r in summary.rankings.rows],
-        "table": agreement.comparison_rows(summary.labels, summary.judge_id)[:TABLE_ROWS],
+        "table": rows[:TABLE_ROWS],
+        "table_total": len(rows),
         "kappa_plot": kappa_plot(summary.judges),
         "bias_plot": bias_plot(summary.judges),
         "ranking_plot": ranking_plot(summary.rankings, summary.judge_name),

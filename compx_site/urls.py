@@ -1,6 +1,8 @@
 from django.contrib import admin
 from django.contrib.auth import views as auth_views
+from django.templatetags.static import static
 from django.urls import include, path
+from django.views.generic import RedirectView
 
 from annotation import views as annotation_views
 
@@ -11,6 +13,8 @@ admin.site.index_title = "The loop: documents → profiles → judgments → vot
 urlpatterns = [
     path("", annotation_views.home, name="home"),
     path("healthz", annotation_views.healthz, name="healthz"),
+    # Browsers ask for /favicon.ico on pages that name no icon (the admin's).
+    path("favicon.ico", RedirectView.as_view(url=static("favicon.svg"), permanent=True)),
     path("accounts/login/", auth_views.LoginView.as_view(redirect_authenticated_user=True), name="login"),
     path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("jobs/<int:pk>/", annotation_views.job_detail, name="job_detail"),

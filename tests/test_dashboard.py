@@ -48,6 +48,14 @@ def test_it_renders_the_figures_and_plots_for_a_campaign(client_for, admin_user,
     assert "<script>alert(1)</script>" not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
 
 
+def test_the_comparison_table_says_whether_it_shows_every_row(client_for, admin_user, campaign, monkeypatch):
+    page = client_for(admin_user).get(URL, {"campaign": campaign.pk}).content.decode()
+    assert "All 8 rows, also in the CSV." in page
+    monkeypatch.setattr("annotation.dashboard.TABLE_ROWS", 5)
+    page = client_for(admin_user).get(URL, {"campaign": campaign.pk}).content.decode()
+    assert "The first 5 of 8 rows; the CSV has all of them." in page
+
+
 def test_it_renders_with_no_labels_at_all(client_for, admin_user):
     response = client_for(admin_user).get(URL)
     assert response.status_code == 200 and "No judge verdicts in this scope." in response.content.decode()

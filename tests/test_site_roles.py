@@ -81,3 +81,10 @@ def test_healthz_reports_a_broken_broker_as_503(client, settings):
     response = client.get("/healthz")
     assert response.status_code == 503
     assert response.json()["broker"]["ok"] is False
+
+
+def test_every_page_has_an_icon(client):
+    assert 'rel="icon" href="/static/favicon.svg"' in client.get("/accounts/login/").content.decode()
+    response = client.get("/favicon.ico", follow=True)
+    assert response.status_code == 200 and response.redirect_chain == [("/static/favicon.svg", 301)]
+    assert b"<svg" in b"".join(response.streaming_content)
