@@ -547,6 +547,11 @@ class DatasetExportAdmin(admin.ModelAdmin):
         mark_stale(models=[Job])  # an export whose worker died fails with its job (annotation.liveness)
         return super().changelist_view(request, extra_context)
 
+    def add_view(self, request, form_url="", extra_context=None):
+        # Saving starts a read-only snapshot: there is nothing to go on editing.
+        extra_context = {**(extra_context or {}), "show_save_and_continue": False, "show_save_and_add_another": False}
+        return super().add_view(request, form_url, extra_context)
+
     def get_fields(self, request, obj=None):
         return self.settings_fields if obj is None else self.settings_fields + self.result_fields
 

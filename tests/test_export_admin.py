@@ -57,6 +57,9 @@ def test_a_finished_export_is_read_only_in_the_admin(client_for, admin_user, ali
     assert 'name="_save"' not in page and "SHA256SUMS" in page
     client.post(f"/admin/annotation/datasetexport/{export.pk}/change/", {"name": "renamed", "policy": "judge_consensus"})
     assert DatasetExport.objects.get(pk=export.pk).name == "v1"
+    # Its add form starts a snapshot and offers no "continue editing" that the snapshot could not honour.
+    page = client.get("/admin/annotation/datasetexport/add/").content.decode()
+    assert 'name="_save"' in page and 'name="_continue"' not in page and 'name="_addanother"' not in page
 
 
 @pytest.mark.django_db
