@@ -175,6 +175,7 @@ def test_the_page_shows_both_tables_and_offers_the_expert_check(client_for, admi
     page = client_for(admin_user).get(f"/training/evaluations/{evaluation.pk}/").content.decode()
     assert "Tuned vs base" in page and "50%" in page and "Judged pairs (both valid)" in page
     assert "1 flipped with the order" in page
+    assert "Valid profiles" not in page  # this one has no valid-profile figures: no empty table for them
     assert "Send a random sample of the 3 judged" in page and "alice" in page
     # Fewer judged pairs than the usual 20: the form offers all of them.
     assert re.search(r'name="size" value="3"', page)

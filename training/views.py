@@ -186,7 +186,8 @@ def _evaluation_context(evaluation: EvaluationRun, form: SendToExpertsForm | Non
     return {
         "evaluation": evaluation,
         "results": results,
-        "valid_rows": [(g, results.get("valid", {}).get(role)) for role, g in roles if g is not None],
+        # Only the figures there are: none while the evaluation is still generating.
+        "valid_rows": [(g, v) for role, g in roles if g is not None and (v := results.get("valid", {}).get(role))],
         "versus": [(role, results.get("versus", {}).get(role)) for role in ("baseline", "third")
                    if results.get("versus", {}).get(role)],
         "jobs": evaluations.sub_jobs(evaluation).order_by("pk"),
