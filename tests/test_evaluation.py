@@ -217,6 +217,28 @@ def test_an_evaluation_of_a_run_makes_the_tuned_and_base_generators(db, tmp_path
     assert evaluation.training_run == run
 
 
+def test_the_tuned_model_decodes_as_the_baseline_it_meets(db, tmp_path, settings, model_dir):
+    """Only the adapter may differ: a tuned model sampling hotter than its base would lose for that alone."""
+    settings.MEDIA_ROOT = tmp_path / "media"
+    world = World()
+    world.sample(split=Split.HELDOUT)
+    run = trained_run(tmp_path, model_dir)
+    demo_base = Generator.objects.create(name="demo base", backend=Backend.LOCAL, model=run.base_model,
+                                         temperature=0.5, max_new_tokens=256, format_guide=True)
+    evaluation = start_evaluation(world.judge(), training_run=run)
+    assert evaluation.baseline == demo_base
+
+    def decoding(generator):
+        return {k: v for k, v in generator.decoding_settings().items() if k != "adapter_path"}
+
+    assert decoding(evaluation.candidate) == decoding(demo_base)
+    # Against a baseline that decodes otherwise, the run gets a tuned generator of that decoding, not the first one.
+    greedy = Generator.objects.create(name="greedy base", backend=Backend.LOCAL, model=run.base_model, temperature=0)
+    second = start_evaluation(world.judge(), training_run=run, baseline=greedy)
+    assert second.candidate != evaluation.candidate and decoding(second.candidate) == decoding(greedy)
+    assert start_evaluation(world.judge(), training_run=run, baseline=greedy).candidate == second.candidate
+
+
 def test_cancel_and_a_dead_worker(client_for, admin_user, judged_evaluation):
     evaluation, _, _ = judged_evaluation
     client = client_for(admin_user)

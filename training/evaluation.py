@@ -127,14 +127,15 @@ def start_evaluation(judge: Judge, *, training_run: TrainingRun | None = None, c
 
     if not heldout_samples(sample_limit).exists():
         raise TrainingError("there are no held-out samples to evaluate on; import documents with a held-out fraction")
-    if candidate is None:
-        if training_run is None:
-            raise TrainingError("choose a training run or a candidate generator")
-        candidate = tuned_generator(training_run, like=baseline)
+    if candidate is None and training_run is None:
+        raise TrainingError("choose a training run or a candidate generator")
     if baseline is None:
         if training_run is None:
             raise TrainingError("choose a baseline generator")
         baseline = base_generator(training_run)
+    if candidate is None:
+        # The tuned model decodes exactly as the baseline does, so the adapter is the only difference.
+        candidate = tuned_generator(training_run, like=baseline)
     models = [candidate, baseline] + ([third] if third else [])
     if len({g.pk for g in models}) != len(models):
         raise TrainingError("the candidate, baseline and third model must be three different generators")

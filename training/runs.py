@@ -440,16 +440,19 @@ def merge(run_id: int) -> str:
 
 
 def tuned_generator(run: TrainingRun, like: Generator | None = None) -> Generator:
-    """The local generator "base model + this run's adapter", made once; decoding copied from ``like``."""
+    """The local generator "base model + this run's adapter" with the decoding of ``like`` (the model's defaults
+    without it); made once per decoding, so tuned profiles are reused only when written the same way."""
     adapter = adapter_dir(run)
     if run.status != JobStatus.SUCCEEDED or adapter is None:
         raise TrainingError(f"run {run.name!r} has no trained adapter (it is {run.get_status_display().lower()})")
-    existing = Generator.objects.filter(source_run=run, adapter_path=str(adapter)).order_by("pk").first()
-    if existing:
-        return existing
     decoding = {}
     if like is not None:
         decoding = {k: v for k, v in like.decoding_settings().items() if k not in ("model", "adapter_path")}
+    defaults = Generator(backend="local", model=run.base_model).decoding_settings()
+    same = {k: decoding.get(k, defaults[k]) for k in defaults if k not in ("model", "adapter_path")}
+    existing = Generator.objects.filter(source_run=run, adapter_path=str(adapter), **same).order_by("pk").first()
+    if existing:
+        return existing
     return Generator.objects.create(
         name=unique_name(f"{run.name} · tuned", Generator), backend="local", model=run.base_model,
         adapter_path=str(adapter), source_run=run, **decoding,
