@@ -4,7 +4,8 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
-MODEL_DIR := var/models/SmolLM2-135M-Instruct
+# Where prepare_model writes it: the same lookup as MODEL_CACHE_DIR in compx_site/settings.py.
+MODEL_DIR := $(or $(COMPX_MODEL_CACHE),$(or $(COMPX_VAR_DIR),var)/models)/SmolLM2-135M-Instruct
 CHROMIUM := /usr/bin/chromium
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 export PIP_DISABLE_PIP_VERSION_CHECK := 1

@@ -51,6 +51,7 @@ def test_it_renders_the_figures_and_plots_for_a_campaign(client_for, admin_user,
 def test_the_comparison_table_says_whether_it_shows_every_row(client_for, admin_user, campaign, monkeypatch):
     page = client_for(admin_user).get(URL, {"campaign": campaign.pk}).content.decode()
     assert "All 8 rows, also in the CSV." in page
+    assert "alice: Both bad" in page and "alice: both_bad" not in page  # answers as the experts gave them
     monkeypatch.setattr("annotation.dashboard.TABLE_ROWS", 5)
     page = client_for(admin_user).get(URL, {"campaign": campaign.pk}).content.decode()
     assert "The first 5 of 8 rows; the CSV has all of them." in page
