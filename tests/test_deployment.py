@@ -68,3 +68,17 @@ def test_check_deploy_flags_an_insecure_setup():
     result = subprocess.run([sys.executable, "manage.py", "check", "--deploy", "--fail-level", "WARNING"],
                             cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
     assert result.returncode != 0 and "SESSION_COOKIE_SECURE" in result.stderr + result.stdout
+
+
+@pytest.mark.postgres
+def test_postgres_plans_a_query_once_it_is_used_again_and_again(db):
+    from django.db import connection
+
+    from annotation.models import Campaign
+
+    for pk in range(6):  # psycopg prepares a statement on its 5th use on a connection
+        list(Campaign.objects.filter(pk=pk).values_list("name", flat=True))
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT statement FROM pg_prepared_statements")
+        prepared = [row[0] for row in cursor.fetchall()]
+    assert any('FROM "annotation_campaign"' in sql and "$1" in sql for sql in prepared), prepared
