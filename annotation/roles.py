@@ -2,14 +2,32 @@
 
 from functools import wraps
 
+from django.contrib.auth import get_user_model
+from django.contrib.auth.backends import ModelBackend
 from django.contrib.auth.decorators import login_required
+from django.contrib.auth.models import Group
 from django.core.exceptions import PermissionDenied
+from django.db.models import Exists, OuterRef
 
 EXPERTS_GROUP = "experts"
 
 
+class RoleBackend(ModelBackend):
+    """Django's own backend, loading the signed-in user together with their expert role: every expert request
+    checks the role, and this way it costs no query of its own (settings.AUTHENTICATION_BACKENDS)."""
+
+    def get_user(self, user_id):
+        users = get_user_model()._default_manager.annotate(
+            in_experts_group=Exists(Group.objects.filter(user=OuterRef("pk"), name=EXPERTS_GROUP)))
+        user = users.filter(pk=user_id).first()
+        return user if user is not None and self.user_can_authenticate(user) else None
+
+
 def is_expert(user) -> bool:
-    return user.is_authenticated and user.groups.filter(name=EXPERTS_GROUP).exists()
+    if not user.is_authenticated:
+        return False
+    loaded = getattr(user, "in_experts_group", None)  # set by RoleBackend for the request's user
+    return loaded if loaded is not None else user.groups.filter(name=EXPERTS_GROUP).exists()
 
 
 def is_admin(user) -> bool:

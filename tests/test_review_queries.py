@@ -35,45 +35,45 @@ def on_screen(client_for, alice):
     return client, campaign, shown_pk(client.get(f"/review/{campaign.pk}/"))
 
 
-def test_a_vote_and_the_next_pair_take_ten_statements(on_screen, django_assert_max_num_queries):
-    # Session, user, experts group; the assignment; the vote (two writes); the claim of the next pair (a
+def test_a_vote_and_the_next_pair_take_nine_statements(on_screen, django_assert_max_num_queries):
+    # Session; user with the expert role (annotation.roles.RoleBackend); the assignment; the vote (two writes); the claim of the next pair (a
     # locking read that also brings the pair and the progress, two writes); the next pair's abstracts.
     client, campaign, pk = on_screen
-    with django_assert_max_num_queries(10 + 4) as captured:  # + BEGIN/COMMIT of the vote and of the claim
+    with django_assert_max_num_queries(9 + 4) as captured:  # + BEGIN/COMMIT of the vote and of the claim
         response = client.post(f"/review/assignment/{pk}/vote", {"choice": "left"}, headers=HTMX)
     assert shown_pk(response) != pk
-    assert statements(captured) <= 10
+    assert statements(captured) <= 9
 
 
 def test_flagging_a_competency_costs_one_statement_more(on_screen, django_assert_max_num_queries):
     # The profiles, to name the flagged competency canonically, are fetched only when a flag is posted.
     client, campaign, pk = on_screen
-    with django_assert_max_num_queries(11 + 4) as captured:
+    with django_assert_max_num_queries(10 + 4) as captured:
         response = client.post(f"/review/assignment/{pk}/vote", {"choice": "right", "flag-left-0": "irrelevant"},
                                headers=HTMX)
     assert shown_pk(response) != pk
-    assert statements(captured) <= 11
+    assert statements(captured) <= 10
 
 
 def test_a_double_submit_costs_no_more_than_a_vote(on_screen, django_assert_max_num_queries):
     client, campaign, pk = on_screen
     client.post(f"/review/assignment/{pk}/vote", {"choice": "left"}, headers=HTMX)
-    with django_assert_max_num_queries(10):
+    with django_assert_max_num_queries(9):
         response = client.post(f"/review/assignment/{pk}/vote", {"choice": "left"}, headers=HTMX)
     assert "already had your answer" in response.content.decode()
 
 
-def test_the_campaign_page_with_a_pair_open_takes_six_statements(on_screen, django_assert_max_num_queries):
-    # Session, user, experts group; the campaign; the open pair with its profiles and the progress; abstracts.
+def test_the_campaign_page_with_a_pair_open_takes_five_statements(on_screen, django_assert_max_num_queries):
+    # Session, user with the expert role; the campaign; the open pair with its profiles and the progress; abstracts.
     # The guidelines' markdown is rendered once per text, not per page.
     client, campaign, pk = on_screen
-    with django_assert_max_num_queries(6):
+    with django_assert_max_num_queries(5):
         response = client.get(f"/review/{campaign.pk}/")
     assert shown_pk(response) == pk and "<strong>grounded</strong>" in response.content.decode()
 
 
-def test_the_queue_sends_an_expert_on_in_five_statements(on_screen, django_assert_max_num_queries):
+def test_the_queue_sends_an_expert_on_in_four_statements(on_screen, django_assert_max_num_queries):
     client, campaign, pk = on_screen
-    with django_assert_max_num_queries(5):
+    with django_assert_max_num_queries(4):
         response = client.get("/review/")
     assert response.status_code == 302 and response["Location"] == f"/review/{campaign.pk}/"

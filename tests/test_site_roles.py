@@ -27,6 +27,18 @@ def test_home_tells_a_user_without_a_role_to_ask_for_one(client_for, charlie):
     assert "no role yet" in page and 'href="/review/"' not in page
 
 
+def test_an_expert_taken_out_of_the_group_loses_the_review_pages_at_the_next_request(client_for, alice):
+    # The role rides along with the user's own query (annotation.roles.RoleBackend): read afresh per request.
+    from django.contrib.auth.models import Group
+
+    from annotation.roles import EXPERTS_GROUP
+
+    client = client_for(alice)
+    assert client.get("/review/").status_code in (200, 302)
+    Group.objects.get(name=EXPERTS_GROUP).user_set.remove(alice)
+    assert client.get("/review/").status_code == 403
+
+
 def test_home_links_admins_to_the_admin(client_for, admin_user):
     assert 'href="/admin/"' in client_for(admin_user).get("/").content.decode()
 
