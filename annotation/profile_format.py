@@ -298,15 +298,13 @@ def is_near_duplicate(a: ParsedProfile, b: ParsedProfile, threshold: float = 0.9
     return profile_similarity(a, b) >= threshold
 
 
-def name_similarity(a: str, b: str) -> float:
-    """difflib ratio of normalised names, word order ignored ("Statistics, Bayesian" = "Bayesian statistics")."""
-    return _similarity(normalise_name(a), normalise_name(b))
-
-
 @lru_cache(maxsize=4096)
 def _similarity(na: str, nb: str) -> float:
-    # Cached: a review screen scores every name of one profile against every name of the other, and each
-    # profile comes back in several pairs and before several experts.
+    """difflib ratio of normalised names, word order ignored ("Statistics, Bayesian" = "Bayesian statistics").
+
+    Cached: a review screen scores every name of one profile against every name of the other, and each profile
+    comes back in several pairs and before several experts.
+    """
     in_order = difflib.SequenceMatcher(None, na, nb).ratio()
     sorted_a, sorted_b = " ".join(sorted(na.split())), " ".join(sorted(nb.split()))
     return max(in_order, difflib.SequenceMatcher(None, sorted_a, sorted_b).ratio())

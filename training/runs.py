@@ -445,12 +445,9 @@ def tuned_generator(run: TrainingRun, like: Generator | None = None) -> Generato
     adapter = adapter_dir(run)
     if run.status != JobStatus.SUCCEEDED or adapter is None:
         raise TrainingError(f"run {run.name!r} has no trained adapter (it is {run.get_status_display().lower()})")
-    decoding = {}
-    if like is not None:
-        decoding = {k: v for k, v in like.decoding_settings().items() if k not in ("model", "adapter_path")}
-    defaults = Generator(backend="local", model=run.base_model).decoding_settings()
-    same = {k: decoding.get(k, defaults[k]) for k in defaults if k not in ("model", "adapter_path")}
-    existing = Generator.objects.filter(source_run=run, adapter_path=str(adapter), **same).order_by("pk").first()
+    source = like or Generator(backend="local", model=run.base_model)
+    decoding = {k: v for k, v in source.decoding_settings().items() if k not in ("model", "adapter_path")}
+    existing = Generator.objects.filter(source_run=run, adapter_path=str(adapter), **decoding).order_by("pk").first()
     if existing:
         return existing
     return Generator.objects.create(
