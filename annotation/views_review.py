@@ -12,8 +12,7 @@ from time import perf_counter, process_time
 from django import forms
 from django.contrib import messages
 from django.db import connection
-from django.db.models import Exists, OuterRef, Subquery
-from django.http import HttpRequest, HttpResponse, QueryDict
+from django.http import Http404, HttpRequest, HttpResponse, QueryDict
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_GET, require_POST
 
@@ -73,30 +72,15 @@ def _get_campaign_for_expert(request: HttpRequest, pk: int) -> Campaign:
     return get_object_or_404(Campaign.objects.for_expert(request.user), pk=pk)
 
 
-def _get_assignment_for_expert(request: HttpRequest, pk: int, *, pair: bool = True,
-                               latest_vote: bool = True) -> Assignment:
-    """The expert's own assignment in one of their active campaigns, with what the answers and the screen need.
-
-    ``pair=False`` leaves the two profiles out: a vote needs only the assignment's ``flipped`` to store its
-    answer in canonical terms, and the profiles only for competency flags or to show the pair again
-    (``_with_pair``). Fewer joins keep PostgreSQL's planning of this query short (it was most of its time).
-    ``latest_vote=False`` leaves out the expert's latest vote in the campaign, which only revising needs.
-    """
-    mine = Assignment.objects.filter(expert=request.user, item__campaign__experts=request.user,
-                                     item__campaign__is_active=True)
-    others_open = Assignment.objects.open().filter(expert=request.user, item__campaign=OuterRef("item__campaign"))
-    related = ["vote", "item__campaign"]
-    if pair:
-        related += ["item__comparison__profile_a", "item__comparison__profile_b"]
-    annotations = {"others_open": Exists(others_open.exclude(pk=OuterRef("pk")))}
-    if latest_vote:
-        latest = Vote.objects.filter(expert=request.user, assignment__item__campaign=OuterRef("item__campaign"))
-        annotations["latest_vote_id"] = Subquery(latest.order_by("-created_at", "-pk").values("pk")[:1])
-    return get_object_or_404(mine.select_related(*related).annotate(**annotations), pk=pk)
+def _get_assignment_for_expert(request: HttpRequest, pk: int, *, screen: bool = True) -> Assignment:
+    assignment = assignments.assignment_for(request.user, pk, screen=screen)
+    if assignment is None:
+        raise Http404("No such pair among yours.")
+    return assignment
 
 
 def _with_pair(assignment: Assignment) -> Assignment:
-    """The assignment with its comparison's two profiles, in one query if it was loaded with ``pair=False``."""
+    """The assignment with its comparison's two profiles, in one query if it was loaded with ``screen=False``."""
     item = assignment.item
     if not CampaignItem.comparison.is_cached(item):
         item.comparison = Comparison.objects.select_related("profile_a", "profile_b").get(pk=item.comparison_id)
@@ -198,7 +182,7 @@ def assignment_detail(request: HttpRequest, pk: int) -> HttpResponse:
 @expert_required
 @require_POST
 def vote(request: HttpRequest, pk: int) -> HttpResponse:
-    assignment = _get_assignment_for_expert(request, pk, pair=False, latest_vote=False)
+    assignment = _get_assignment_for_expert(request, pk, screen=False)
     campaign = assignment.item.campaign
     if _vote_of(assignment) is not None or assignment.skipped_at is not None:
         return _next(request, campaign, notice=ALREADY_ANSWERED, may_have_open=assignment.others_open)
@@ -239,7 +223,7 @@ def _reveal(request: HttpRequest, campaign: Campaign, assignment: Assignment, re
 @expert_required
 @require_POST
 def skip(request: HttpRequest, pk: int) -> HttpResponse:
-    assignment = _get_assignment_for_expert(request, pk, pair=False, latest_vote=False)
+    assignment = _get_assignment_for_expert(request, pk, screen=False)
     skipped = assignments.skip(assignment)
     request.answer_saved = bool(skipped)
     return _next(request, assignment.item.campaign, notice="" if skipped else ALREADY_ANSWERED,

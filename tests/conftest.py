@@ -18,6 +18,13 @@ LOG_DIR = Path(tempfile.mkdtemp(prefix="compx-test-logs-"))
 PASSWORD = "correct horse battery staple"
 
 
+@pytest.fixture(autouse=True)
+def exact_review_progress(settings):
+    """Tests read a campaign's progress right after changing it; the cache that spares production a count of
+    the campaign per vote would show them the number of a moment ago (tests/test_review_queries.py tests it)."""
+    settings.REVIEW_PROGRESS_CACHE_SECONDS = 0
+
+
 @pytest.fixture
 def make_user(db, django_user_model):
     from django.contrib.auth.models import Group
