@@ -20,7 +20,7 @@ from . import assignments
 from .assignments import Progress
 from .models import Assignment, Campaign, CampaignItem, Comparison, Document, JudgeDisplay, JudgeVerdict, Vote
 from .review import (
-    DISPLAY_CHOICES, FLAGS, Pair, build_screen, canonical_choice, display_choices, has_flags, render_guidelines,
+    DISPLAY_CHOICES, Pair, build_screen, canonical_choice, display_choices, has_flags, render_guidelines,
 )
 from .roles import expert_required
 
@@ -122,7 +122,6 @@ def _render(request: HttpRequest, campaign: Campaign, assignment: Assignment | N
         "screen": screen,
         "progress": progress,
         "choices": display_choices(screen.choice if screen else ""),
-        "flag_labels": FLAGS,
         "notice": notice,
         "error": error,
     }
