@@ -18,7 +18,7 @@ from django.views.decorators.http import require_GET, require_POST
 
 from . import assignments
 from .assignments import Progress
-from .models import Assignment, Campaign, CampaignItem, Comparison, Document, JudgeDisplay, JudgeVerdict, Vote
+from .models import Assignment, Campaign, CampaignItem, Comparison, JudgeDisplay, JudgeVerdict, Vote
 from .review import (
     DISPLAY_CHOICES, Pair, build_screen, canonical_choice, display_choices, has_flags, render_guidelines,
 )
@@ -112,8 +112,7 @@ def _render(request: HttpRequest, campaign: Campaign, assignment: Assignment | N
     """The comparison screen: the whole page, or just the panel for htmx. ``verdicts``: if already fetched."""
     screen = None
     if assignment is not None:
-        documents = list(Document.objects.filter(sampledocument__sample=assignment.item.comparison.sample_id)
-                         .order_by("sampledocument__position"))
+        documents = assignments.abstracts_of(assignment)
         if verdicts is None:
             verdicts = _verdicts(campaign, assignment, revealed=revealed)
         screen = build_screen(assignment, documents, verdicts, revealed=revealed, posted=posted)
