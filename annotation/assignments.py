@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
-
 from functools import lru_cache
 
 from django.conf import settings
@@ -43,7 +42,8 @@ class Progress:
 
     "Taken" sums the items' assignment counts instead of counting votes: a count of votes joins every vote
     of the campaign on every request, while the sum reads only the campaign's items. It runs ahead of the
-    votes by the pairs open on screens right now.
+    votes by the pairs open on screens right now. Needed and taken may be up to
+    settings.REVIEW_PROGRESS_CACHE_SECONDS old; the expert's own count is always exact.
     """
 
     needed: int
@@ -55,12 +55,6 @@ class Progress:
     @property
     def percent(self) -> int:
         return min(100, round(100 * self.taken / self.needed)) if self.needed else 100
-
-
-# The campaign's item count and the sum of their assignment counts travel as one number, items × 2³² + taken:
-# one pass over the campaign's items instead of two (the only part of the progress that grows with the queue).
-# taken ≤ items × overlap stays far below 2³² for any campaign a team of experts can review.
-_TOTALS_SHIFT = 2**32
 
 
 # The reads below are SQL written once per process (see annotation/rows.py for why), standard SQL that
@@ -77,11 +71,14 @@ def _sql(vendor: str, skip_locked: bool, totals: bool) -> dict[str, str]:
     votes_in = (f"FROM {t['vote']} pv WHERE pv.expert_id = %(expert)s AND (SELECT pi.campaign_id "
                 f"FROM {t['assignment']} pa INNER JOIN {t['item']} pi ON pi.id = pa.item_id "
                 "WHERE pa.id = pv.assignment_id) =")
-    # Progress rides along with a query the screen makes anyway: [totals,] mine, last vote.
-    progress = ((f"(SELECT COUNT(*) * {_TOTALS_SHIFT} + COALESCE(SUM(assignment_count), 0) FROM {t['item']} "
-                 "WHERE campaign_id = %(campaign)s AND gold_answer = ''), " if totals else "")
-                + "p.mine, p.last_vote")
-    mine = f"CROSS JOIN (SELECT COUNT(*) AS mine, MAX(pv.id) AS last_vote {votes_in} %(campaign)s) p"
+    # Progress rides along with a query the screen makes anyway, as one-row tables joined to it: the campaign's
+    # totals (when they are not cached) and the expert's votes.
+    progress = ("tot.items, tot.taken, " if totals else "") + "p.mine, p.last_vote"
+    progress_joins = (
+        (f"CROSS JOIN (SELECT COUNT(*) AS items, COALESCE(SUM(assignment_count), 0) AS taken FROM {t['item']} "
+         "WHERE campaign_id = %(campaign)s AND gold_answer = '') tot " if totals else "")
+        + f"CROSS JOIN (SELECT COUNT(*) AS mine, MAX(pv.id) AS last_vote {votes_in} %(campaign)s) p"
+    )
     pair = ", ".join(columns(model, alias).sql for model, alias in _PAIR)
     pair_joins = (f"INNER JOIN {t['comparison']} c ON c.id = i.comparison_id "
                   f"INNER JOIN {t['profile']} pfa ON pfa.id = c.profile_a_id "
@@ -112,7 +109,7 @@ def _sql(vendor: str, skip_locked: bool, totals: bool) -> dict[str, str]:
         f"AND EXISTS (SELECT 1 FROM {t['members']} m WHERE m.campaign_id = k.id AND m.user_id = %(expert)s)"
     )
     return {
-        "progress": f"SELECT {progress} FROM (SELECT 1 AS one) q {mine}",
+        "progress": f"SELECT {progress} FROM (SELECT 1 AS one) q {progress_joins}",
         "has_work": (
             f"SELECT 1 WHERE EXISTS (SELECT 1 FROM {t['assignment']} a INNER JOIN {t['item']} i ON i.id = a.item_id "
             f"WHERE a.expert_id = %(expert)s AND i.campaign_id = %(campaign)s AND {waiting('a')}) "
@@ -120,7 +117,7 @@ def _sql(vendor: str, skip_locked: bool, totals: bool) -> dict[str, str]:
         ),
         "open": (
             f"SELECT {columns(Assignment, 'a').sql}, {pair}, {progress} FROM {t['assignment']} a "
-            f"INNER JOIN {t['item']} i ON i.id = a.item_id {pair_joins} {mine} "
+            f"INNER JOIN {t['item']} i ON i.id = a.item_id {pair_joins} {progress_joins} "
             f"WHERE a.expert_id = %(expert)s AND i.campaign_id = %(campaign)s AND {waiting('a')} "
             "ORDER BY a.created_at, a.id LIMIT 1"
         ),
@@ -131,7 +128,7 @@ def _sql(vendor: str, skip_locked: bool, totals: bool) -> dict[str, str]:
             f"SELECT {pair}, {progress} FROM ("
             f"SELECT i.id {next_items} ORDER BY i.assignment_count, i.id LIMIT 1"
             + (" FOR UPDATE OF i SKIP LOCKED" if skip_locked else "")
-            + f") n INNER JOIN {t['item']} i ON i.id = n.id {pair_joins} {mine}"
+            + f") n INNER JOIN {t['item']} i ON i.id = n.id {pair_joins} {progress_joins}"
         ),
         "abstracts": (
             f"SELECT {columns(Document, 'd').sql} FROM {table(Document)} d "
@@ -193,7 +190,7 @@ def _read_pair(reader: RowReader) -> CampaignItem:
 def _read_progress(reader: RowReader, campaign: Campaign, totals: tuple[int, int] | None) -> Progress:
     """The progress columns of a row fetched with ``totals=totals is None``."""
     if totals is None:
-        totals = divmod(int(reader.value()), _TOTALS_SHIFT)
+        totals = (reader.value(), reader.value())
         if settings.REVIEW_PROGRESS_CACHE_SECONDS:
             cache.set(_totals_key(campaign), totals, settings.REVIEW_PROGRESS_CACHE_SECONDS)
     items, taken = totals

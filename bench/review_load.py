@@ -562,6 +562,11 @@ def _report(config: Config, campaigns: dict, result: Result) -> bool:
           f"double submits refused: {result.double_refused}/{result.double_submits}")
     steady = len(query_counts) == len(campaigns) and len({tuple(c) for c in query_counts.values()}) == 1
     print(f"queries per round trip {'do not grow' if steady else 'GROW'} with the queue size")
+    # The goal, reported, not enforced: on shared machines a timing is no pass/fail check.
+    worst_p95 = max((_percentile(times, .95) for times in server_times.values()), default=float("nan"))
+    most_queries = max((max(counts) for counts in query_counts.values()), default=0)
+    print(f"goal (server time p95 ≤ 15 ms, ≤ 10 queries): p95 {worst_p95:.1f} ms at the worst queue, "
+          f"{most_queries} queries: {'met' if worst_p95 <= 15 and most_queries <= 10 else 'NOT met'}")
     for error in result.errors[:5]:
         print("error:", error)
     return (not result.errors and steady and lost == duplicates == over == 0
