@@ -18,6 +18,7 @@ from typing import Callable
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group
 from django.db import IntegrityError, transaction
+from django.utils import timezone
 
 from .importing import MAX_REPORTED_ERRORS, ImportFailed, Problem, _jsonl_records
 from .models import (
@@ -169,6 +170,7 @@ def _import_vote(record: dict, campaign_name: str) -> str:
         return "unchanged"
     Vote.objects.create(assignment=assignment, expert=expert, comparison=comparison, choice=choice,
                         first_choice=choice, rationale=str(record.get("rationale") or ""))
+    Assignment.objects.filter(pk=assignment.pk).update(voted_at=timezone.now())  # answered, as a vote in the app
     return "votes"
 
 

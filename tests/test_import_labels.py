@@ -64,6 +64,7 @@ def test_votes_and_verdicts_are_stored_canonically(tmp_path, sample):
     assert (comparison.profile_a, comparison.profile_b) == (first, second)
     vote = Vote.objects.get()
     assert vote.choice == "b" and vote.expert.username == "dr_smith" and not vote.expert.has_usable_password()
+    assert vote.assignment.voted_at is not None  # answered, as a vote given on the review screen
     verdict = JudgeVerdict.objects.get()
     assert (verdict.order, verdict.preferred, verdict.reasoning) == ("ba", "b", "<b>A</b> is better")
     assert Campaign.objects.get().items.count() == 1

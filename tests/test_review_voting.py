@@ -135,6 +135,18 @@ def test_undo_brings_back_the_last_pair_and_allows_a_new_answer(client_for, alic
     assert Vote.objects.get().assignment_id == first.pk
 
 
+def test_after_an_undo_the_pair_left_open_comes_next_before_a_new_one(client_for, alice):
+    # The undo reopens the first pair while the second, claimed by the vote, is still open: answering the
+    # first must bring back the second, not claim a third (and leave the second open for good).
+    campaign = make_campaign([alice], pairs=3)
+    client = client_for(alice)
+    first = open_pair(client, campaign)
+    second_pk = shown_pk(vote(client, first, "left").content.decode())
+    client.post(f"/review/{campaign.pk}/undo", {"undo_vote": Vote.objects.get().pk}, headers=HTMX)
+    assert shown_pk(vote(client, first, "right").content.decode()) == second_pk
+    assert Assignment.objects.filter(expert=alice).count() == 2
+
+
 def test_undo_twice_takes_back_only_one_vote(client_for, alice):
     campaign = make_campaign([alice], pairs=3)
     client = client_for(alice)
