@@ -28,7 +28,9 @@ from django.core.cache import cache
 from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
-from .models import Assignment, Campaign, CampaignItem, Comparison, Document, Profile, SampleDocument, Vote
+from .models import (
+    Assignment, Campaign, CampaignItem, Comparison, Document, JudgeVerdict, Profile, SampleDocument, Vote,
+)
 from .rows import RowReader, columns, table
 
 # Each failed attempt means another expert took that item a moment ago; a handful is plenty.
@@ -141,6 +143,10 @@ def _sql(vendor: str, skip_locked: bool, totals: bool) -> dict[str, str]:
             f"INNER JOIN {table(SampleDocument)} sd ON sd.document_id = d.id "
             "WHERE sd.sample_id = %(sample)s ORDER BY sd.position"
         ),
+        "verdicts": (
+            f"SELECT {columns(JudgeVerdict, 'jv').sql} FROM {table(JudgeVerdict)} jv "
+            "WHERE jv.comparison_id = %(comparison)s AND jv.judge_id = %(judge)s"
+        ),
         "lookup": lookup.format(screen_columns="", screen_joins=""),
         "lookup_screen": lookup.format(
             screen_columns=f", (SELECT MAX(pv.id) {votes_in} i.campaign_id), {pair}", screen_joins=pair_joins),
@@ -219,6 +225,13 @@ def abstracts_of(assignment: Assignment) -> list[Document]:
     """The documents of the pair's sample, in the sample's order: the abstracts the screen shows."""
     documents = columns(Document, "d")
     return [documents.load(row, 0) for row in _fetch("abstracts", sample=assignment.item.comparison.sample_id)]
+
+
+def verdicts_on(assignment: Assignment, judge_id: int) -> list[JudgeVerdict]:
+    """The judge's verdicts on the pair, both presentation orders."""
+    verdicts = columns(JudgeVerdict, "jv")
+    rows = _fetch("verdicts", comparison=assignment.item.comparison_id, judge=judge_id)
+    return [verdicts.load(row, 0) for row in rows]
 
 
 def assignment_for(expert, pk: int, *, screen: bool = True) -> Assignment | None:

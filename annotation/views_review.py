@@ -103,7 +103,7 @@ def _verdicts(campaign: Campaign, assignment: Assignment, *, revealed: bool) -> 
              or campaign.judge_display == JudgeDisplay.REVEAL and revealed)
     if not shown or campaign.judge_id is None:
         return None
-    return list(JudgeVerdict.objects.filter(comparison_id=assignment.item.comparison_id, judge_id=campaign.judge_id))
+    return assignments.verdicts_on(assignment, campaign.judge_id)
 
 
 def _render(request: HttpRequest, campaign: Campaign, assignment: Assignment | None, progress: Progress, *,
