@@ -58,7 +58,7 @@ class Cell:
     # the template costs more than the Python that replaces it (the cells were 2/3 of the partial's render).
     @property
     def field(self) -> str:
-        return f"flag-{self.side}-{self.index}"
+        return flag_field(self.side, self.index)
 
     @property
     def evidence_note(self) -> str:
@@ -144,12 +144,17 @@ class Pair:
         for shown in (self.left, self.right):
             marked = {}
             for index, competency in enumerate(shown.competencies):
-                value = next((v for v in post.getlist(f"flag-{shown.side}-{index}") if v in FLAGS), "")
+                value = next((v for v in post.getlist(flag_field(shown.side, index)) if v in FLAGS), "")
                 if value:
                     marked[competency.name] = value
             if marked:
                 flags[shown.canonical] = marked
         return flags
+
+
+def flag_field(side: str, index: int) -> str:
+    """The form field of a competency's flag: by the side it is shown on and its position in its profile."""
+    return f"flag-{side}-{index}"
 
 
 def canonical_choice(display: str, *, flipped: bool) -> str:
