@@ -168,8 +168,8 @@ def _import_vote(record: dict, campaign_name: str) -> str:
         if existing.choice != choice:
             raise RowError("choice", f"{expert.username} already voted {existing.choice!r} on this pair")
         return "unchanged"
-    Vote.objects.create(assignment=assignment, expert=expert, comparison=comparison, choice=choice,
-                        first_choice=choice, rationale=str(record.get("rationale") or ""))
+    Vote.objects.create(assignment=assignment, expert=expert, comparison=comparison, campaign=campaign,
+                        choice=choice, first_choice=choice, rationale=str(record.get("rationale") or ""))
     Assignment.objects.filter(pk=assignment.pk).update(voted_at=timezone.now())  # answered, as a vote in the app
     return "votes"
 

@@ -429,6 +429,9 @@ class Assignment(models.Model):
         constraints = [
             models.UniqueConstraint(fields=["item", "expert"], name="assignment_unique_per_expert"),
         ]
+        # The expert's pairs still waiting (a handful), found without reading all they ever answered.
+        indexes = [models.Index(fields=["expert"], condition=Q(voted_at__isnull=True, skipped_at__isnull=True),
+                                name="assignment_waiting")]
 
     def __str__(self) -> str:
         return f"{self.expert} · {self.item}"
@@ -443,6 +446,9 @@ class Vote(models.Model):
     assignment = models.OneToOneField(Assignment, on_delete=models.CASCADE, related_name="vote")
     expert = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="votes")
     comparison = models.ForeignKey(Comparison, on_delete=models.CASCADE, related_name="votes")
+    # The assignment's campaign, kept on the vote: an expert's votes in a campaign are read on every review
+    # round trip, and through assignment → item that read grows with all the votes the expert ever gave.
+    campaign = models.ForeignKey(Campaign, on_delete=models.CASCADE, related_name="votes")
     # Canonical terms ('a' is comparison.profile_a), whatever side it was shown on.
     choice = models.CharField(max_length=8, choices=Choice.choices)
     # In reveal-after-vote campaigns the choice before the judge was shown; equal to choice otherwise.
@@ -460,6 +466,7 @@ class Vote(models.Model):
 
     class Meta:
         ordering = ["created_at"]
+        indexes = [models.Index(fields=["expert", "campaign", "id"], name="vote_expert_campaign")]
         constraints = [
             models.UniqueConstraint(fields=["expert", "comparison"], name="vote_unique_per_expert"),
             models.CheckConstraint(condition=Q(choice__in=Choice.values), name="vote_choice_valid"),

@@ -226,8 +226,8 @@ def _seed_campaign(size: int, config: Config):
     assignments = Assignment.objects.bulk_create(
         Assignment(item=item, expert=user, shown_at=now, voted_at=now) for item in answered for user in earlier
     )
-    Vote.objects.bulk_create(Vote(assignment=a, expert=a.expert, comparison=a.item.comparison, choice="a",
-                                  first_choice="a", seconds_spent=10) for a in assignments)
+    Vote.objects.bulk_create(Vote(assignment=a, expert=a.expert, comparison=a.item.comparison, campaign=campaign,
+                                  choice="a", first_choice="a", seconds_spent=10) for a in assignments)
     CampaignItem.objects.filter(pk__in=[item.pk for item in answered]).update(assignment_count=EARLIER)
     return campaign
 

@@ -75,6 +75,7 @@ class World:
         assignment = Assignment.objects.create(item=item, expert=expert)
         first = first_choice or choice
         return Vote.objects.create(
-            assignment=assignment, expert=expert, comparison=comparison, choice=choice, first_choice=first,
+            assignment=assignment, expert=expert, comparison=comparison, campaign=assignment.item.campaign,
+            choice=choice, first_choice=first,
             revised_after_reveal=first != choice, seconds_spent=seconds,
         )

@@ -80,9 +80,10 @@ def test_an_expert_votes_once_per_comparison(pair):
                                       expert=expert)
     second = Assignment.objects.create(item=CampaignItem.objects.create(campaign=other, comparison=comparison),
                                        expert=expert)
-    Vote.objects.create(assignment=first, expert=expert, comparison=comparison, choice="a", first_choice="a")
+    Vote.objects.create(assignment=first, expert=expert, comparison=comparison, campaign=first.item.campaign,
+                        choice="a", first_choice="a")
     assert_refused(lambda: Vote.objects.create(assignment=second, expert=expert, comparison=comparison,
-                                               choice="b", first_choice="b"))
+                                               campaign=second.item.campaign, choice="b", first_choice="b"))
     assert_refused(lambda: Assignment.objects.create(item=first.item, expert=expert))
 
 
@@ -93,7 +94,7 @@ def test_a_vote_choice_must_be_known(pair):
     item = CampaignItem.objects.create(campaign=Campaign.objects.create(name="c"), comparison=comparison)
     assignment = Assignment.objects.create(item=item, expert=expert)
     assert_refused(lambda: Vote.objects.create(assignment=assignment, expert=expert, comparison=comparison,
-                                               choice="maybe", first_choice="a"))
+                                               campaign=item.campaign, choice="maybe", first_choice="a"))
 
 
 def test_campaign_overlap_is_at_least_one():

@@ -76,7 +76,8 @@ def golden(django_user_model):
         item = CampaignItem.objects.create(pk=c.pk, campaign=campaign, comparison=c)
         for expert, choice in zip(experts, votes):
             assignment = Assignment.objects.create(pk=ids["vote"], item=item, expert=expert)
-            Vote.objects.create(pk=ids["vote"], assignment=assignment, expert=expert, comparison=c, choice=choice,
+            Vote.objects.create(pk=ids["vote"], assignment=assignment, expert=expert, comparison=c,
+                                campaign=assignment.item.campaign, choice=choice,
                                 first_choice=choice, seconds_spent=12.5)
             ids["vote"] += 1
         for judge, (ab, ba) in zip(judges, verdicts):
