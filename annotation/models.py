@@ -447,8 +447,10 @@ class Vote(models.Model):
     expert = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="votes")
     comparison = models.ForeignKey(Comparison, on_delete=models.CASCADE, related_name="votes")
     # The assignment's campaign, kept on the vote: an expert's votes in a campaign are read on every review
-    # round trip, and through assignment → item that read grows with all the votes the expert ever gave.
-    campaign = models.ForeignKey(Campaign, on_delete=models.CASCADE, related_name="votes")
+    # round trip, and through assignment → item that read grows with all the votes the expert ever gave. Its
+    # one index is (campaign, expert) in Meta: an index on the campaign alone tempts a plan made for any expert
+    # into reading every vote of the campaign.
+    campaign = models.ForeignKey(Campaign, on_delete=models.CASCADE, related_name="votes", db_index=False)
     # Canonical terms ('a' is comparison.profile_a), whatever side it was shown on.
     choice = models.CharField(max_length=8, choices=Choice.choices)
     # In reveal-after-vote campaigns the choice before the judge was shown; equal to choice otherwise.
@@ -466,7 +468,7 @@ class Vote(models.Model):
 
     class Meta:
         ordering = ["created_at"]
-        indexes = [models.Index(fields=["expert", "campaign", "id"], name="vote_expert_campaign")]
+        indexes = [models.Index(fields=["campaign", "expert", "id"], name="vote_campaign_expert")]
         constraints = [
             models.UniqueConstraint(fields=["expert", "comparison"], name="vote_unique_per_expert"),
             models.CheckConstraint(condition=Q(choice__in=Choice.values), name="vote_choice_valid"),

@@ -24,19 +24,19 @@ class Migration(migrations.Migration):
         migrations.AddField(
             model_name='vote',
             name='campaign',
-            field=models.ForeignKey(null=True, on_delete=django.db.models.deletion.CASCADE, related_name='votes',
-                                    to='annotation.campaign'),
+            field=models.ForeignKey(db_index=False, null=True, on_delete=django.db.models.deletion.CASCADE,
+                                    related_name='votes', to='annotation.campaign'),
         ),
         migrations.RunPython(fill_in, migrations.RunPython.noop),
         migrations.AlterField(
             model_name='vote',
             name='campaign',
-            field=models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='votes',
-                                    to='annotation.campaign'),
+            field=models.ForeignKey(db_index=False, on_delete=django.db.models.deletion.CASCADE,
+                                    related_name='votes', to='annotation.campaign'),
         ),
         migrations.AddIndex(
             model_name='vote',
-            index=models.Index(fields=['expert', 'campaign', 'id'], name='vote_expert_campaign'),
+            index=models.Index(fields=['campaign', 'expert', 'id'], name='vote_campaign_expert'),
         ),
         migrations.AddIndex(
             model_name='assignment',
