@@ -81,8 +81,8 @@ def _sql(vendor: str, skip_locked: bool, totals: bool) -> dict[str, str]:
     pair_joins = (f"INNER JOIN {t['comparison']} c ON c.id = i.comparison_id "
                   f"INNER JOIN {t['profile']} pfa ON pfa.id = c.profile_a_id "
                   f"INNER JOIN {t['profile']} pfb ON pfb.id = c.profile_b_id")
-    # Still waiting for the expert: neither voted on nor skipped (Assignment.objects.open()). voted_at is set
-    # with every vote, so testing it too changes nothing but lets the small index of waiting pairs serve.
+    # Still waiting for the expert: neither voted on nor skipped. voted_at is set with every vote, so testing
+    # it too changes nothing but lets the small index of waiting pairs serve.
     def waiting(alias: str) -> str:
         return (f"{alias}.voted_at IS NULL AND {alias}.skipped_at IS NULL "
                 f"AND NOT EXISTS (SELECT 1 FROM {t['vote']} w WHERE w.assignment_id = {alias}.id)")

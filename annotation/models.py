@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from django.conf import settings
 from django.db import models
-from django.db.models import Exists, F, OuterRef, Q
+from django.db.models import F, Q
 from django.utils import timezone
 
 
@@ -366,22 +366,6 @@ class Choice(models.TextChoices):
     BOTH_BAD = "both_bad", "Both bad"
 
 
-class CampaignItemQuerySet(models.QuerySet):
-    def next_for(self, expert, campaign: Campaign):
-        """The items this expert may be given next in the campaign, least reviewed first.
-
-        Never a comparison the expert already has, in any campaign (a vote is unique per expert and
-        comparison). Gold items go to every expert, so the overlap does not cap them.
-        """
-        already = Assignment.objects.filter(expert=expert, item__comparison=OuterRef("comparison"))
-        return (
-            self.filter(campaign=campaign)
-            .filter(Q(assignment_count__lt=campaign.overlap) | ~Q(gold_answer=""))
-            .filter(~Exists(already))
-            .order_by("assignment_count", "id")
-        )
-
-
 class CampaignItem(models.Model):
     campaign = models.ForeignKey(Campaign, on_delete=models.CASCADE, related_name="items")
     comparison = models.ForeignKey(Comparison, on_delete=models.CASCADE, related_name="campaign_items")
@@ -390,8 +374,6 @@ class CampaignItem(models.Model):
     # Live assignments that count toward the overlap (skips give theirs back; gold items, shown to every
     # expert, never count). Denormalised so "least reviewed first" is one indexed ORDER BY, not a join.
     assignment_count = models.PositiveSmallIntegerField(default=0)
-
-    objects = CampaignItemQuerySet.as_manager()
 
     class Meta:
         ordering = ["campaign", "id"]
@@ -402,12 +384,6 @@ class CampaignItem(models.Model):
 
     def __str__(self) -> str:
         return f"{self.campaign} · {self.comparison}"
-
-
-class AssignmentQuerySet(models.QuerySet):
-    def open(self):
-        """Given to the expert and still waiting: neither voted on nor skipped."""
-        return self.filter(vote__isnull=True, skipped_at__isnull=True)
 
 
 class Assignment(models.Model):
@@ -421,8 +397,6 @@ class Assignment(models.Model):
     # Set in the vote's own transaction by a conditional UPDATE that only one request can win, so a double
     # submit, a stale page or a skip from another tab can never add a second answer (on SQLite too).
     voted_at = models.DateTimeField(null=True, blank=True)
-
-    objects = AssignmentQuerySet.as_manager()
 
     class Meta:
         ordering = ["created_at"]
