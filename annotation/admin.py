@@ -474,7 +474,7 @@ class CampaignAdmin(admin.ModelAdmin):
 
     def get_queryset(self, request):
         return super().get_queryset(request).annotate(
-            n_items=Count("items", distinct=True), n_votes=Count("items__assignments__vote", distinct=True)
+            n_items=Count("items", distinct=True), n_votes=Count("votes", distinct=True)
         )
 
     @admin.display(description="Comparisons", ordering="n_items")
@@ -498,7 +498,7 @@ class AssignmentAdmin(admin.ModelAdmin):
 class VoteAdmin(admin.ModelAdmin):
     list_display = ["comparison", "expert", "choice", "first_choice", "revised_after_reveal", "seconds_spent",
                     "created_at"]
-    list_filter = ["choice", "revised_after_reveal", "expert", "assignment__item__campaign"]
+    list_filter = ["choice", "revised_after_reveal", "expert", "campaign"]
     search_fields = ["rationale", "expert__username"]
     raw_id_fields = ["assignment", "comparison"]
     list_select_related = ["expert", "comparison__sample"]

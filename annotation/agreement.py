@@ -59,7 +59,7 @@ class Scope:
     def votes(self):
         if self.campaign is None:
             return Vote.objects.all()
-        return Vote.objects.filter(assignment__item__campaign=self.campaign)
+        return Vote.objects.in_campaign(self.campaign)
 
     def verdicts(self):
         verdicts = JudgeVerdict.objects.all()

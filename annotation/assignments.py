@@ -31,7 +31,7 @@ from django.utils import timezone
 from .models import (
     Assignment, Campaign, CampaignItem, Comparison, Document, JudgeVerdict, Profile, SampleDocument, Vote,
 )
-from .rows import RowReader, columns, table
+from .rows import Columns, RowReader, columns, table
 
 # Each failed attempt means another expert took that item a moment ago; a handful is plenty.
 CLAIM_ATTEMPTS = 5
@@ -166,6 +166,11 @@ def _fetch_one(name: str, *, totals: bool = False, **params) -> tuple | None:
     return rows[0] if rows else None
 
 
+def _fetch_models(name: str, model_columns: Columns, **params) -> list:
+    """A statement that selects one model's columns: its instances."""
+    return [model_columns.load(row, 0) for row in _fetch(name, **params)]
+
+
 def _plan_once() -> None:
     """Let PostgreSQL reuse its plan of the claim on this connection for the rest of the transaction.
 
@@ -220,15 +225,13 @@ def has_work(expert, campaign: Campaign) -> bool:
 
 def abstracts_of(assignment: Assignment) -> list[Document]:
     """The documents of the pair's sample, in the sample's order: the abstracts the screen shows."""
-    documents = columns(Document, "d")
-    return [documents.load(row, 0) for row in _fetch("abstracts", sample=assignment.item.comparison.sample_id)]
+    return _fetch_models("abstracts", columns(Document, "d"), sample=assignment.item.comparison.sample_id)
 
 
 def verdicts_on(assignment: Assignment, judge_id: int) -> list[JudgeVerdict]:
     """The judge's verdicts on the pair, both presentation orders."""
-    verdicts = columns(JudgeVerdict, "jv")
-    rows = _fetch("verdicts", comparison=assignment.item.comparison_id, judge=judge_id)
-    return [verdicts.load(row, 0) for row in rows]
+    return _fetch_models("verdicts", columns(JudgeVerdict, "jv"), comparison=assignment.item.comparison_id,
+                         judge=judge_id)
 
 
 def assignment_for(expert, pk: int, *, screen: bool = True) -> Assignment | None:

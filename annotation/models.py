@@ -413,7 +413,7 @@ class Assignment(models.Model):
 
 class VoteQuerySet(models.QuerySet):
     def in_campaign(self, campaign: Campaign):
-        return self.filter(assignment__item__campaign=campaign)
+        return self.filter(campaign=campaign)
 
 
 class Vote(models.Model):

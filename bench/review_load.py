@@ -35,7 +35,8 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import urlparse
+from http.client import HTTPConnection
+from urllib.parse import urlencode, urlparse
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_URL = "postgres://postgres@127.0.0.1:5432/compx_bench_review"
@@ -447,14 +448,12 @@ class _Expert:
     """
 
     def __init__(self, base: str, session):
-        self.host, self.port = urlparse(base).hostname, urlparse(base).port
+        parts = urlparse(base)
+        self.host, self.port = parts.hostname, parts.port
         self.cookie = "; ".join(f"{name}={value}" for name, value in session.cookies.items())
         self.csrf = session.cookies["csrftoken"]
 
     def request(self, method: str, path: str, form: dict | None = None) -> tuple[int, dict, str]:
-        from http.client import HTTPConnection
-        from urllib.parse import urlencode
-
         headers = {"Cookie": self.cookie, "HX-Request": "true", "X-CSRFToken": self.csrf}
         body = None
         if form is not None:
