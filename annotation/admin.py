@@ -1,17 +1,24 @@
+"""The Django admin of every model, with the actions that start work: import, generate, judge, export."""
+
 import tempfile
 from collections import Counter
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from django import forms
 from django.contrib import admin, messages
 from django.db.models import Count, Prefetch, Q, Sum
-from django.utils.html import format_html, format_html_join
 from django.shortcuts import redirect
 from django.template.response import TemplateResponse
-from django.urls import path
+from django.urls import NoReverseMatch, path, reverse
+from django.utils import timezone
+from django.utils.html import format_html, format_html_join
+from django.utils.safestring import mark_safe
 
-from .importing import ImportFailed, ImportOptions, import_documents
+from .documents.importing import ImportFailed, ImportOptions, import_documents
+from .jobs.liveness import mark_stale
+from .judging.combined import panel_verdict, panel_verdicts
+from .judging.figures import JudgeFigures, with_figures
+from .judging.verdicts import combine_canonical
 from .models import (
     Backend,
     Assignment,
@@ -31,11 +38,7 @@ from .models import (
     TournamentPreference,
     Vote,
 )
-
-# Generation and judging pull in openai, numpy, scipy and scikit-learn (~150 MB, ~1.5 s): every web process loads
-# this module at start-up, so they are imported by the admin actions and pages that use them.
-if TYPE_CHECKING:
-    from .judging import JudgeFigures
+from .start import start_export, start_generation, start_judging
 
 
 def generator_figures(generator: Generator) -> list[str]:
@@ -163,7 +166,6 @@ def judge_action(model_admin, request, queryset, action: str, pairings, scope: d
     if form.is_valid():
         data = form.cleaned_data
         scope = {"campaign": data.get("campaign"), **scope}
-        from .judging import start_judging
 
         job = start_judging(data["judge"], data["pairing"], limit=data["limit"], user=request.user, **scope)
         model_admin.message_user(request, "Judging started; verdicts already stored are not asked again.")
@@ -192,7 +194,6 @@ class SampleAdmin(admin.ModelAdmin):
     def generate_profiles(self, request, queryset):
         form = GenerateForm(request.POST if "apply" in request.POST else None)
         if form.is_valid():
-            from .generation import start_generation
 
             job = start_generation(form.cleaned_data["generator"], queryset, form.cleaned_data["candidates"],
                                    user=request.user)
@@ -300,7 +301,6 @@ class ComparisonAdmin(admin.ModelAdmin):
     def judgement(self, obj):
         if obj.pk is None:
             return "–"
-        from .judging import panel_verdict
 
         rows = [(f"Judge {name}", label) for name, label in combined_by_judge(obj)]
         rows += [(f"Panel {panel.name} (≥ {panel.threshold:.0%})", panel_verdict(panel, obj))
@@ -310,7 +310,6 @@ class ComparisonAdmin(admin.ModelAdmin):
 
 def combined_by_judge(comparison: Comparison) -> list[tuple[str, str]]:
     """(judge name, combined verdict) from the comparison's prefetched verdicts."""
-    from .verdicts import combine_canonical
 
     orders: dict[str, dict[str, str | None]] = {}
     for v in comparison.verdicts.all():
@@ -333,12 +332,10 @@ class JudgeAdmin(admin.ModelAdmin):
 
     def get_queryset(self, request):
         # Every figure comes from this one query (aggregates plus two correlated subqueries for flips).
-        from .judging import with_figures
 
         return with_figures(super().get_queryset(request))
 
-    def _figures(self, obj) -> "JudgeFigures | None":
-        from .judging import JudgeFigures
+    def _figures(self, obj) -> JudgeFigures | None:
 
         return JudgeFigures.of(obj) if getattr(obj, "n_verdicts", None) is not None else None
 
@@ -391,7 +388,8 @@ class JudgeAdmin(admin.ModelAdmin):
     def ranking(self, obj):
         if obj.pk is None:
             return "–"
-        from .judging import judge_matches, rank_generators
+        # Rankings need the numeric libraries, which web processes load only when a page asks for them.
+        from .judging.rankings import judge_matches, rank_generators
 
         # 200 resamples keep the page quick; `manage.py rank_generators` does 1000.
         ranks = rank_generators(judge_matches(obj, Comparison.objects.all()), n_boot=200)
@@ -430,7 +428,6 @@ class JudgePanelAdmin(admin.ModelAdmin):
     def consensus(self, obj):
         if obj.pk is None:
             return "–"
-        from .judging import panel_verdicts
 
         judged = Comparison.objects.filter(verdicts__judge__in=obj.judges.all()).distinct()
         counts = Counter(panel_verdicts(obj, judged).values())
@@ -542,9 +539,8 @@ class DatasetExportAdmin(admin.ModelAdmin):
     actions = ["export_again"]
 
     def changelist_view(self, request, extra_context=None):
-        from .liveness import mark_stale
 
-        mark_stale(models=[Job])  # an export whose worker died fails with its job (annotation.liveness)
+        mark_stale(models=[Job])  # an export whose worker died fails with its job (annotation.jobs.liveness)
         return super().changelist_view(request, extra_context)
 
     def add_view(self, request, form_url="", extra_context=None):
@@ -563,7 +559,6 @@ class DatasetExportAdmin(admin.ModelAdmin):
         return False if obj is not None else super().has_change_permission(request, obj)
 
     def save_model(self, request, obj, form, change):
-        from .export import start_export
 
         obj.created_by = request.user
         super().save_model(request, obj, form, change)
@@ -573,9 +568,7 @@ class DatasetExportAdmin(admin.ModelAdmin):
 
     @admin.action(description="Export again as a new snapshot (same settings, current labels)")
     def export_again(self, request, queryset):
-        from django.utils import timezone
 
-        from .export import start_export
 
         for old in queryset:
             stamp = timezone.now().strftime("%Y%m%d-%H%M%S")
@@ -594,9 +587,6 @@ class DatasetExportAdmin(admin.ModelAdmin):
 
     @admin.display(description="Files")
     def snapshot_files(self, obj: DatasetExport) -> str:
-        from django.urls import NoReverseMatch, reverse
-        from django.utils.safestring import mark_safe
-
         files = obj.counts.get("files", {}) if obj.status == "succeeded" else {}
         links = []
         for name, info in files.items():
@@ -619,8 +609,6 @@ class DatasetExportAdmin(admin.ModelAdmin):
 
 
 def _job_link(job) -> str:
-    from django.urls import NoReverseMatch, reverse
-
     try:
         return format_html('<a href="{}">progress</a>', reverse("job_detail", args=[job.pk]))
     except NoReverseMatch:
@@ -636,7 +624,6 @@ class JobAdmin(admin.ModelAdmin):
     actions = ["cancel_jobs"]
 
     def changelist_view(self, request, extra_context=None):
-        from .liveness import mark_stale
 
         mark_stale(models=[Job])  # a dead worker's job shows as failed, not running, in the list
         return super().changelist_view(request, extra_context)

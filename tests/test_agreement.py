@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from annotation import agreement
+from annotation.agreement import figures as agreement
 from tests.labels_factory import World
 
 pytestmark = pytest.mark.django_db

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 
-from annotation.export import export_dataset
-from annotation.label_import import import_votes
+from annotation.export.dataset import export_dataset
+from annotation.documents.labels import import_votes
 from annotation.models import Campaign, DatasetExport, ExportPolicy, Generator, Profile, Vote
 from bench.demo_training import SIMULATED_CAMPAIGN, SIMULATED_EXPERT, simulated_expert_labels
 from tests.labels_factory import World

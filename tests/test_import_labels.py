@@ -3,8 +3,8 @@ import json
 import pytest
 from django.core.management import CommandError, call_command
 
-from annotation.importing import ImportFailed
-from annotation.label_import import import_profiles, import_votes
+from annotation.documents.importing import ImportFailed
+from annotation.documents.labels import import_profiles, import_votes
 from annotation.models import Campaign, Comparison, JudgeVerdict, Profile, Sample, Vote
 
 pytestmark = pytest.mark.django_db

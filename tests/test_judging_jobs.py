@@ -9,7 +9,7 @@ from io import StringIO
 import pytest
 from django.core.management import CommandError, call_command
 
-from annotation.judging import start_judging
+from annotation.start import start_judging
 from annotation.models import (
     Backend,
     Campaign,

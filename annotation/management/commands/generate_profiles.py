@@ -1,8 +1,8 @@
 from django.core.management.base import BaseCommand, CommandError
 
-from annotation.generation import start_generation
-from annotation.jobs import follow
+from annotation.jobs.lifecycle import follow
 from annotation.models import Generator, JobStatus, Sample, Split
+from annotation.start import start_generation
 
 
 class Command(BaseCommand):

@@ -2,7 +2,7 @@ from pathlib import Path
 
 from django.core.management.base import BaseCommand, CommandError
 
-from annotation.importing import ImportFailed, ImportOptions, import_documents
+from annotation.documents.importing import ImportFailed, ImportOptions, import_documents
 
 
 class Command(BaseCommand):

@@ -2,8 +2,8 @@ from pathlib import Path
 
 from django.core.management.base import BaseCommand, CommandError
 
-from annotation.importing import ImportFailed
-from annotation.label_import import import_votes
+from annotation.documents.importing import ImportFailed
+from annotation.documents.labels import import_votes
 from annotation.management.commands.import_profiles import _summary
 
 

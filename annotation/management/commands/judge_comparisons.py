@@ -1,8 +1,8 @@
 from django.core.management.base import BaseCommand, CommandError
 
-from annotation.jobs import follow
-from annotation.judging import PAIRINGS, start_judging
-from annotation.models import Campaign, JobStatus, Judge, Sample, Split
+from annotation.jobs.lifecycle import follow
+from annotation.models import PAIRINGS, Campaign, JobStatus, Judge, Sample, Split
+from annotation.start import start_judging
 
 
 def _named(model, name: str, what: str):

@@ -1,6 +1,6 @@
 from django.core.management.base import BaseCommand, CommandError
 
-from annotation.judging import judge_matches, panel_matches, rank_generators
+from annotation.judging.rankings import judge_matches, panel_matches, rank_generators
 from annotation.models import Campaign, Comparison, Judge, JudgePanel
 
 from .judge_comparisons import _named

@@ -21,12 +21,12 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from .importing import MAX_REPORTED_ERRORS, ImportFailed, Problem, _jsonl_records
-from .models import (
+from ..models import (
     Assignment, Backend, Campaign, CampaignItem, Choice, Comparison, Generator, Judge, JudgeVerdict, PairingSource,
     Preferred, Profile, Sample, Vote,
 )
-from .profiles import mark_near_duplicates, parsed_fields
-from .roles import EXPERTS_GROUP
+from ..profiles.store import mark_near_duplicates, parsed_fields
+from ..roles import EXPERTS_GROUP
 
 IMPORTED_PROMPT = "imported"
 

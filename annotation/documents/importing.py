@@ -16,7 +16,7 @@ from typing import Iterator
 
 from django.db import transaction
 
-from .models import Document, Sample, SampleDocument, Split
+from ..models import Document, Sample, SampleDocument, Split
 
 REQUIRED_FIELDS = ("id", "title", "abstract", "authors")
 OPTIONAL_FIELDS = ("year", "sample")

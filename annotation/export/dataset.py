@@ -49,18 +49,19 @@ from typing import Protocol
 
 import orjson
 from django.conf import settings
-from django.db import connection, connections, transaction
+from django.db import connection, connections
 from django.db.models import Count, Exists, Max, OuterRef, Q
 from django.utils import timezone
 from django.utils.text import slugify
 
-from . import agreement
-from .models import (
+from ..agreement import figures as agreement
+from ..jobs.lifecycle import JobCancelled, run_job
+from ..models import (
     DatasetExport, Document, ExportFormat, ExportPolicy, Job, JobKind, JobStatus, Judge, JudgeVerdict, Profile, Sample,
     SampleDocument, Split,
 )
-from .prompts import EXTRACTION_PROMPT_VERSION, build_extraction_messages
-from .verdicts import INCONSISTENT, INVALID, NO_CONSENSUS, combine_canonical, panel_consensus
+from ..judging.verdicts import INCONSISTENT, INVALID, NO_CONSENSUS, combine_canonical, panel_consensus
+from ..prompts import EXTRACTION_PROMPT_VERSION, build_extraction_messages
 
 # Samples per batch: a few thousand rows, a handful of queries each.
 BATCH_SAMPLES = 500
@@ -80,7 +81,7 @@ class SnapshotFrozen(ExportError):
 
 
 class Progress(Protocol):
-    """What ``export_dataset`` reports to: annotation.jobs.JobProgress, or the command's progress bar."""
+    """What ``export_dataset`` reports to: annotation.jobs.lifecycle.JobProgress, or the command's progress bar."""
 
     def start(self, total: int | None = None) -> None: ...
 
@@ -901,8 +902,6 @@ def _check_target(target: Path) -> None:
 
 
 def _status_for(exc: BaseException) -> str:
-    from .jobs import JobCancelled
-
     return JobStatus.CANCELLED if isinstance(exc, JobCancelled) else JobStatus.FAILED
 
 
@@ -1118,23 +1117,11 @@ def dataset_card(export: DatasetExport, counts: dict, figures: dict) -> str:
     })
 
 
-# --- starting one from the admin ---------------------------------------------------------------------
-
-
-def start_export(export: DatasetExport, user=None) -> Job:
-    """Queue the export on a worker once the transaction commits; the job shows its progress live."""
-    from .jobs import create_job
-    from .tasks import export_dataset_task
-
-    job = create_job(JobKind.EXPORT, {"export_id": export.pk, "name": export.name}, user=user)
-    transaction.on_commit(lambda: export_dataset_task.delay(export.pk))
-    return job
+# --- the task ----------------------------------------------------------------------------------------
 
 
 def run_export_task(export_id: int) -> None:
     """What the Celery task runs: the export, reporting to its job when there is one."""
-    from .jobs import run_job
-
     export = DatasetExport.objects.get(pk=export_id)
     job = Job.objects.filter(kind=JobKind.EXPORT, params__export_id=export_id).order_by("-pk").first()
     if job is None:

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from .models import Profile
-from .profile_format import Competency, ParsedProfile, is_near_duplicate, parse_profile
+from ..models import Profile
+from .format import Competency, ParsedProfile, is_near_duplicate, parse_profile
 
 
 def parsed_fields(raw_text: str, cut_off_at: int | None = None) -> dict:

@@ -28,9 +28,9 @@ import krippendorff
 import numpy as np
 from django.db.models import Count, Exists, F, Max, OuterRef, Q
 
-from . import stats
-from .models import Campaign, Comparison, Generator, Judge, JudgeDisplay, JudgeVerdict, Vote
-from .verdicts import INCONSISTENT, INVALID, combine_canonical
+from .. import stats
+from ..models import Campaign, Comparison, Generator, Judge, JudgeDisplay, JudgeVerdict, Vote
+from ..judging.verdicts import INCONSISTENT, INVALID, combine_canonical
 
 FOUR_WAY = ["a", "b", "tie", "both_bad"]
 COLLAPSED = ["a", "b", "neither"]

@@ -20,9 +20,9 @@ import nh3
 from django.utils.html import escape
 from django.utils.safestring import SafeString, mark_safe
 
-from .models import Assignment, Document, JudgeVerdict, Order, Profile
-from .profile_format import Competency, ParsedProfile, align_competencies
-from .verdicts import INCONSISTENT, combine_canonical
+from ..models import Assignment, Document, JudgeVerdict, Order, Profile
+from ..profiles.format import Competency, ParsedProfile, align_competencies
+from ..judging.verdicts import INCONSISTENT, combine_canonical
 
 DISPLAY_CHOICES = [("left", "A", "1"), ("right", "B", "2"), ("tie", "Tie", "3"), ("both_bad", "Both bad", "4")]
 FLAGS = {"irrelevant": "irrelevant", "unsupported": "not supported"}

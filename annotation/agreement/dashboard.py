@@ -16,14 +16,14 @@ from django.http import FileResponse, Http404, HttpRequest, HttpResponse, Stream
 from django.shortcuts import get_object_or_404, render
 from django.views.decorators.http import require_GET
 
-from .models import Campaign, DatasetExport
-from .roles import admin_required
+from ..models import Campaign, DatasetExport
+from ..roles import admin_required
 
 # agreement and stats pull in numpy, scipy and scikit-learn (~150 MB): the URLconf imports this module in every
 # web process, so the views below import them when a staff member opens the dashboard.
 if TYPE_CHECKING:
-    from . import agreement
-    from .stats import Estimate
+    from . import figures as agreement
+    from ..stats import Estimate
 
 TABLE_ROWS = 50  # per-comparison rows shown on the page; the CSV has them all
 BLUE, ORANGE, GREEN, PURPLE = "#0072B2", "#D55E00", "#009E73", "#7B3294"  # colour-blind safe
@@ -35,7 +35,7 @@ BLUE, ORANGE, GREEN, PURPLE = "#0072B2", "#D55E00", "#009E73", "#7B3294"  # colo
 @admin_required
 @require_GET
 def agreement_dashboard(request: HttpRequest) -> HttpResponse:
-    from . import agreement
+    from . import figures as agreement
 
     campaign = _campaign_from(request)
     summary = agreement.summary(campaign, judge_id=_int(request.GET.get("judge")))
@@ -74,7 +74,7 @@ class _Echo:
 @admin_required
 @require_GET
 def agreement_csv(request: HttpRequest) -> StreamingHttpResponse:
-    from . import agreement
+    from . import figures as agreement
 
     campaign = _campaign_from(request)
     labels = agreement.gather(campaign)
@@ -93,7 +93,7 @@ def agreement_csv(request: HttpRequest) -> StreamingHttpResponse:
 @require_GET
 def export_file(request: HttpRequest, pk: int, name: str) -> FileResponse:
     """One file of a finished snapshot; only names the snapshot's manifest lists are served."""
-    from .export import snapshot_file
+    from ..export.dataset import snapshot_file
 
     export = get_object_or_404(DatasetExport, pk=pk)
     path = snapshot_file(export, name)
@@ -278,7 +278,7 @@ def _tick(value: float, percent: bool) -> str:
 
 
 def _rate_estimate(rate: agreement.Rate) -> Estimate | None:
-    from .stats import Estimate
+    from ..stats import Estimate
 
     return Estimate(rate.value, rate.low, rate.high) if rate.n else None
 
@@ -359,7 +359,7 @@ class Heatmap:
 
 def heatmap(confusion, size: int = 70, left: int = 110, top: int = 60) -> Heatmap:
     """Expert labels (rows) × judge labels (columns); the shade is the share of the row, the number the count."""
-    from .agreement import LABEL_NAMES
+    from .figures import LABEL_NAMES
 
     names = [LABEL_NAMES[label] for label in confusion.labels]
     cells = []
