@@ -15,6 +15,7 @@ from django.utils.html import format_html, format_html_join
 from django.utils.safestring import mark_safe
 
 from .documents.importing import ImportFailed, ImportOptions, import_documents
+from .documents.models import TitleOnly
 from .jobs.liveness import mark_stale
 from .judging.combined import panel_verdict, panel_verdicts
 from .judging.figures import JudgeFigures, with_figures
@@ -63,12 +64,31 @@ class ImportDocumentsForm(forms.Form):
                                                                    "(for rows without a sample).")
     sample_size = forms.IntegerField(min_value=1, max_value=50, initial=5)
     heldout_fraction = forms.FloatField(min_value=0, max_value=0.99, initial=0.2)
+    allow_title_only = forms.BooleanField(
+        required=False, label="Allow title-only documents",
+        help_text="A study that kept only titles: rows may lack an abstract. Such documents carry imported profiles "
+                  "and labels; generation and judging refuse them.")
+
+
+class TitleOnlyFilter(admin.SimpleListFilter):
+    title = "abstract"
+    parameter_name = "abstract"
+
+    def lookups(self, request, model_admin):
+        return [("yes", "Has an abstract"), ("no", "Title only (imported study)")]
+
+    def queryset(self, request, queryset):
+        if self.value() == "no":
+            return queryset.filter(abstract="") if queryset.model is Document else queryset.title_only()
+        if self.value() == "yes":
+            return queryset.exclude(abstract="") if queryset.model is Document else queryset.with_abstracts()
+        return queryset
 
 
 @admin.register(Document)
 class DocumentAdmin(admin.ModelAdmin):
-    list_display = ["external_id", "title", "first_author", "year", "created_at"]
-    list_filter = ["year"]
+    list_display = ["external_id", "title", "first_author", "year", "has_abstract", "created_at"]
+    list_filter = ["year", TitleOnlyFilter]
     search_fields = ["external_id", "title", "abstract"]
     readonly_fields = ["content_hash", "created_at"]
     change_list_template = "admin/annotation/document/change_list.html"
@@ -76,6 +96,10 @@ class DocumentAdmin(admin.ModelAdmin):
     @admin.display(description="First author")
     def first_author(self, obj: Document) -> str:
         return obj.authors[0] if obj.authors else ""
+
+    @admin.display(description="Abstract", boolean=True)
+    def has_abstract(self, obj: Document) -> bool:
+        return not obj.title_only
 
     def get_urls(self):
         extra = [path("import/", self.admin_site.admin_view(self.import_view), name="annotation_document_import")]
@@ -100,6 +124,7 @@ class DocumentAdmin(admin.ModelAdmin):
             group_by="author" if form.cleaned_data["group_by_author"] else "",
             sample_size=form.cleaned_data["sample_size"],
             heldout_fraction=form.cleaned_data["heldout_fraction"],
+            allow_title_only=form.cleaned_data["allow_title_only"],
         )
         suffix = Path(upload.name).suffix
         with tempfile.TemporaryDirectory() as tmp:
@@ -166,8 +191,11 @@ def judge_action(model_admin, request, queryset, action: str, pairings, scope: d
     if form.is_valid():
         data = form.cleaned_data
         scope = {"campaign": data.get("campaign"), **scope}
-
-        job = start_judging(data["judge"], data["pairing"], limit=data["limit"], user=request.user, **scope)
+        try:
+            job = start_judging(data["judge"], data["pairing"], limit=data["limit"], user=request.user, **scope)
+        except TitleOnly as exc:
+            model_admin.message_user(request, str(exc), messages.ERROR)
+            return None
         model_admin.message_user(request, "Judging started; verdicts already stored are not asked again.")
         return redirect("job_detail", pk=job.pk)
     context = {**model_admin.admin_site.each_context(request), "form": form, "objects": queryset, "action": action,
@@ -184,8 +212,9 @@ class SampleDocumentInline(admin.TabularInline):
 
 @admin.register(Sample)
 class SampleAdmin(admin.ModelAdmin):
-    list_display = ["name", "split", "document_count", "profile_count", "valid_profile_count", "created_at"]
-    list_filter = ["split"]
+    list_display = ["name", "split", "document_count", "title_only", "profile_count", "valid_profile_count",
+                    "created_at"]
+    list_filter = ["split", TitleOnlyFilter]
     search_fields = ["name", "documents__title", "documents__external_id"]
     inlines = [SampleDocumentInline]
     actions = ["generate_profiles", "judge_profiles"]
@@ -194,9 +223,12 @@ class SampleAdmin(admin.ModelAdmin):
     def generate_profiles(self, request, queryset):
         form = GenerateForm(request.POST if "apply" in request.POST else None)
         if form.is_valid():
-
-            job = start_generation(form.cleaned_data["generator"], queryset, form.cleaned_data["candidates"],
-                                   user=request.user)
+            try:
+                job = start_generation(form.cleaned_data["generator"], queryset, form.cleaned_data["candidates"],
+                                       user=request.user)
+            except TitleOnly as exc:
+                self.message_user(request, str(exc), messages.ERROR)
+                return None
             self.message_user(request, f"Generating for {job.total} sample(s); re-runs only fill what is missing.")
             return redirect("job_detail", pk=job.pk)
         context = {**self.admin_site.each_context(request), "form": form, "samples": queryset,
@@ -211,6 +243,7 @@ class SampleAdmin(admin.ModelAdmin):
     def get_queryset(self, request):
         return super().get_queryset(request).annotate(
             n_docs=Count("sampledocument", distinct=True),
+            n_title_only=Count("sampledocument", filter=Q(sampledocument__document__abstract=""), distinct=True),
             n_profiles=Count("profiles", distinct=True),
             n_valid=Count("profiles", filter=Q(profiles__is_valid=True), distinct=True),
         )
@@ -218,6 +251,10 @@ class SampleAdmin(admin.ModelAdmin):
     @admin.display(description="Documents", ordering="n_docs")
     def document_count(self, obj):
         return obj.n_docs
+
+    @admin.display(description="Title only", boolean=True, ordering="n_title_only")
+    def title_only(self, obj):
+        return obj.n_title_only > 0
 
     @admin.display(description="Profiles", ordering="n_profiles")
     def profile_count(self, obj):
@@ -230,8 +267,8 @@ class SampleAdmin(admin.ModelAdmin):
 
 @admin.register(Generator)
 class GeneratorAdmin(admin.ModelAdmin):
-    list_display = ["name", "backend", "model", "candidates", "temperature", "profile_count", "valid_rate",
-                    "tokens_per_second"]
+    list_display = ["name", "backend", "model", "attribute_list", "candidates", "temperature", "profile_count",
+                    "valid_rate", "tokens_per_second"]
     list_filter = ["backend"]
     search_fields = ["name", "model"]
     readonly_fields = ["figures"]
@@ -249,6 +286,10 @@ class GeneratorAdmin(admin.ModelAdmin):
     @admin.display(description="Valid")
     def valid_rate(self, obj):
         return f"{100 * obj.n_valid / obj.n_profiles:.0f}%" if obj.n_profiles else "–"
+
+    @admin.display(description="Attributes")
+    def attribute_list(self, obj):
+        return ", ".join(f"{key}={value}" for key, value in sorted(obj.attributes.items())) or "–"
 
     @admin.display(description="Tokens/s")
     def tokens_per_second(self, obj):

@@ -9,7 +9,8 @@ from __future__ import annotations
 from django.db.models import QuerySet
 
 from .jobs.lifecycle import create_job
-from .models import PAIRINGS, Campaign, DatasetExport, Generator, Job, JobKind, Judge
+from .documents.models import refuse_title_only
+from .models import PAIRINGS, Campaign, DatasetExport, Generator, Job, JobKind, Judge, Sample
 from .tasks import export_dataset_task, generate_profiles_task, judge_comparisons_task, ping_task
 
 
@@ -21,7 +22,8 @@ def start_ping() -> Job:
 
 
 def start_generation(generator: Generator, samples: QuerySet, candidates: int | None = None, user=None) -> Job:
-    """A generation job for the samples, on the generation queue."""
+    """A generation job for the samples, on the generation queue; TitleOnly when any sample has no abstracts."""
+    refuse_title_only(samples, "Generation")
     sample_ids = list(samples.values_list("pk", flat=True))
     params = {"generator_id": generator.pk, "generator": generator.name, "sample_ids": sample_ids,
               "candidates": candidates or generator.candidates}
@@ -35,6 +37,12 @@ def start_judging(judge: Judge, pairing: str, samples: QuerySet | None = None, c
     """A judging job (``pairing`` is one of PAIRINGS, see annotation.judging.strategies), on the judging queue."""
     if pairing not in PAIRINGS:
         raise ValueError(f"pairing must be one of {', '.join(PAIRINGS)}, got {pairing!r}")
+    # Samples chosen by name are refused when title-only; "all samples" leaves those out (the job says so).
+    if samples is not None:
+        refuse_title_only(samples, "Judging")
+    elif campaign is not None and pairing == "existing":
+        refuse_title_only(Sample.objects.filter(comparisons__campaign_items__campaign=campaign).distinct(),
+                          f"Judging campaign {campaign.name!r}")
     params = {"judge_id": judge.pk, "judge": judge.name, "pairing": pairing, "limit": limit,
               "campaign_id": campaign.pk if campaign else None, "campaign": campaign.name if campaign else None,
               "sample_ids": list(samples.values_list("pk", flat=True)) if samples is not None else None}

@@ -181,7 +181,7 @@ def label(generator, samples, workdir: Path):
         raise SystemExit("no pair has exactly one valid profile: nothing to train on")
     path = workdir / "simulated_expert_votes.jsonl"
     path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
-    print(f"label import: {import_votes(path, SIMULATED_CAMPAIGN)}")
+    print(f"label import: {import_votes(path, SIMULATED_CAMPAIGN).summary()}")
     return Campaign.objects.get(name=SIMULATED_CAMPAIGN)
 
 

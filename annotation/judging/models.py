@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from django.conf import settings
 from django.db import models
 from django.db.models import F, Q
 
@@ -139,15 +140,83 @@ class JudgePanel(models.Model):
         return self.name
 
 
-class TournamentPreference(models.Model):
-    """A preference derived from one judge's knockout tournament over one sample's candidates.
+class Tournament(models.Model):
+    """One knockout tree over one sample's profiles, played elsewhere by one expert or one judge (imported).
 
-    A match's winner is preferred over its loser (direct) and over everyone the loser had beaten (implied,
-    by transitivity). The set is derived from the stored verdicts, so re-running the tournament replaces
-    a judge's preferences for the sample as a whole.
+    Its matches are stored as what they were (an expert's vote, a judge's verdict in the order it was given),
+    and the preferences the tree implies as ``TournamentPreference`` rows marked implied: never votes.
     """
 
-    judge = models.ForeignKey(Judge, on_delete=models.CASCADE, related_name="tournament_preferences")
+    sample = models.ForeignKey(Sample, on_delete=models.CASCADE, related_name="tournaments")
+    judge = models.ForeignKey(Judge, null=True, blank=True, on_delete=models.CASCADE, related_name="tournaments")
+    expert = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.CASCADE,
+                               related_name="tournaments")
+    # The campaign its matches are in (required for an expert's: votes belong to a campaign).
+    campaign = models.ForeignKey("annotation.Campaign", null=True, blank=True, on_delete=models.CASCADE,
+                                 related_name="tournaments")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["sample", "id"]
+        constraints = [
+            models.CheckConstraint(condition=Q(judge__isnull=True) ^ Q(expert__isnull=True),
+                                   name="tournament_judge_or_expert"),
+            models.CheckConstraint(condition=Q(expert__isnull=True) | Q(campaign__isnull=False),
+                                   name="tournament_expert_has_campaign"),
+            models.UniqueConstraint(fields=["sample", "judge"], condition=Q(judge__isnull=False),
+                                    name="tournament_unique_per_judge"),
+            models.UniqueConstraint(fields=["sample", "expert", "campaign"], condition=Q(expert__isnull=False),
+                                    name="tournament_unique_per_expert"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.sample} · {self.judge or self.expert}"
+
+
+class MatchOutcome(models.TextChoices):
+    """In the match's own terms: "a" is ``entrant_a``."""
+
+    A = "a", "a won"
+    B = "b", "b won"
+    TIE = "tie", "Tie"
+    BOTH_BAD = "both_bad", "Both bad"
+    BYE = "bye", "Bye"
+
+
+class TournamentMatch(models.Model):
+    tournament = models.ForeignKey(Tournament, on_delete=models.CASCADE, related_name="matches")
+    position = models.PositiveSmallIntegerField()  # as listed in the imported file
+    round = models.PositiveSmallIntegerField()
+    entrant_a = models.ForeignKey(Profile, on_delete=models.CASCADE, related_name="+")
+    entrant_b = models.ForeignKey(Profile, null=True, blank=True, on_delete=models.CASCADE, related_name="+")
+    comparison = models.ForeignKey(Comparison, null=True, blank=True, on_delete=models.CASCADE, related_name="+")
+    outcome = models.CharField(max_length=8, choices=MatchOutcome.choices)
+    # A judge's match: "ab" when entrant_a was shown first.
+    order = models.CharField(max_length=2, blank=True)
+
+    class Meta:
+        ordering = ["tournament", "position"]
+        constraints = [
+            models.UniqueConstraint(fields=["tournament", "position"], name="tournament_match_position_unique"),
+            models.CheckConstraint(condition=Q(outcome="bye", entrant_b__isnull=True, comparison__isnull=True)
+                                   | ~Q(outcome="bye") & Q(entrant_b__isnull=False, comparison__isnull=False),
+                                   name="tournament_match_bye_has_one_entrant"),
+        ]
+
+
+class TournamentPreference(models.Model):
+    """A preference derived from a knockout tournament over one sample's candidates.
+
+    A match's winner is preferred over its loser (direct) and over everyone the loser had beaten (implied,
+    by transitivity). A judge's tournaments run here are derived from the stored verdicts, so re-running one
+    replaces the judge's preferences for the sample as a whole; an imported tournament (``tournament``, an
+    expert's or a judge's) keeps the preferences its tree implies.
+    """
+
+    judge = models.ForeignKey(Judge, null=True, blank=True, on_delete=models.CASCADE,
+                              related_name="tournament_preferences")
+    tournament = models.ForeignKey(Tournament, null=True, blank=True, on_delete=models.CASCADE,
+                                   related_name="preferences")
     sample = models.ForeignKey(Sample, on_delete=models.CASCADE, related_name="tournament_preferences")
     chosen = models.ForeignKey(Profile, on_delete=models.CASCADE, related_name="+")
     rejected = models.ForeignKey(Profile, on_delete=models.CASCADE, related_name="+")
@@ -160,10 +229,15 @@ class TournamentPreference(models.Model):
         ordering = ["judge", "sample", "id"]
         constraints = [
             models.UniqueConstraint(fields=["judge", "chosen", "rejected"], name="tournament_preference_unique"),
+            models.UniqueConstraint(fields=["tournament", "chosen", "rejected"],
+                                    name="tournament_preference_unique_per_tournament"),
             models.CheckConstraint(condition=~Q(chosen=F("rejected")), name="tournament_preference_distinct"),
+            models.CheckConstraint(condition=Q(judge__isnull=False) | Q(tournament__isnull=False),
+                                   name="tournament_preference_has_source"),
         ]
 
     def __str__(self) -> str:
         kind = "implied" if self.implied else "direct"
-        return f"{self.judge}: #{self.chosen_id} over #{self.rejected_id} ({kind})"
+        who = self.judge or (self.tournament.expert if self.tournament_id else "")
+        return f"{who}: #{self.chosen_id} over #{self.rejected_id} ({kind})"
 

@@ -13,6 +13,7 @@ from contextlib import closing
 from dataclasses import dataclass
 from decimal import Decimal
 
+from ..documents.models import TitleOnly
 from ..models import Comparison, Judge, JudgeVerdict, SampleDocument
 from ..prompts import PROMPTS, Messages
 from .backends import Outcome, Result, TransientFailure, backend_for
@@ -22,11 +23,14 @@ ORDERS = ("ab", "ba")
 
 
 def abstracts_by_sample(sample_ids: Iterable[int]) -> dict[int, list[tuple[str, str]]]:
-    """Each sample's (title, abstract) pairs in position order; one query."""
+    """Each sample's (title, abstract) pairs in position order; one query. TitleOnly for a document without an
+    abstract: a judge must never be shown a title as if it were the abstract."""
     rows = (SampleDocument.objects.filter(sample_id__in=set(sample_ids)).order_by("sample_id", "position")
-            .values_list("sample_id", "document__title", "document__abstract"))
+            .values_list("sample_id", "sample__name", "document__title", "document__abstract"))
     abstracts: dict[int, list[tuple[str, str]]] = defaultdict(list)
-    for sample_id, title, text in rows:
+    for sample_id, name, title, text in rows:
+        if not text:
+            raise TitleOnly(f"sample {name!r} has title-only documents (no abstract): judging needs abstracts")
         abstracts[sample_id].append((title, text))
     return abstracts
 

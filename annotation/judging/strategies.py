@@ -195,16 +195,20 @@ def select_active(session: Session, candidates: QuerySet, campaign: Campaign, li
     return f"{len(chosen)} most uncertain of {len(scored)} comparisons added to {campaign.name}"
 
 
-def _scope(params: dict) -> tuple[list[int], Campaign | None]:
+def _scope(params: dict) -> tuple[list[int], Campaign | None, int]:
+    """The samples to judge, the campaign, and how many title-only samples were left out (they have no
+    abstracts to show a judge; start_judging refuses them when they are named)."""
     campaign = Campaign.objects.get(pk=params["campaign_id"]) if params.get("campaign_id") else None
     samples = Sample.objects.order_by("pk")
     if params.get("sample_ids") is not None:
         samples = samples.filter(pk__in=params["sample_ids"])
-    return list(samples.values_list("pk", flat=True)), campaign
+    left_out = samples.title_only().count()
+    return list(samples.with_abstracts().values_list("pk", flat=True)), campaign, left_out
 
 
 def _existing_scope(campaign: Campaign | None, sample_ids: list[int], limit: int | None) -> QuerySet:
-    comparisons = campaign.comparisons.all() if campaign else Comparison.objects.filter(sample_id__in=sample_ids)
+    comparisons = (campaign.comparisons.filter(sample_id__in=sample_ids) if campaign
+                   else Comparison.objects.filter(sample_id__in=sample_ids))
     if limit:
         comparisons = Comparison.objects.filter(pk__in=list(comparisons.order_by("pk").values_list("pk", flat=True)[:limit]))
     return comparisons
@@ -215,7 +219,7 @@ def run_judging(job: Job, progress: JobProgress) -> str:
     params = job.params
     judge = Judge.objects.get(pk=params["judge_id"])
     pairing = params.get("pairing", "tournament")
-    sample_ids, campaign = _scope(params)
+    sample_ids, campaign, title_only = _scope(params)
     limit = params.get("limit")
     session = Session(judge, report=lambda t: progress.advance(t.done, f"{t.done} of {progress.job.total} judgements",
                                                                **t.stats()))
@@ -240,6 +244,7 @@ def run_judging(job: Job, progress: JobProgress) -> str:
     tally = session.tally
     if tally.failed and not tally.stored and not tally.reused:
         raise EndpointError(f"every request failed: {tally.last_failure}")
-    return f"{judge.name} ({pairing}): {what}; {tally.summary()}"
+    skipped = f"; {title_only} title-only samples left out (no abstracts)" if title_only else ""
+    return f"{judge.name} ({pairing}): {what}; {tally.summary()}{skipped}"
 
 

@@ -17,6 +17,7 @@ from django.db import transaction
 
 from ..jobs.lifecycle import JobProgress
 from ..llm_client import chat, make_client
+from ..documents.models import TitleOnly
 from ..models import Backend, Generator, Job, Profile, Sample
 from .store import mark_near_duplicates, parsed_fields
 from ..prompts import EXTRACTION_PROMPT_VERSION, build_extraction_messages
@@ -35,7 +36,10 @@ class Output:
 
 
 def conversation_for(sample: Sample) -> list[dict]:
-    return build_extraction_messages([(d.title, d.abstract) for d in sample.ordered_documents()])
+    documents = list(sample.ordered_documents())
+    if any(d.title_only for d in documents):
+        raise TitleOnly(f"sample {sample.name!r} has title-only documents (no abstract): generation needs abstracts")
+    return build_extraction_messages([(d.title, d.abstract) for d in documents])
 
 
 class LocalBackend:

@@ -14,6 +14,22 @@ class Backend(models.TextChoices):
     IMPORTED = "imported", "Imported (made elsewhere)"
 
 
+def clean_attributes(value) -> dict[str, str]:
+    """Generator attributes as a flat {text: text} dict; numbers become text ("round": 2 → "2")."""
+    if value in (None, ""):
+        return {}
+    if not isinstance(value, dict):
+        raise ValueError(f"attributes must be an object of key/value pairs, got {type(value).__name__}")
+    cleaned = {}
+    for key, item in value.items():
+        if not isinstance(key, str) or not key.strip():
+            raise ValueError("attribute names must be non-empty text")
+        if isinstance(item, bool) or not isinstance(item, (str, int, float)) or not str(item).strip():
+            raise ValueError(f"attribute {key!r} must be non-empty text or a number, got {item!r}")
+        cleaned[key.strip()] = str(item).strip()
+    return cleaned
+
+
 class Generator(models.Model):
     """A model plus decoding settings that writes candidate profiles."""
 
@@ -40,6 +56,11 @@ class Generator(models.Model):
                   "description' items) is enforced while the model writes the words. Small models need it; "
                   "it has no effect on HTTP backends or with beam search.")
     concurrency = models.PositiveSmallIntegerField(default=4, help_text="Parallel requests (HTTP backends).")
+    # Free key/values (model, method, prompt version, round, …): rankings can be grouped by any key.
+    attributes = models.JSONField(
+        default=dict, blank=True,
+        help_text='Free attributes rankings can be grouped by, e.g. {"model": "phi-3", "method": "few-shot", '
+                  '"round": "2"}: text keys, text or number values.')
     source_run = models.ForeignKey(
         "training.TrainingRun", null=True, blank=True, on_delete=models.SET_NULL, related_name="generators"
     )
@@ -57,6 +78,14 @@ class Generator(models.Model):
 
     def __str__(self) -> str:
         return self.name
+
+    def clean(self) -> None:
+        from django.core.exceptions import ValidationError
+
+        try:
+            self.attributes = clean_attributes(self.attributes)
+        except ValueError as exc:
+            raise ValidationError({"attributes": str(exc)}) from exc
 
     def decoding_settings(self) -> dict:
         fields = [
