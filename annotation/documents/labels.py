@@ -65,7 +65,7 @@ class Imported:
     notes: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
-        parts = [", ".join(f"{count} {what}" for what, count in sorted(self.outcomes.items())) or "nothing to do"]
+        parts = [", ".join(f"{count} {what}" for what, count in self.outcomes.items()) or "nothing to do"]
         if self.profiles:
             parts.append(invalid_summary(self.invalid, self.profiles))
         if self.near_duplicates:
