@@ -13,6 +13,7 @@ from ..models import Comparison, Judge, JudgePanel, JudgeVerdict
 from .combined import panel_verdicts
 from .verdicts import INCONSISTENT, INVALID, combine_canonical
 
+ELO_K = 16
 # A tie or an order flip says "no better one": half a point each way.
 _SCORES = {"a": 1.0, "b": 0.0, "tie": 0.5, INCONSISTENT: 0.5}
 
@@ -60,7 +61,7 @@ class GeneratorRank:
     matches: int
 
 
-def rank_generators(matches: Sequence[stats.Match], k: float = 16, n_boot: int = 1000,
+def rank_generators(matches: Sequence[stats.Match], k: float = ELO_K, n_boot: int = 1000,
                     seed: int = 0) -> list[GeneratorRank]:
     """Elo (K = ``k``) and Bradley–Terry with percentile-bootstrap 95% intervals, best first by Bradley–Terry."""
     if not matches:
