@@ -38,8 +38,11 @@ def agreement_dashboard(request: HttpRequest) -> HttpResponse:
     from . import figures as agreement
 
     campaign = _campaign_from(request)
-    summary = agreement.summary(campaign, judge_id=_int(request.GET.get("judge")))
+    group_by, implied = request.GET.get("group_by") or None, request.GET.get("implied") == "1"
+    summary = agreement.summary(campaign, judge_id=_int(request.GET.get("judge")), group_by=group_by,
+                                implied=implied)
     rows = agreement.comparison_rows(summary.labels, summary.judge_id)
+    ranked = summary.rankings
     context = {
         **admin.site.each_context(request),
         "is_nav_sidebar_enabled": False,  # the page needs the width
@@ -51,7 +54,12 @@ def agreement_dashboard(request: HttpRequest) -> HttpResponse:
         "headline": _headline(summary.judge_agreement),
         "expert_rows": [_expert_row(e) for e in summary.per_expert],
         "pair_rows": [_pair_row(p) for p in summary.experts.pairs],
-        "ranking_rows": [_ranking_row(r) for r in summary.rankings.rows],
+        "ranking_rows": [_ranking_row(r) for r in ranked.rows],
+        "group_keys": summary.labels.group_keys(),
+        "group_by": group_by or "",
+        "implied": implied,
+        "experts_counted": agreement.counted_text(ranked.experts, "expert vote", group_by, ranked.votes_on_invalid),
+        "judge_counted": agreement.counted_text(ranked.judge, "judge verdict", group_by),
         "table": rows[:TABLE_ROWS],
         "table_total": len(rows),
         "kappa_plot": kappa_plot(summary.judges),
@@ -87,6 +95,29 @@ def agreement_csv(request: HttpRequest) -> StreamingHttpResponse:
     name = f"agreement-{campaign.pk if campaign else 'all'}.csv"
     return StreamingHttpResponse(lines, content_type="text/csv",
                                  headers={"Content-Disposition": f'attachment; filename="{name}"'})
+
+
+@admin_required
+@require_GET
+def rankings_csv(request: HttpRequest) -> HttpResponse:
+    """The dashboard's rankings (experts and the selected judge), grouped as on the page, as CSV."""
+    from . import figures as agreement
+
+    campaign = _campaign_from(request)
+    group_by, implied = request.GET.get("group_by") or None, request.GET.get("implied") == "1"
+    labels = agreement.gather(campaign)
+    judge_id = _int(request.GET.get("judge"))
+    judge_id = judge_id if judge_id in labels.judges else labels.default_judge_id()
+    ranked = agreement.rankings(labels, judge_id, group_by=group_by, implied=implied)
+    judge_name = labels.judges[judge_id].name if judge_id is not None else ""
+    response = HttpResponse(content_type="text/csv", headers={
+        "Content-Disposition": f'attachment; filename="rankings-{campaign.pk if campaign else "all"}.csv"'})
+    writer = csv.writer(response)
+    writer.writerow(agreement.RANKING_CSV_HEADER)
+    for source, pick in (("experts", lambda r: r.experts), (f"judge {judge_name}", lambda r: r.judge)):
+        ranks = sorted((pick(r) for r in ranked.rows if pick(r) is not None), key=lambda r: -r.bradley_terry.value)
+        writer.writerows([_csv_safe(v) for v in row] for row in agreement.ranking_csv_rows(ranks, source, group_by))
+    return response
 
 
 @admin_required
@@ -182,7 +213,14 @@ def _pair_row(pair: agreement.PairKappa) -> dict:
 
 
 def _ranking_row(row: agreement.RankingRow) -> dict:
-    return {"generator": row.generator, "experts": _estimate(row.experts), "judge": _estimate(row.judge)}
+    def elo(rank) -> str:
+        if rank is None:
+            return "–"
+        return f"{rank.elo.value:.0f} [{rank.elo.low:.0f}, {rank.elo.high:.0f}]"
+
+    return {"generator": row.generator,
+            "experts": _estimate(row.experts.bradley_terry if row.experts else None), "experts_elo": elo(row.experts),
+            "judge": _estimate(row.judge.bradley_terry if row.judge else None), "judge_elo": elo(row.judge)}
 
 
 # --- SVG plots ---------------------------------------------------------------------------------------
@@ -308,9 +346,10 @@ def bias_plot(judges: list[agreement.JudgeBehaviour]) -> IntervalPlot | None:
 def ranking_plot(rankings: agreement.Rankings, judge_name: str) -> IntervalPlot | None:
     if not rankings.rows:
         return None
-    items = [(r.generator, [r.experts, r.judge]) for r in rankings.rows]
-    bounds = [v for r in rankings.rows for e in (r.experts, r.judge) if e for v in (e.low, e.high, e.value)
-              if not math.isnan(v)]
+    estimates = [(r.generator, [rank.bradley_terry if rank else None for rank in (r.experts, r.judge)])
+                 for r in rankings.rows]
+    items = estimates
+    bounds = [v for _, pair in estimates for e in pair if e for v in (e.low, e.high, e.value) if not math.isnan(v)]
     widest = max(abs(v) for v in bounds) if bounds else 1.0
     # Ticks land on round numbers either side of 0: halves up to ±2, whole numbers beyond.
     edge = max(1.0, math.ceil(widest * 2) / 2) if widest <= 2 else float(math.ceil(widest))

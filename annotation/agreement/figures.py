@@ -741,6 +741,51 @@ def judge_matches(labels: Labels, judge_id: int | None, group_by: str | None = N
     return MatchSet(matches, same, total=total)
 
 
+def same_group_text(count: int, group_by: str | None) -> str:
+    """ "26 pairs compare two variants of one model" (or two candidates of one generator)."""
+    pairs = f"{count} pair{'s' if count != 1 else ''} compare{'s' if count == 1 else ''}"
+    return f"{pairs} two variants of one {group_by}" if group_by else f"{pairs} two candidates of one generator"
+
+
+def counted_text(matches: MatchSet, what: str, group_by: str | None, on_invalid: int = 0) -> str:
+    """What a ranking counts and leaves out, in words, to print beside it."""
+    direct = len(matches.matches) - matches.implied
+    text = f"{direct} {what}{'s' if direct != 1 else ''}"
+    if matches.implied:
+        text += f" and {matches.implied} implied tournament preference{'s' if matches.implied != 1 else ''}"
+    if matches.total > len(matches.matches):
+        text += f" (a proportional sample of {matches.total})"
+    left_out = []
+    if matches.same_group:
+        left_out.append(same_group_text(matches.same_group, group_by))
+    if matches.both_bad:
+        left_out.append(f"{matches.both_bad} both bad")
+    if on_invalid:
+        left_out.append(f"{on_invalid} vote{'s' if on_invalid != 1 else ''} on a pair with an invalid profile")
+    return text + ("; left out: " + ", ".join(left_out) if left_out else "")
+
+
+RANKING_CSV_HEADER = ["source", "group_by", "group", "bradley_terry", "bt_low", "bt_high", "elo", "elo_low",
+                      "elo_high", "score", "matches"]
+
+
+def ranking_dict(rank: GeneratorRank) -> dict:
+    bt, elo = rank.bradley_terry, rank.elo
+    return {"group": rank.name, "bradley_terry": _plain(bt.value), "bt_low": _plain(bt.low), "bt_high": _plain(bt.high),
+            "elo": _plain(elo.value), "elo_low": _plain(elo.low), "elo_high": _plain(elo.high), "score": rank.wins,
+            "matches": rank.matches}
+
+
+def ranking_csv_rows(ranks: Iterable[GeneratorRank], source: str, group_by: str | None) -> Iterator[list]:
+    for rank in ranks:
+        row = ranking_dict(rank)
+        yield [source, group_by or "generator", *(("" if row[k] is None else row[k]) for k in RANKING_CSV_HEADER[2:])]
+
+
+def _plain(value: float) -> float | None:
+    return None if math.isnan(value) else round(value, 6)
+
+
 def rankings(labels: Labels, judge_id: int | None, n_boot: int = RANKING_BOOT, group_by: str | None = None,
              implied: bool = False, k: float = ELO_K) -> Rankings:
     """Bradley–Terry and Elo (``judging.rankings.rank_generators``) from the experts' votes and from the judge,
