@@ -19,7 +19,7 @@ from .documents.models import TitleOnly
 from .jobs.liveness import mark_stale
 from .judging.combined import panel_verdict, panel_verdicts
 from .judging.figures import JudgeFigures, with_figures
-from .judging.verdicts import combine_canonical
+from .judging.verdicts import combine_asked
 from .models import (
     Backend,
     Assignment,
@@ -355,7 +355,7 @@ def combined_by_judge(comparison: Comparison) -> list[tuple[str, str]]:
     orders: dict[str, dict[str, str | None]] = {}
     for v in comparison.verdicts.all():
         orders.setdefault(v.judge.name, {})[v.order] = v.preferred if v.is_valid else None
-    return [(name, combine_canonical(o.get("ab"), o.get("ba")) if len(o) == 2 else "half-judged")
+    return [(name, combine_asked(o.get("ab"), o.get("ba"), len(o)) + (" (one order)" if len(o) == 1 else ""))
             for name, o in sorted(orders.items())]
 
 
@@ -390,7 +390,8 @@ class JudgeAdmin(admin.ModelAdmin):
 
     @admin.display(description="Order flips")
     def flip_rate(self, obj):
-        return _percent(self._figures(obj).flip_rate)
+        figures = self._figures(obj)
+        return "not measured (one order)" if figures.verdicts and not figures.pairs else _percent(figures.flip_rate)
 
     @admin.display(description="First position")
     def first_position(self, obj):
@@ -417,7 +418,8 @@ class JudgeAdmin(admin.ModelAdmin):
             return "No verdicts yet."
         lines = [
             f"{f.verdicts} verdicts, {f.invalid} invalid ({_percent(f.invalid_rate)}): never counted",
-            f"Order flips: {f.flips} of {f.pairs} comparisons with both orders valid ({_percent(f.flip_rate)})",
+            f"Order flips: {f.flips} of {f.pairs} comparisons with both orders valid ({_percent(f.flip_rate)})"
+            if f.pairs else "Order flips: not measured (every verdict was given in one presentation order)",
             f"First-position preference: {f.first} of {f.decisive} decisive verdicts "
             f"({_percent(f.first_position_rate)}; 50% is unbiased)",
             f"Tokens: {f.prompt_tokens:,} prompt + {f.completion_tokens:,} completion; "

@@ -23,12 +23,13 @@ from annotation.documents.importing import ImportFailed
 from annotation.documents.models import TitleOnly
 from annotation.documents.tournaments import import_tournaments
 from annotation.models import (
-    Campaign, Comparison, Document, Generator, Judge, Profile, Sample, Tournament, TournamentMatch,
+    Campaign, Comparison, Document, Generator, Judge, JudgeVerdict, Profile, Sample, Tournament, TournamentMatch,
     TournamentPreference, Vote,
 )
 from annotation.start import start_generation
 from tests.labels_factory import World
 from tests.study_factory import CAMPAIGN, EXPERTS, write_study
+from tests.test_judging_server import server  # noqa: F401  (fixture)
 
 pytestmark = pytest.mark.django_db
 BOOT = 40  # resamples: enough to compare intervals between two imports, quick on a shared machine
@@ -352,3 +353,66 @@ def test_bradley_terry_matches_scikit_learns_penalised_logistic_regression(impor
         np.array(rows), outcomes, sample_weight=weights)
     theirs = fit.coef_[0] - fit.coef_[0].mean()
     assert [ours[i] for i in items] == pytest.approx(list(theirs), abs=1e-4)
+
+
+# --- one-order verdicts ----------------------------------------------------------------------------------
+
+
+def test_one_order_verdicts_count_in_agreement_and_rankings_and_say_so(imported, client_for, admin_user):
+    study, _ = imported
+    campaign = Campaign.objects.get(name=CAMPAIGN)
+    labels = figures.gather(campaign)
+    (judge,) = figures.judge_behaviour(labels, n_boot=BOOT)
+    assert judge.one_order == study.matches and judge.flip_rate.n == 0  # flips not measured, nothing made up
+    valid_votes_on_judged = sum(1 for v in labels.votes if v.comparison_id in labels.judge_labels[judge.judge_id])
+    assert judge.agreement is not None and judge.agreement.n == valid_votes_on_judged > 0
+    ranked = figures.rankings(labels, judge.judge_id, n_boot=BOOT, group_by="model")
+    assert all(r.judge is not None for r in ranked.rows) and ranked.judge.matches
+    page = client_for(admin_user).get("/admin-tools/agreement/", {"campaign": campaign.pk}).content.decode()
+    assert "not measured (one order)" in page and "(one-order)" in page
+    assert f"{study.matches} of this judge's comparisons were judged in one presentation order only" in page
+    printed = run("rank_generators", "--judge", "gpt-4o-judge", "--campaign", CAMPAIGN, "--group-by", "method")
+    assert "judge gpt-4o-judge:" in printed and "chain-of-thought" in printed
+
+
+def test_a_judge_set_to_one_order_is_asked_one_order_per_comparison_by_a_stable_coin(server):
+    from tests.test_judging_server import http_judge, judge_in_process, make_profiles, make_sample
+
+    judge = http_judge(server, orders="one")
+    orders = [judge.orders_for(pk)[0] for pk in range(1, 401)]
+    assert 150 < orders.count("ab") < 250 and orders == [judge.orders_for(pk)[0] for pk in range(1, 401)]
+    make_profiles(make_sample(), [1, 2, 3, 4])
+    job = judge_in_process(judge, "all")
+    assert job.status == "succeeded", job.error
+    assert (job.done, job.total) == (6, 6) and JudgeVerdict.objects.count() == 6
+    assert set(JudgeVerdict.objects.values_list("comparison_id", flat=True).distinct()) == set(
+        Comparison.objects.values_list("pk", flat=True))
+    again = judge_in_process(judge, "all")
+    assert JudgeVerdict.objects.count() == 6 and "6 already there" in again.message
+
+
+def test_exports_use_one_order_verdicts_only_where_the_policy_measured_them(settings, tmp_path, alice):
+    from annotation.export.dataset import export_dataset
+    from annotation.models import DatasetExport
+
+    settings.MEDIA_ROOT = tmp_path / "media"
+    world = World()
+    campaign = world.campaign("c")
+    judge = world.judge("one-order")
+    for choice in ["a", "b", "a", "b", "a", "b"]:
+        comparison = world.comparison()
+        JudgeVerdict.objects.create(comparison=comparison, judge=judge, order="ba", preferred=choice, is_valid=True)
+        world.vote(campaign, comparison, alice, choice)
+    unvoted = world.comparison()
+    JudgeVerdict.objects.create(comparison=unvoted, judge=judge, order="ab", preferred="a", is_valid=True)
+
+    def export(name, **options):
+        item = DatasetExport.objects.create(name=name, test_fraction=0.0, **options)
+        export_dataset(item)
+        item.refresh_from_db()
+        return item
+
+    consensus = export("consensus", policy="judge_consensus")
+    assert consensus.counts["dropped"]["one_order"] == 7 and consensus.counts["train"] == 0
+    calibrated = export("calibrated", policy="judge_calibrated", kappa_threshold=0.5)
+    assert calibrated.counts["sources"] == {"judges": 7} and calibrated.counts["judges_used"] == ["one-order"]

@@ -52,6 +52,7 @@ def agreement_dashboard(request: HttpRequest) -> HttpResponse:
         "s": summary,
         "judge_table": [_judge_row(j) for j in summary.judges],
         "headline": _headline(summary.judge_agreement),
+        "selected_one_order": next((j.one_order for j in summary.judges if j.judge_id == summary.judge_id), 0),
         "expert_rows": [_expert_row(e) for e in summary.per_expert],
         "pair_rows": [_pair_row(p) for p in summary.experts.pairs],
         "ranking_rows": [_ranking_row(r) for r in ranked.rows],
@@ -192,6 +193,7 @@ def _judge_row(judge: agreement.JudgeBehaviour) -> dict:
     result = judge.agreement
     return {
         "id": judge.judge_id, "name": judge.name, "comparisons": judge.comparisons, "verdicts": judge.verdicts,
+        "one_order": judge.one_order,
         "flip": _rate(judge.flip_rate), "first": _rate(judge.first_position), "invalid": _rate(judge.invalid_rate),
         "n": result.n if result else 0, "raw": _num(result.raw) if result else "–",
         "kappa": _estimate(result.kappa) if result else "–",

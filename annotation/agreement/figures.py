@@ -8,7 +8,9 @@ Decisions, each shown on the dashboard too:
   reveal-after-vote campaign measures the expert and not the judge's influence. Votes from campaigns that
   show the judge alongside are left out of judge–expert agreement altogether (the expert saw the answer).
 - A judge's label on a comparison is its verdict combined over both presentation orders: a verdict that
-  flips with the order ("inconsistent") counts as a tie; invalid output is left out.
+  flips with the order ("inconsistent") counts as a tie; invalid output is left out. A judge asked one order
+  only (imported, or set to judge one order) gives that order's verdict: it counts, its comparisons are
+  counted as one-order, and its flip rate is "not measured" where it has no comparison judged both ways.
 - "Without ties" leaves out items where either side said tie (on the four-way labels) or neither (on the
   collapsed a / b / neither labels).
 - Which profile of a pair is "a" is an accident of storage, so κ, α and the confusion matrix count every item
@@ -38,7 +40,7 @@ from django.db.models import Count, Exists, F, Max, OuterRef, Q
 from .. import stats
 from ..models import Campaign, Comparison, Generator, Judge, JudgeDisplay, JudgeVerdict, TournamentPreference, Vote
 from ..judging.rankings import ELO_K, GeneratorRank, rank_generators
-from ..judging.verdicts import INCONSISTENT, INVALID, combine_canonical
+from ..judging.verdicts import INCONSISTENT, INVALID, combine_asked
 
 FOUR_WAY = ["a", "b", "tie", "both_bad"]
 COLLAPSED = ["a", "b", "neither"]
@@ -130,6 +132,7 @@ class JudgeTally:
     invalid: int = 0
     comparisons: int = 0
     both_orders_valid: int = 0
+    one_order: int = 0  # comparisons asked in one order only: their verdicts count, their flips are not measured
     flips: int = 0
     decisive: int = 0
     first_position: int = 0
@@ -256,7 +259,8 @@ def tally_verdict(tally: JudgeTally, ab: str | None, ba: str | None, n: int, n_i
         if label in ("a", "b"):
             tally.decisive += 1
             tally.first_position += label == shown_first
-    combined = combine_canonical(ab, ba)
+    combined = combine_asked(ab, ba, n)
+    tally.one_order += n == 1
     if ab is not None and ba is not None:
         tally.both_orders_valid += 1
         tally.flips += combined == INCONSISTENT
@@ -550,7 +554,8 @@ class JudgeBehaviour:
     name: str
     comparisons: int
     verdicts: int
-    flip_rate: Rate  # among comparisons with both orders valid
+    flip_rate: Rate  # among comparisons with both orders valid (n = 0: not measured)
+    one_order: int  # comparisons it judged in one order only
     first_position: Rate  # among decisive verdicts; 0.5 means no position bias
     invalid_rate: Rate  # among all verdicts
     agreement: Agreement | None  # against the experts' independent votes; None without overlap
@@ -566,6 +571,7 @@ def judge_behaviour(labels: Labels, n_boot: int = N_BOOT) -> list[JudgeBehaviour
             comparisons=tally.comparisons,
             verdicts=tally.verdicts,
             flip_rate=rate(tally.flips, tally.both_orders_valid),
+            one_order=tally.one_order,
             first_position=rate(tally.first_position, tally.decisive),
             invalid_rate=rate(tally.invalid, tally.verdicts),
             agreement=agreement(experts, judge, n_boot) if experts else None,

@@ -60,7 +60,7 @@ from ..models import (
     DatasetExport, Document, ExportFormat, ExportPolicy, Job, JobKind, JobStatus, Judge, JudgeVerdict, Profile, Sample,
     SampleDocument, Split,
 )
-from ..judging.verdicts import INCONSISTENT, INVALID, NO_CONSENSUS, combine_canonical, panel_consensus
+from ..judging.verdicts import INCONSISTENT, INVALID, NO_CONSENSUS, combine_asked, panel_consensus
 from ..prompts import EXTRACTION_PROMPT_VERSION, build_extraction_messages
 
 # Samples per batch: a few thousand rows, a handful of queries each.
@@ -103,6 +103,9 @@ class Decision:
 class JudgeSelection:
     judge_ids: frozenset[int] | None  # None: every judge
     threshold: float  # share of valid judge verdicts that must agree (1.0: unanimous)
+    # A one-order verdict (the judge was asked one presentation order) counts only where the policy measured
+    # the judge on such verdicts: judges calibrated against experts. Elsewhere it is dropped as "one_order".
+    one_order: bool = False
 
 
 VoteTuple = tuple[int, int, str]  # (vote id, expert id, canonical choice)
@@ -123,14 +126,14 @@ def expert_decision(votes: list[VoteTuple]) -> Decision:
 
 
 def judge_decision(verdicts: dict[int, OrderLabels], selection: JudgeSelection) -> Decision:
-    combined = [
-        combine_canonical(orders.get("ab"), orders.get("ba"))
-        for judge_id, orders in verdicts.items()
-        if selection.judge_ids is None or judge_id in selection.judge_ids
-    ]
+    chosen = [orders for judge_id, orders in verdicts.items()
+              if selection.judge_ids is None or judge_id in selection.judge_ids]
+    asked = [orders.get("asked", 2) for orders in chosen]
+    combined = [combine_asked(orders.get("ab"), orders.get("ba"), n) for orders, n in zip(chosen, asked)
+                if n != 1 or selection.one_order]
     valid = [label for label in combined if label != INVALID]
     if not valid:
-        return Decision(None, dropped="no_valid_verdicts")
+        return Decision(None, dropped="one_order" if 1 in asked and not selection.one_order else "no_valid_verdicts")
     label = panel_consensus(valid, selection.threshold)
     if label == NO_CONSENSUS:
         return Decision(None, dropped="no_consensus")
@@ -441,10 +444,10 @@ class Labeller:
         if cached is None:
             if len(self._by_verdicts) >= self.CACHE_LIMIT:
                 self._by_verdicts.clear()
-            orders = {jid: {"ab": ab, "ba": ba} for jid, ab, ba, _ in key}
+            orders = {jid: {"ab": ab, "ba": ba, "asked": n} for jid, ab, ba, n in key}
             text = json.dumps([
-                {"judge": self.judge_names.get(jid, str(jid)), "ab": ab, "ba": ba, "verdict": combine_canonical(ab, ba)}
-                for jid, ab, ba, _ in key
+                {"judge": self.judge_names.get(jid, str(jid)), "ab": ab, "ba": ba, "verdict": combine_asked(ab, ba, n)}
+                for jid, ab, ba, n in key
             ], ensure_ascii=False)
             quoted = json.dumps(text, ensure_ascii=False)
             decision = judge_decision(orders, self.selection)
@@ -494,7 +497,7 @@ class Tally:
             one = agreement.JudgeTally(judge_names.get(jid, str(jid)))
             agreement.tally_verdict(one, ab, ba, n, n - (ab is not None) - (ba is not None))
             total = tallies.setdefault(jid, agreement.JudgeTally(one.name))
-            for name in ("verdicts", "invalid", "comparisons", "both_orders_valid", "flips", "decisive",
+            for name in ("verdicts", "invalid", "comparisons", "both_orders_valid", "one_order", "flips", "decisive",
                          "first_position"):
                 setattr(total, name, getattr(total, name) + count * getattr(one, name))
         return tallies
@@ -1039,7 +1042,7 @@ def judge_selection(export: DatasetExport, labels: agreement.Labels) -> JudgeSel
         measured = ", ".join(f"{labels.judges[j].name} κ={k.value:.2f}" for j, k in kappas.items())
         measured = measured or "no judge has verdicts on voted comparisons"
         raise ExportError(f"no judge reaches κ ≥ {export.kappa_threshold:.2f} against the experts ({measured})")
-    return JudgeSelection(calibrated, threshold)
+    return JudgeSelection(calibrated, threshold, one_order=True)
 
 
 def selection_names(selection: JudgeSelection, judges: dict[int, agreement.JudgeTally]) -> list[str]:

@@ -1,6 +1,7 @@
 """What the judges said about comparisons: each judge's verdict combined over both orders, and each panel's.
 
-A verdict that flips with the presentation order is "inconsistent", never a win (``verdicts.combine_canonical``).
+A verdict that flips with the presentation order is "inconsistent", never a win (``verdicts.combine_canonical``);
+a judge asked one order only gives that order's verdict (``verdicts.combine_asked``).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from dataclasses import dataclass
 from django.db.models import Count, Max, Q, QuerySet
 
 from ..models import Comparison, Judge, JudgePanel, JudgeVerdict
-from .verdicts import INVALID, combine_canonical, panel_consensus
+from .verdicts import INVALID, combine_asked, panel_consensus
 
 
 @dataclass(frozen=True)
@@ -24,7 +25,11 @@ class PairVerdict:
 
     @property
     def combined(self) -> str:
-        return combine_canonical(self.ab, self.ba)
+        return combine_asked(self.ab, self.ba, self.answered)
+
+    @property
+    def one_order(self) -> bool:
+        return self.answered == 1
 
 
 def pair_verdicts(verdicts: QuerySet) -> Iterator[tuple[int, int, PairVerdict]]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+
 from django.conf import settings
 from django.db import models
 from django.db.models import F, Q
@@ -48,6 +50,11 @@ class Comparison(models.Model):
         return (first, second) if first.pk < second.pk else (second, first)
 
 
+class JudgeOrders(models.TextChoices):
+    BOTH = "both", "Both orders"
+    ONE = "one", "One order (half the cost; order flips not measured)"
+
+
 class Judge(models.Model):
     name = models.CharField(max_length=100, unique=True)
     backend = models.CharField(max_length=10, choices=Backend.choices, default=Backend.OPENAI)
@@ -58,6 +65,11 @@ class Judge(models.Model):
     temperature = models.FloatField(default=0.0)
     max_tokens = models.PositiveIntegerField(default=512)
     concurrency = models.PositiveSmallIntegerField(default=4)
+    orders = models.CharField(
+        max_length=4, choices=JudgeOrders.choices, default=JudgeOrders.BOTH,
+        help_text="One order halves the cost: each comparison is shown in one order, chosen by a stable coin per "
+                  "comparison so that position bias does not favour either side. Its verdicts count (as one-order); "
+                  "whether they would flip with the order is not measured.")
     # USD per million tokens; leave at 0 for local or free judges.
     price_prompt_per_mtok = models.DecimalField(max_digits=10, decimal_places=4, default=0)
     price_completion_per_mtok = models.DecimalField(max_digits=10, decimal_places=4, default=0)
@@ -72,6 +84,17 @@ class Judge(models.Model):
 
     def __str__(self) -> str:
         return self.name
+
+    @property
+    def orders_asked(self) -> int:
+        return 1 if self.orders == JudgeOrders.ONE else 2
+
+    def orders_for(self, comparison_id: int) -> tuple[str, ...]:
+        """The presentation orders this judge is asked for a comparison."""
+        if self.orders != JudgeOrders.ONE:
+            return ("ab", "ba")
+        coin = hashlib.sha256(f"order:{comparison_id}".encode()).digest()[0] % 2
+        return ("ab",) if coin == 0 else ("ba",)
 
 
 class Order(models.TextChoices):

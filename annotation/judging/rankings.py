@@ -6,12 +6,12 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from django.db.models import F, Max, Q, QuerySet
+from django.db.models import Count, F, Max, Q, QuerySet
 
 from .. import stats
 from ..models import Comparison, Judge, JudgePanel, JudgeVerdict
 from .combined import panel_verdicts
-from .verdicts import INCONSISTENT, INVALID, combine_canonical
+from .verdicts import INCONSISTENT, INVALID, combine_asked
 
 ELO_K = 16
 # A tie or an order flip says "no better one": half a point each way.
@@ -22,6 +22,7 @@ def _named_pairs(verdicts: QuerySet) -> QuerySet:
     return verdicts.order_by().values("comparison_id").annotate(
         ab=Max("preferred", filter=Q(order="ab", is_valid=True)),
         ba=Max("preferred", filter=Q(order="ba", is_valid=True)),
+        asked=Count("id"),
         gen_a=F("comparison__profile_a__generator__name"),
         gen_b=F("comparison__profile_b__generator__name"),
     ).order_by("comparison_id")
@@ -30,13 +31,13 @@ def _named_pairs(verdicts: QuerySet) -> QuerySet:
 def judge_matches(judge: Judge, comparisons: QuerySet | Iterable[int]) -> list[stats.Match]:
     """The judge's combined verdicts as generator matches (generator x, generator y, score of x).
 
-    Score 1 / 0 when both orders agree on a or b; 0.5 for a tie or an order flip ("no better one");
-    invalid or half-asked comparisons and pairs of one generator are left out. In comparison id order,
+    Score 1 / 0 when both orders agree on a or b (or the one order asked says so); 0.5 for a tie or an order flip
+    ("no better one"); invalid comparisons and pairs of one generator are left out. In comparison id order,
     which Elo depends on. One query.
     """
     matches = []
     for row in _named_pairs(JudgeVerdict.objects.filter(judge=judge, comparison__in=comparisons)):
-        combined = combine_canonical(row["ab"] or None, row["ba"] or None)
+        combined = combine_asked(row["ab"] or None, row["ba"] or None, row["asked"])
         if combined != INVALID and row["gen_a"] != row["gen_b"]:
             matches.append((row["gen_a"], row["gen_b"], _SCORES[combined]))
     return matches

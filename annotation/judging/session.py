@@ -113,14 +113,17 @@ class Session:
         return self._backend
 
     def judge_comparisons(self, comparisons: Sequence[Comparison]) -> None:
-        """Judge both orders of each comparison, skipping orders this judge has already answered.
+        """Judge both orders of each comparison (one, for a one-order judge), skipping what it already answered.
 
         ``comparisons`` need ``profile_a`` and ``profile_b`` loaded (select_related).
         """
         existing = set(JudgeVerdict.objects.filter(judge=self.judge, comparison__in=[c.pk for c in comparisons])
                        .values_list("comparison_id", "order"))
-        todo = [(c, order) for c in comparisons for order in ORDERS if (c.pk, order) not in existing]
-        self.tally.reused += 2 * len(comparisons) - len(todo)
+        wanted = [(c, order) for c in comparisons for order in self.judge.orders_for(c.pk)]
+        # A one-order judge with a verdict in either order (an imported one, say) is not asked again.
+        answered = {cid for cid, _ in existing} if self.judge.orders_asked == 1 else set()
+        todo = [(c, order) for c, order in wanted if (c.pk, order) not in existing and c.pk not in answered]
+        self.tally.reused += len(wanted) - len(todo)
         if todo:
             self._ask(todo)
         self.report(self.tally)

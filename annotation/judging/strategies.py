@@ -83,8 +83,8 @@ def judge_all_pairs(session: Session, sample_ids: Sequence[int], campaign: Campa
     return f"all pairs of {len(samples)} samples"
 
 
-def planned_all(sample_ids: Sequence[int]) -> int:
-    return sum(len(ids) * (len(ids) - 1) for ids in pairable_by_sample(sample_ids).values())  # 2 orders × n(n−1)/2
+def planned_all(sample_ids: Sequence[int], orders: int = 2) -> int:
+    return sum(orders * len(ids) * (len(ids) - 1) // 2 for ids in pairable_by_sample(sample_ids).values())
 
 
 @dataclass
@@ -129,7 +129,7 @@ def _play_round(session: Session, playing: list[Bracket], campaign: Campaign | N
     for (bracket, first, second), comparison in zip(matches, comparisons):
         bracket.comparisons[(comparison.profile_a_id, comparison.profile_b_id)] = comparison
         found = verdicts.get(comparison.pk)
-        if found is None or found.answered < 2:
+        if found is None or found.answered < session.judge.orders_asked:
             bracket.incomplete = True
             continue
         winner = {"a": comparison.profile_a_id, "b": comparison.profile_b_id}.get(found.combined)
@@ -150,9 +150,9 @@ def store_tournament(judge: Judge, bracket: Bracket) -> tuple[int, int]:
     return len(rows), sum(r.implied for r in rows)
 
 
-def planned_tournament(sample_ids: Sequence[int]) -> int:
-    # A knockout of n entrants plays n − 1 matches whatever the byes and ties; two orders each.
-    return sum(2 * (len(ids) - 1) for ids in pairable_by_sample(sample_ids).values() if len(ids) >= 2)
+def planned_tournament(sample_ids: Sequence[int], orders: int = 2) -> int:
+    # A knockout of n entrants plays n − 1 matches whatever the byes and ties; each in every order asked.
+    return sum(orders * (len(ids) - 1) for ids in pairable_by_sample(sample_ids).values() if len(ids) >= 2)
 
 
 def judge_existing(session: Session, comparisons: QuerySet) -> str:
@@ -226,20 +226,20 @@ def run_judging(job: Job, progress: JobProgress) -> str:
     if pairing in ("all", "tournament") and limit:
         sample_ids = sample_ids[:limit]
     if pairing == "all":
-        progress.start(total=planned_all(sample_ids))
+        progress.start(total=planned_all(sample_ids, judge.orders_asked))
         what = judge_all_pairs(session, sample_ids, campaign)
     elif pairing == "tournament":
-        progress.start(total=planned_tournament(sample_ids))
+        progress.start(total=planned_tournament(sample_ids, judge.orders_asked))
         what = run_tournaments(session, sample_ids, campaign)
     elif pairing == "active":
         if campaign is None:
             raise ValueError("active pairing adds the most uncertain pairs to a campaign: choose one")
         candidates = Comparison.objects.filter(sample_id__in=sample_ids)
-        progress.start(total=2 * candidates.exclude(campaign_items__campaign=campaign).count())
+        progress.start(total=judge.orders_asked * candidates.exclude(campaign_items__campaign=campaign).count())
         what = select_active(session, candidates, campaign, limit or ACTIVE_DEFAULT_LIMIT)
     else:
         comparisons = _existing_scope(campaign, sample_ids, limit)
-        progress.start(total=2 * comparisons.count())
+        progress.start(total=judge.orders_asked * comparisons.count())
         what = judge_existing(session, comparisons)
     tally = session.tally
     if tally.failed and not tally.stored and not tally.reused:
