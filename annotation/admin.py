@@ -36,6 +36,8 @@ from .models import (
     Profile,
     Sample,
     SampleDocument,
+    Tournament,
+    TournamentMatch,
     TournamentPreference,
     Vote,
 )
@@ -481,11 +483,47 @@ class JudgePanelAdmin(admin.ModelAdmin):
 
 @admin.register(TournamentPreference)
 class TournamentPreferenceAdmin(admin.ModelAdmin):
-    list_display = ["judge", "sample", "chosen", "rejected", "implied", "comparison"]
+    list_display = ["judge", "tournament", "sample", "chosen", "rejected", "implied", "comparison"]
     list_filter = ["judge", "implied"]
-    raw_id_fields = ["chosen", "rejected", "comparison"]
+    raw_id_fields = ["chosen", "rejected", "comparison", "tournament"]
     list_select_related = ["judge", "sample", "chosen__sample", "chosen__generator", "rejected__sample",
-                           "rejected__generator"]
+                           "rejected__generator", "tournament__expert", "tournament__judge", "tournament__sample"]
+
+
+class TournamentMatchInline(admin.TabularInline):
+    model = TournamentMatch
+    extra = 0
+    fields = ["position", "round", "entrant_a", "entrant_b", "outcome", "order", "comparison"]
+    readonly_fields = fields
+    can_delete = False
+
+    def has_add_permission(self, request, obj=None):
+        return False
+
+
+@admin.register(Tournament)
+class TournamentAdmin(admin.ModelAdmin):
+    """Imported knockout trees, read-only: what was played elsewhere is not edited here."""
+
+    list_display = ["sample", "expert", "judge", "campaign", "match_count", "created_at"]
+    list_filter = ["campaign", "judge"]
+    search_fields = ["sample__name", "expert__username"]
+    list_select_related = ["sample", "expert", "judge", "campaign"]
+    readonly_fields = ["sample", "expert", "judge", "campaign", "created_at"]
+    inlines = [TournamentMatchInline]
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def get_queryset(self, request):
+        return super().get_queryset(request).annotate(n_matches=Count("matches", filter=~Q(matches__outcome="bye")))
+
+    @admin.display(description="Matches (byes not counted)", ordering="n_matches")
+    def match_count(self, obj):
+        return obj.n_matches
 
 
 class CampaignItemInline(admin.TabularInline):

@@ -416,3 +416,36 @@ def test_exports_use_one_order_verdicts_only_where_the_policy_measured_them(sett
     assert consensus.counts["dropped"]["one_order"] == 7 and consensus.counts["train"] == 0
     calibrated = export("calibrated", policy="judge_calibrated", kappa_threshold=0.5)
     assert calibrated.counts["sources"] == {"judges": 7} and calibrated.counts["judges_used"] == ["one-order"]
+
+
+def test_imported_tournaments_are_shown_read_only_to_staff_and_to_nobody_else(imported, client_for, admin_user,
+                                                                               alice):
+    tournament = Tournament.objects.first()
+    staff = client_for(admin_user)
+    listing = staff.get("/admin/annotation/tournament/").content.decode()
+    assert "Maria_Schmidt" in listing and "11" in listing  # 12 entrants: 11 matches, the bye not counted
+    page = staff.get(f"/admin/annotation/tournament/{tournament.pk}/change/")
+    assert page.status_code == 200 and "Bye" in page.content.decode()
+    assert staff.post(f"/admin/annotation/tournament/{tournament.pk}/change/", {}).status_code == 403
+    assert client_for(alice).get("/admin/annotation/tournament/").status_code == 302  # experts: not the admin
+
+
+def test_generator_attributes_are_text_key_values():
+    from annotation.profiles.models import clean_attributes
+
+    assert clean_attributes({"model": "phi-3", "round": 2}) == {"model": "phi-3", "round": "2"}
+    for bad in (["model"], {"model": None}, {"": "x"}, {"flag": True}):
+        with pytest.raises(ValueError):
+            clean_attributes(bad)
+
+
+def test_an_export_never_trains_on_a_title_only_prompt(imported, settings, tmp_path):
+    from annotation.export.dataset import export_dataset
+    from annotation.models import DatasetExport
+
+    settings.MEDIA_ROOT = tmp_path / "media"
+    item = DatasetExport.objects.create(name="study", policy="expert", test_fraction=0.0,
+                                        campaign=Campaign.objects.get(name=CAMPAIGN))
+    export_dataset(item)
+    item.refresh_from_db()
+    assert item.counts["train"] == 0 and item.counts["dropped"]["sample_without_abstracts"] > 0

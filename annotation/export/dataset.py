@@ -303,8 +303,10 @@ def _samples(sample_ids: list[int], in_batch: Q, test_fraction: float) -> dict[i
     result = {}
     rows = Sample.objects.filter(_among("id", sample_ids)).order_by().values_list("id", "name", "split")
     for sample_id, name, split in rows:
-        if sample_id not in abstracts:
-            continue  # in the id range but not in the batch, or without abstracts (its pairs are dropped)
+        if sample_id not in abstracts or not all(text for _, text in abstracts[sample_id]):
+            # In the id range but not in the batch, or without abstracts (title-only: no prompt to train on); its
+            # pairs are dropped as "sample_without_abstracts".
+            continue
         prompt = build_extraction_messages(abstracts[sample_id])
         prompt_json = messages_json(prompt)
         result[sample_id] = SampleInfo(name, prompt, prompt_json, _split_of(split, prompt_json, test_fraction))
