@@ -1,17 +1,25 @@
+"""The Django admin of every model, with the actions that start work: import, generate, judge, export."""
+
 import tempfile
 from collections import Counter
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from django import forms
 from django.contrib import admin, messages
 from django.db.models import Count, Prefetch, Q, Sum
-from django.utils.html import format_html, format_html_join
 from django.shortcuts import redirect
 from django.template.response import TemplateResponse
-from django.urls import path
+from django.urls import NoReverseMatch, path, reverse
+from django.utils import timezone
+from django.utils.html import format_html, format_html_join
+from django.utils.safestring import mark_safe
 
-from .importing import ImportFailed, ImportOptions, import_documents
+from .documents.importing import ImportFailed, ImportOptions, import_documents
+from .documents.models import TitleOnly
+from .jobs.liveness import mark_stale
+from .judging.combined import panel_verdict, panel_verdicts
+from .judging.figures import JudgeFigures, with_figures
+from .judging.verdicts import combine_asked
 from .models import (
     Backend,
     Assignment,
@@ -28,14 +36,12 @@ from .models import (
     Profile,
     Sample,
     SampleDocument,
+    Tournament,
+    TournamentMatch,
     TournamentPreference,
     Vote,
 )
-
-# Generation and judging pull in openai, numpy, scipy and scikit-learn (~150 MB, ~1.5 s): every web process loads
-# this module at start-up, so they are imported by the admin actions and pages that use them.
-if TYPE_CHECKING:
-    from .judging import JudgeFigures
+from .start import start_export, start_generation, start_judging
 
 
 def generator_figures(generator: Generator) -> list[str]:
@@ -60,12 +66,31 @@ class ImportDocumentsForm(forms.Form):
                                                                    "(for rows without a sample).")
     sample_size = forms.IntegerField(min_value=1, max_value=50, initial=5)
     heldout_fraction = forms.FloatField(min_value=0, max_value=0.99, initial=0.2)
+    allow_title_only = forms.BooleanField(
+        required=False, label="Allow title-only documents",
+        help_text="A study that kept only titles: rows may lack an abstract. Such documents carry imported profiles "
+                  "and labels; generation and judging refuse them.")
+
+
+class TitleOnlyFilter(admin.SimpleListFilter):
+    title = "abstract"
+    parameter_name = "abstract"
+
+    def lookups(self, request, model_admin):
+        return [("yes", "Has an abstract"), ("no", "Title only (imported study)")]
+
+    def queryset(self, request, queryset):
+        if self.value() == "no":
+            return queryset.filter(abstract="") if queryset.model is Document else queryset.title_only()
+        if self.value() == "yes":
+            return queryset.exclude(abstract="") if queryset.model is Document else queryset.with_abstracts()
+        return queryset
 
 
 @admin.register(Document)
 class DocumentAdmin(admin.ModelAdmin):
-    list_display = ["external_id", "title", "first_author", "year", "created_at"]
-    list_filter = ["year"]
+    list_display = ["external_id", "title", "first_author", "year", "has_abstract", "created_at"]
+    list_filter = ["year", TitleOnlyFilter]
     search_fields = ["external_id", "title", "abstract"]
     readonly_fields = ["content_hash", "created_at"]
     change_list_template = "admin/annotation/document/change_list.html"
@@ -73,6 +98,10 @@ class DocumentAdmin(admin.ModelAdmin):
     @admin.display(description="First author")
     def first_author(self, obj: Document) -> str:
         return obj.authors[0] if obj.authors else ""
+
+    @admin.display(description="Abstract", boolean=True)
+    def has_abstract(self, obj: Document) -> bool:
+        return not obj.title_only
 
     def get_urls(self):
         extra = [path("import/", self.admin_site.admin_view(self.import_view), name="annotation_document_import")]
@@ -97,6 +126,7 @@ class DocumentAdmin(admin.ModelAdmin):
             group_by="author" if form.cleaned_data["group_by_author"] else "",
             sample_size=form.cleaned_data["sample_size"],
             heldout_fraction=form.cleaned_data["heldout_fraction"],
+            allow_title_only=form.cleaned_data["allow_title_only"],
         )
         suffix = Path(upload.name).suffix
         with tempfile.TemporaryDirectory() as tmp:
@@ -163,9 +193,11 @@ def judge_action(model_admin, request, queryset, action: str, pairings, scope: d
     if form.is_valid():
         data = form.cleaned_data
         scope = {"campaign": data.get("campaign"), **scope}
-        from .judging import start_judging
-
-        job = start_judging(data["judge"], data["pairing"], limit=data["limit"], user=request.user, **scope)
+        try:
+            job = start_judging(data["judge"], data["pairing"], limit=data["limit"], user=request.user, **scope)
+        except TitleOnly as exc:
+            model_admin.message_user(request, str(exc), messages.ERROR)
+            return None
         model_admin.message_user(request, "Judging started; verdicts already stored are not asked again.")
         return redirect("job_detail", pk=job.pk)
     context = {**model_admin.admin_site.each_context(request), "form": form, "objects": queryset, "action": action,
@@ -182,8 +214,9 @@ class SampleDocumentInline(admin.TabularInline):
 
 @admin.register(Sample)
 class SampleAdmin(admin.ModelAdmin):
-    list_display = ["name", "split", "document_count", "profile_count", "valid_profile_count", "created_at"]
-    list_filter = ["split"]
+    list_display = ["name", "split", "document_count", "title_only", "profile_count", "valid_profile_count",
+                    "created_at"]
+    list_filter = ["split", TitleOnlyFilter]
     search_fields = ["name", "documents__title", "documents__external_id"]
     inlines = [SampleDocumentInline]
     actions = ["generate_profiles", "judge_profiles"]
@@ -192,10 +225,12 @@ class SampleAdmin(admin.ModelAdmin):
     def generate_profiles(self, request, queryset):
         form = GenerateForm(request.POST if "apply" in request.POST else None)
         if form.is_valid():
-            from .generation import start_generation
-
-            job = start_generation(form.cleaned_data["generator"], queryset, form.cleaned_data["candidates"],
-                                   user=request.user)
+            try:
+                job = start_generation(form.cleaned_data["generator"], queryset, form.cleaned_data["candidates"],
+                                       user=request.user)
+            except TitleOnly as exc:
+                self.message_user(request, str(exc), messages.ERROR)
+                return None
             self.message_user(request, f"Generating for {job.total} sample(s); re-runs only fill what is missing.")
             return redirect("job_detail", pk=job.pk)
         context = {**self.admin_site.each_context(request), "form": form, "samples": queryset,
@@ -210,6 +245,7 @@ class SampleAdmin(admin.ModelAdmin):
     def get_queryset(self, request):
         return super().get_queryset(request).annotate(
             n_docs=Count("sampledocument", distinct=True),
+            n_title_only=Count("sampledocument", filter=Q(sampledocument__document__abstract=""), distinct=True),
             n_profiles=Count("profiles", distinct=True),
             n_valid=Count("profiles", filter=Q(profiles__is_valid=True), distinct=True),
         )
@@ -217,6 +253,10 @@ class SampleAdmin(admin.ModelAdmin):
     @admin.display(description="Documents", ordering="n_docs")
     def document_count(self, obj):
         return obj.n_docs
+
+    @admin.display(description="Title only", boolean=True, ordering="n_title_only")
+    def title_only(self, obj):
+        return obj.n_title_only > 0
 
     @admin.display(description="Profiles", ordering="n_profiles")
     def profile_count(self, obj):
@@ -229,8 +269,8 @@ class SampleAdmin(admin.ModelAdmin):
 
 @admin.register(Generator)
 class GeneratorAdmin(admin.ModelAdmin):
-    list_display = ["name", "backend", "model", "candidates", "temperature", "profile_count", "valid_rate",
-                    "tokens_per_second"]
+    list_display = ["name", "backend", "model", "attribute_list", "candidates", "temperature", "profile_count",
+                    "valid_rate", "tokens_per_second"]
     list_filter = ["backend"]
     search_fields = ["name", "model"]
     readonly_fields = ["figures"]
@@ -248,6 +288,10 @@ class GeneratorAdmin(admin.ModelAdmin):
     @admin.display(description="Valid")
     def valid_rate(self, obj):
         return f"{100 * obj.n_valid / obj.n_profiles:.0f}%" if obj.n_profiles else "–"
+
+    @admin.display(description="Attributes")
+    def attribute_list(self, obj):
+        return ", ".join(f"{key}={value}" for key, value in sorted(obj.attributes.items())) or "–"
 
     @admin.display(description="Tokens/s")
     def tokens_per_second(self, obj):
@@ -300,7 +344,6 @@ class ComparisonAdmin(admin.ModelAdmin):
     def judgement(self, obj):
         if obj.pk is None:
             return "–"
-        from .judging import panel_verdict
 
         rows = [(f"Judge {name}", label) for name, label in combined_by_judge(obj)]
         rows += [(f"Panel {panel.name} (≥ {panel.threshold:.0%})", panel_verdict(panel, obj))
@@ -310,12 +353,11 @@ class ComparisonAdmin(admin.ModelAdmin):
 
 def combined_by_judge(comparison: Comparison) -> list[tuple[str, str]]:
     """(judge name, combined verdict) from the comparison's prefetched verdicts."""
-    from .verdicts import combine_canonical
 
     orders: dict[str, dict[str, str | None]] = {}
     for v in comparison.verdicts.all():
         orders.setdefault(v.judge.name, {})[v.order] = v.preferred if v.is_valid else None
-    return [(name, combine_canonical(o.get("ab"), o.get("ba")) if len(o) == 2 else "half-judged")
+    return [(name, combine_asked(o.get("ab"), o.get("ba"), len(o)) + (" (one order)" if len(o) == 1 else ""))
             for name, o in sorted(orders.items())]
 
 
@@ -333,12 +375,10 @@ class JudgeAdmin(admin.ModelAdmin):
 
     def get_queryset(self, request):
         # Every figure comes from this one query (aggregates plus two correlated subqueries for flips).
-        from .judging import with_figures
 
         return with_figures(super().get_queryset(request))
 
-    def _figures(self, obj) -> "JudgeFigures | None":
-        from .judging import JudgeFigures
+    def _figures(self, obj) -> JudgeFigures | None:
 
         return JudgeFigures.of(obj) if getattr(obj, "n_verdicts", None) is not None else None
 
@@ -352,7 +392,8 @@ class JudgeAdmin(admin.ModelAdmin):
 
     @admin.display(description="Order flips")
     def flip_rate(self, obj):
-        return _percent(self._figures(obj).flip_rate)
+        figures = self._figures(obj)
+        return "not measured (one order)" if figures.verdicts and not figures.pairs else _percent(figures.flip_rate)
 
     @admin.display(description="First position")
     def first_position(self, obj):
@@ -379,7 +420,8 @@ class JudgeAdmin(admin.ModelAdmin):
             return "No verdicts yet."
         lines = [
             f"{f.verdicts} verdicts, {f.invalid} invalid ({_percent(f.invalid_rate)}): never counted",
-            f"Order flips: {f.flips} of {f.pairs} comparisons with both orders valid ({_percent(f.flip_rate)})",
+            f"Order flips: {f.flips} of {f.pairs} comparisons with both orders valid ({_percent(f.flip_rate)})"
+            if f.pairs else "Order flips: not measured (every verdict was given in one presentation order)",
             f"First-position preference: {f.first} of {f.decisive} decisive verdicts "
             f"({_percent(f.first_position_rate)}; 50% is unbiased)",
             f"Tokens: {f.prompt_tokens:,} prompt + {f.completion_tokens:,} completion; "
@@ -391,7 +433,8 @@ class JudgeAdmin(admin.ModelAdmin):
     def ranking(self, obj):
         if obj.pk is None:
             return "–"
-        from .judging import judge_matches, rank_generators
+        # Rankings need the numeric libraries, which web processes load only when a page asks for them.
+        from .judging.rankings import judge_matches, rank_generators
 
         # 200 resamples keep the page quick; `manage.py rank_generators` does 1000.
         ranks = rank_generators(judge_matches(obj, Comparison.objects.all()), n_boot=200)
@@ -430,7 +473,6 @@ class JudgePanelAdmin(admin.ModelAdmin):
     def consensus(self, obj):
         if obj.pk is None:
             return "–"
-        from .judging import panel_verdicts
 
         judged = Comparison.objects.filter(verdicts__judge__in=obj.judges.all()).distinct()
         counts = Counter(panel_verdicts(obj, judged).values())
@@ -441,11 +483,47 @@ class JudgePanelAdmin(admin.ModelAdmin):
 
 @admin.register(TournamentPreference)
 class TournamentPreferenceAdmin(admin.ModelAdmin):
-    list_display = ["judge", "sample", "chosen", "rejected", "implied", "comparison"]
+    list_display = ["judge", "tournament", "sample", "chosen", "rejected", "implied", "comparison"]
     list_filter = ["judge", "implied"]
-    raw_id_fields = ["chosen", "rejected", "comparison"]
+    raw_id_fields = ["chosen", "rejected", "comparison", "tournament"]
     list_select_related = ["judge", "sample", "chosen__sample", "chosen__generator", "rejected__sample",
-                           "rejected__generator"]
+                           "rejected__generator", "tournament__expert", "tournament__judge", "tournament__sample"]
+
+
+class TournamentMatchInline(admin.TabularInline):
+    model = TournamentMatch
+    extra = 0
+    fields = ["position", "round", "entrant_a", "entrant_b", "outcome", "order", "comparison"]
+    readonly_fields = fields
+    can_delete = False
+
+    def has_add_permission(self, request, obj=None):
+        return False
+
+
+@admin.register(Tournament)
+class TournamentAdmin(admin.ModelAdmin):
+    """Imported knockout trees, read-only: what was played elsewhere is not edited here."""
+
+    list_display = ["sample", "expert", "judge", "campaign", "match_count", "created_at"]
+    list_filter = ["campaign", "judge"]
+    search_fields = ["sample__name", "expert__username"]
+    list_select_related = ["sample", "expert", "judge", "campaign"]
+    readonly_fields = ["sample", "expert", "judge", "campaign", "created_at"]
+    inlines = [TournamentMatchInline]
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def get_queryset(self, request):
+        return super().get_queryset(request).annotate(n_matches=Count("matches", filter=~Q(matches__outcome="bye")))
+
+    @admin.display(description="Matches (byes not counted)", ordering="n_matches")
+    def match_count(self, obj):
+        return obj.n_matches
 
 
 class CampaignItemInline(admin.TabularInline):
@@ -542,9 +620,8 @@ class DatasetExportAdmin(admin.ModelAdmin):
     actions = ["export_again"]
 
     def changelist_view(self, request, extra_context=None):
-        from .liveness import mark_stale
 
-        mark_stale(models=[Job])  # an export whose worker died fails with its job (annotation.liveness)
+        mark_stale(models=[Job])  # an export whose worker died fails with its job (annotation.jobs.liveness)
         return super().changelist_view(request, extra_context)
 
     def add_view(self, request, form_url="", extra_context=None):
@@ -563,7 +640,6 @@ class DatasetExportAdmin(admin.ModelAdmin):
         return False if obj is not None else super().has_change_permission(request, obj)
 
     def save_model(self, request, obj, form, change):
-        from .export import start_export
 
         obj.created_by = request.user
         super().save_model(request, obj, form, change)
@@ -573,9 +649,7 @@ class DatasetExportAdmin(admin.ModelAdmin):
 
     @admin.action(description="Export again as a new snapshot (same settings, current labels)")
     def export_again(self, request, queryset):
-        from django.utils import timezone
 
-        from .export import start_export
 
         for old in queryset:
             stamp = timezone.now().strftime("%Y%m%d-%H%M%S")
@@ -594,9 +668,6 @@ class DatasetExportAdmin(admin.ModelAdmin):
 
     @admin.display(description="Files")
     def snapshot_files(self, obj: DatasetExport) -> str:
-        from django.urls import NoReverseMatch, reverse
-        from django.utils.safestring import mark_safe
-
         files = obj.counts.get("files", {}) if obj.status == "succeeded" else {}
         links = []
         for name, info in files.items():
@@ -619,8 +690,6 @@ class DatasetExportAdmin(admin.ModelAdmin):
 
 
 def _job_link(job) -> str:
-    from django.urls import NoReverseMatch, reverse
-
     try:
         return format_html('<a href="{}">progress</a>', reverse("job_detail", args=[job.pk]))
     except NoReverseMatch:
@@ -636,7 +705,6 @@ class JobAdmin(admin.ModelAdmin):
     actions = ["cancel_jobs"]
 
     def changelist_view(self, request, extra_context=None):
-        from .liveness import mark_stale
 
         mark_stale(models=[Job])  # a dead worker's job shows as failed, not running, in the list
         return super().changelist_view(request, extra_context)

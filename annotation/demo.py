@@ -1,4 +1,7 @@
-"""The demo's first start: a generator, a judge and a campaign, filled by the real worker — nothing canned."""
+"""The demo's first start: a generator, a judge and a campaign, filled by the real worker — nothing canned.
+
+Like ``annotation.start`` it sends tasks (a chain: generate, then judge), so it may import ``annotation.tasks``.
+"""
 
 from __future__ import annotations
 
@@ -7,10 +10,11 @@ from django.contrib.auth import get_user_model
 from django.db import transaction
 from django.utils import timezone
 
-from .jobs import create_job
+from .jobs.lifecycle import create_job
 from .models import (
     Backend, Campaign, FINISHED_STATUSES, Generator, Job, JobKind, JobStatus, Judge, JudgeDisplay, Sample, Split,
 )
+from .tasks import fail_job_task, generate_profiles_task, judge_comparisons_task
 
 GENERATOR = "smollm2-base"
 JUDGE = "smollm2-judge"
@@ -65,7 +69,6 @@ def start_pipeline() -> list[Job]:
         return existing
     left = Job.objects.filter(pk__in=[job.pk for job in existing], status__in=[JobStatus.QUEUED, JobStatus.RUNNING])
     left.update(status=JobStatus.FAILED, message="stopped with the demo", error=STOPPED, finished_at=timezone.now())
-    from .tasks import fail_job_task, generate_profiles_task, judge_comparisons_task
 
     generator, judge, campaign = ensure_demo_objects()
     sample_ids = list(Sample.objects.order_by("pk").values_list("pk", flat=True))

@@ -9,7 +9,7 @@ from django.contrib.auth.models import Group
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.db import connection
 
-from .rows import RowReader, columns, table
+from .review.rows import RowReader, columns, table
 
 EXPERTS_GROUP = "experts"
 
@@ -18,7 +18,7 @@ class RoleBackend(ModelBackend):
     """Django's own backend, loading the signed-in user together with their expert role: every expert request
     checks the role, and this way it costs no query of its own (settings.AUTHENTICATION_BACKENDS).
 
-    Every request runs it, so its SQL is written once (annotation/rows.py says why).
+    Every request runs it, so its SQL is written once (annotation/review/rows.py says why).
     """
 
     def get_user(self, user_id):

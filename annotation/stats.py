@@ -195,10 +195,13 @@ def bradley_terry(matches: Iterable[Match], prior: float = 0.1) -> dict[Hashable
 
     A tie counts as half a win for each side. Fitted by maximising the likelihood with scipy
     (BFGS) under a weak Gaussian prior on θ (penalty ``prior``·Σθ²/2): without it an undefeated or a
-    winless item has an infinite strength. Items in order of first appearance; no matches → {}.
+    winless item has an infinite strength. Items in order of first appearance; no matches → {}. The fit itself
+    takes the items in a fixed order (sorted by their text), so the same matches in another order, or with
+    players swapped (x, y, s) → (y, x, 1 − s), give the very same numbers.
     """
     checked = _checked(matches)
-    items = list(dict.fromkeys(item for x, y, _ in checked for item in (x, y)))
+    appearance = list(dict.fromkeys(item for x, y, _ in checked for item in (x, y)))
+    items = sorted(appearance, key=repr)
     if not items:
         return {}
     index = {item: i for i, item in enumerate(items)}
@@ -218,8 +221,8 @@ def bradley_terry(matches: Iterable[Match], prior: float = 0.1) -> dict[Hashable
         return nll + prior * np.sum(theta**2) / 2, gradient
 
     fit = optimize.minimize(objective, np.zeros(len(items)), jac=True, method="BFGS")
-    theta = fit.x - fit.x.mean()
-    return {item: float(t) for item, t in zip(items, theta)}
+    theta = dict(zip(items, fit.x - fit.x.mean()))
+    return {item: float(theta[item]) for item in appearance}
 
 
 def bootstrap_rankings(

@@ -1,9 +1,16 @@
+"""Celery tasks: each takes a primary key and runs the logic that does the work.
+
+Generation, judging and export are imported when their task runs: web processes import this module to send
+tasks and must not load the model and numeric libraries those need (tests/test_review_imports.py).
+"""
+
 import socket
 
 from celery import shared_task
 from celery.signals import worker_ready
 
-from .jobs import run_job
+from .jobs.lifecycle import fail_queued_job, run_job
+from .jobs.liveness import on_worker_ready
 
 
 @shared_task(bind=True)
@@ -14,22 +21,22 @@ def ping_task(self, job_id: int) -> None:
 
 @shared_task
 def generate_profiles_task(job_id: int) -> None:
-    from .generation import run_generation
+    from .profiles.generation import run_generation
 
     run_job(job_id, run_generation)
 
 
 @shared_task
 def export_dataset_task(export_id: int) -> None:
-    """Write a DPO dataset snapshot (annotation.export); progress goes to the export's job, if it has one."""
-    from .export import run_export_task
+    """Write a DPO dataset snapshot; progress goes to the export's job, if it has one."""
+    from .export.dataset import run_export_task
 
     run_export_task(export_id)
 
 
 @shared_task
 def judge_comparisons_task(job_id: int) -> None:
-    from .judging import run_judging
+    from .judging.strategies import run_judging
 
     run_job(job_id, run_judging)
 
@@ -37,15 +44,11 @@ def judge_comparisons_task(job_id: int) -> None:
 @shared_task
 def fail_job_task(job_id: int, reason: str) -> None:
     """Errback of a chain: a job whose predecessor failed must not stay 'queued' forever."""
-    from .jobs import fail_queued_job
-
     fail_queued_job(job_id, reason)
 
 
 @worker_ready.connect
 def _on_worker_ready(sender=None, **kwargs) -> None:
     # Whatever this worker was running before it (re)started has died with it (jobs, training runs,
-    # evaluations); then keep watching every worker's heartbeats (annotation.liveness).
-    from .liveness import on_worker_ready
-
+    # evaluations); then keep watching every worker's heartbeats.
     on_worker_ready(getattr(sender, "hostname", "") or "")

@@ -14,7 +14,7 @@ The whole loop on a throw-away database, through CompX's own entry points, each 
              a valid profile beats an invalid one; two valid or two invalid profiles get no label. The demo
              has no expert votes, and its offline judge only repeats the presentation order, so this is the
              one preference signal it has. The labels go in as real votes through the label import
-             (``annotation.label_import.import_votes``, the path for labels made elsewhere).
+             (``annotation.documents.labels.import_votes``, the path for labels made elsewhere).
 4. export:   ``start_export`` with the expert policy, JSONL in TRL's format (no test split: every pair trains).
 5. train:    ``start_training`` (the admin's form) on the default model: DPO + LoRA with the admin's CPU
              defaults except ``--steps``, ``--grad-accum``, ``--seed`` and gradient checkpointing (see TRAINING).
@@ -127,7 +127,7 @@ def seed(quick: bool):
 
 
 def generate(generator, samples) -> None:
-    from annotation.generation import start_generation
+    from annotation.start import start_generation
 
     job = start_generation(generator, samples)
     job.refresh_from_db()
@@ -168,7 +168,7 @@ def simulated_expert_labels(generator, samples) -> tuple[list[dict], dict[str, i
 
 
 def label(generator, samples, workdir: Path):
-    from annotation.label_import import import_votes
+    from annotation.documents.labels import import_votes
     from annotation.models import Campaign, Profile
 
     profiles = Profile.objects.filter(generator=generator, sample__in=samples)
@@ -181,7 +181,7 @@ def label(generator, samples, workdir: Path):
         raise SystemExit("no pair has exactly one valid profile: nothing to train on")
     path = workdir / "simulated_expert_votes.jsonl"
     path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
-    print(f"label import: {import_votes(path, SIMULATED_CAMPAIGN)}")
+    print(f"label import: {import_votes(path, SIMULATED_CAMPAIGN).summary()}")
     return Campaign.objects.get(name=SIMULATED_CAMPAIGN)
 
 
@@ -190,7 +190,7 @@ def label(generator, samples, workdir: Path):
 
 
 def export(campaign):
-    from annotation.export import start_export
+    from annotation.start import start_export
     from annotation.models import DatasetExport, ExportFormat, ExportPolicy
 
     dataset = DatasetExport.objects.create(name="demo simulated expert", policy=ExportPolicy.EXPERT,
@@ -210,7 +210,7 @@ def export(campaign):
 
 
 def train(dataset, steps: int, grad_accum: int, seed_value: int):
-    from training.runs import start_training
+    from training.start import start_training
 
     values = {**TRAINING, "max_steps": steps, "gradient_accumulation_steps": grad_accum, "seed": seed_value}
     run = start_training(dataset, values, name="demo simulated expert")
@@ -248,7 +248,7 @@ def print_training(run) -> None:
 
 
 def evaluate(run, generator, judge, heldout, candidates: int):
-    from training.evaluation import start_evaluation
+    from training.start import start_evaluation
 
     evaluation = start_evaluation(judge, training_run=run, baseline=generator, sample_limit=heldout.count(),
                                   candidates=candidates, name="demo simulated expert")

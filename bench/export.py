@@ -1,4 +1,4 @@
-"""Export throughput on PostgreSQL: rows/s, MB/s and peak memory of `annotation.export.export_dataset`.
+"""Export throughput on PostgreSQL: rows/s, MB/s and peak memory of `annotation.export.dataset.export_dataset`.
 
     .venv/bin/python bench/export.py                        # 10k, 100k and 1M preference pairs
     .venv/bin/python bench/export.py --sizes 10000,100000   # quicker
@@ -279,7 +279,7 @@ def export(fmt: str, out: Path) -> None:
     import django
 
     django.setup()
-    from annotation.export import export_dataset
+    from annotation.export.dataset import export_dataset
     from annotation.models import DatasetExport
 
     item = DatasetExport.objects.create(name="bench", policy="expert_overrides", format=fmt, test_fraction=0.1)

@@ -40,7 +40,7 @@ def demo_samples(n: int, per_sample: int = 4) -> list[list[tuple[str, str]]]:
 
 
 def run(label, model, tokenizer, conversations, settings, batch_size):
-    from annotation.profile_format import parse_profile
+    from annotation.profiles.format import parse_profile
     from training.ml.generate import generate_batch
 
     start, cpu_start = time.perf_counter(), time.process_time()

@@ -4,7 +4,7 @@
 
 Starts `transformers serve` on the offline model (SmolLM2-135M-Instruct, CPU) on 127.0.0.1, builds judge
 prompts for made-up comparisons, and judges every comparison in both orders through the same backend the
-judging jobs use (``annotation.judging.OpenAIJudgeBackend``: a thread pool limited by the judge's
+judging jobs use (``annotation.judging.backends.OpenAIJudgeBackend``: a thread pool limited by the judge's
 concurrency, the openai client with its retries) — once with concurrency 1, once with ``--concurrency``.
 Nothing is written to the database. Prints judged comparisons per second for both and the ratio.
 
@@ -144,7 +144,7 @@ def main() -> int:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     from django.conf import settings
 
-    from annotation import judging
+    from annotation.judging.backends import OpenAIJudgeBackend
     from annotation.models import Backend, Judge
     from training.ml.models import default_model_dir
 
@@ -161,7 +161,7 @@ def main() -> int:
             judge = Judge(name=f"bench-{concurrency}", backend=Backend.OPENAI, model=str(model_dir),
                           base_url=f"http://127.0.0.1:{port}/v1", max_tokens=args.max_tokens, temperature=0,
                           concurrency=concurrency)
-            return judging.OpenAIJudgeBackend(judge)
+            return OpenAIJudgeBackend(judge)
 
         judge_all(backend(1), prompts(10_000, 1))  # warm-up: first-request costs are paid by nobody
         print(f"{args.comparisons} comparisons x 2 orders = {2 * args.comparisons} requests per run, different "

@@ -129,7 +129,8 @@ def instrument_callbacks() -> None:
 def compx_run(data_dir: Path, hp: dict, name: str) -> tuple[float, int]:
     """What the training worker does for one run; returns (last logged loss, global steps)."""
     from annotation.models import DatasetExport, JobStatus
-    from training.runs import run_training, start_training
+    from training.runs import run_training
+    from training.start import start_training
 
     export, _ = DatasetExport.objects.get_or_create(
         name="bench", defaults={"policy": "expert", "status": JobStatus.SUCCEEDED, "path": str(data_dir)})

@@ -168,7 +168,7 @@ CELERY_TASK_ROUTES = {
     "training.tasks.*": {"queue": "training"},
 }
 CELERY_QUEUES_ALL = "default,generation,judging,training"
-# Dead-worker detection (annotation.liveness): a task's heartbeat every WORKER_HEARTBEAT_S; a running job,
+# Dead-worker detection (annotation.jobs.liveness): a task's heartbeat every WORKER_HEARTBEAT_S; a running job,
 # training run or evaluation silent for WORKER_STALE_AFTER_S is failed by the watchdog every worker runs
 # every WORKER_WATCHDOG_S (or by the next admin page, or when its worker starts again). Tests shrink them.
 WORKER_HEARTBEAT_S = float(os.environ.get("COMPX_HEARTBEAT_S", "5"))

@@ -5,6 +5,7 @@ from django.urls import include, path
 from django.views.generic import RedirectView
 
 from annotation import views as annotation_views
+from annotation.jobs import views as job_views
 
 admin.site.site_header = "CompX administration"
 admin.site.site_title = "CompX admin"
@@ -17,10 +18,10 @@ urlpatterns = [
     path("favicon.ico", RedirectView.as_view(url=static("favicon.svg"), permanent=True)),
     path("accounts/login/", auth_views.LoginView.as_view(redirect_authenticated_user=True), name="login"),
     path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
-    path("jobs/<int:pk>/", annotation_views.job_detail, name="job_detail"),
-    path("jobs/<int:pk>/cancel", annotation_views.job_cancel, name="job_cancel"),
-    path("review/", include("annotation.urls")),
-    path("admin-tools/", include("annotation.dashboard_urls")),
+    path("jobs/<int:pk>/", job_views.job_detail, name="job_detail"),
+    path("jobs/<int:pk>/cancel", job_views.job_cancel, name="job_cancel"),
+    path("review/", include("annotation.review.urls")),
+    path("admin-tools/", include("annotation.agreement.urls")),
     path("training/", include("training.urls")),
     path("admin/", admin.site.urls),
 ]

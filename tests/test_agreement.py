@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from annotation import agreement
+from annotation.agreement import figures as agreement
 from tests.labels_factory import World
 
 pytestmark = pytest.mark.django_db
@@ -50,9 +50,10 @@ def test_it_computes_raw_agreement_with_and_without_ties(judged):
 def test_it_computes_cohens_kappa_by_hand(judged):
     campaign, judge = judged
     result = agreement.judge_vs_experts(agreement.gather(campaign), judge.id, n_boot=200)
-    # Four-way: p_o = 1/2; p_e = (2·3 + 2·2 + 1·1 + 1·0) / 36 = 11/36; κ = (18 − 11) / (36 − 11) = 7/25.
+    # Four-way, each item also mirrored (12 items): p_o = 6/12; experts a 4, b 4, tie 2, both bad 2; judge a 5,
+    # b 5, tie 2 → p_e = (20 + 20 + 4) / 144 = 11/36; κ = (18 − 11) / (36 − 11) = 7/25.
     assert result.kappa.value == pytest.approx(7 / 25)
-    # Collapsed: p_o = 2/3; p_e = (2·3 + 2·2 + 2·1) / 36 = 1/3; κ = 1/2.
+    # Collapsed: p_o = 8/12; experts a 4, b 4, neither 4; judge a 5, b 5, neither 2 → p_e = 48/144; κ = 1/2.
     assert result.collapsed_kappa.value == pytest.approx(1 / 2)
     assert result.kappa.low < result.kappa.value < result.kappa.high
 
@@ -61,11 +62,12 @@ def test_it_builds_the_confusion_matrix_experts_by_judge(judged):
     campaign, judge = judged
     result = agreement.judge_vs_experts(agreement.gather(campaign), judge.id, n_boot=10)
     assert result.confusion.labels == ["a", "b", "tie", "both_bad"]
+    # Each item counted as stored and mirrored (a and b swapped on both sides), like κ: 12 entries for 6 items.
     assert result.confusion.matrix == [
-        [2, 0, 0, 0],  # expert a: judge a twice
-        [1, 1, 0, 0],  # expert b: judge a once, b once
-        [0, 1, 0, 0],  # expert tie: judge b
-        [0, 0, 1, 0],  # expert both bad: judge flipped (tie)
+        [3, 1, 0, 0],  # expert a: judge a twice as stored, once mirrored (item 3); judge b once mirrored (item 4)
+        [1, 3, 0, 0],  # expert b: the mirror of the row above
+        [1, 1, 0, 0],  # expert tie: judge b as stored (item 5), a mirrored
+        [0, 0, 2, 0],  # expert both bad: judge flipped (tie), both ways
     ]
 
 
@@ -88,11 +90,12 @@ def test_it_computes_krippendorffs_alpha_and_pairwise_kappa_between_experts(worl
         world.vote(campaign, comparison, bob, theirs)
     world.vote(campaign, world.comparison(), charlie, "tie")
     result = agreement.expert_vs_expert(agreement.gather(campaign), n_boot=200)
-    # Coincidences: aa 2, ab 1, ba 1, bb 4 (n = 8; n_a = 3, n_b = 5): α = 1 − (2/8) / (30/56) = 8/15.
+    # Each unit also mirrored (a ↔ b), so α does not depend on which profile is a. Coincidences: aa 6, ab 2,
+    # ba 2, bb 6 (n = 16; n_a = n_b = 8): α = 1 − (4/16) / (2·8·8 / (16·15)) = 1 − 60/128 = 17/32.
     assert (result.units, result.experts) == (4, 2)
-    assert result.alpha.value == pytest.approx(8 / 15)
+    assert result.alpha.value == pytest.approx(17 / 32)
     (pair,) = result.pairs
-    # p_o = 3/4, p_e = (2·1 + 2·3)/16 = 1/2 → κ = 1/2.
+    # Both orientations: p_o = 6/8, each label 4 of 8 for both → p_e = 1/2 → κ = 1/2.
     assert (pair.expert_x, pair.expert_y, pair.n) == ("alice", "bob", 4)
     assert pair.kappa.value == pytest.approx(0.5) and pair.raw == pytest.approx(0.75)
 
@@ -146,7 +149,7 @@ def test_it_ranks_generators_from_experts_and_from_the_judge(world, alice):
     result = agreement.rankings(agreement.gather(campaign), judge.id, n_boot=30)
     assert [row.generator for row in result.rows] == ["strong", "medium", "weak"]
     assert result.spearman == pytest.approx(1.0) and result.kendall == pytest.approx(1.0)
-    strong = result.rows[0].experts
+    strong = result.rows[0].experts.bradley_terry
     assert strong.low <= strong.value <= strong.high
     assert (result.expert_matches, result.judge_matches) == (9, 9)
 
@@ -186,7 +189,13 @@ def test_the_fast_intervals_match_the_library_bootstrap():
     assert fast == pytest.approx(slow, abs=0.03)
     # α: alice and bob on 60 units; the library's α and interval against ours.
     units = [[u, u if rng.random() < 0.75 else rng.choice("ab")] for u in (rng.choice("ab") for _ in range(60))]
-    library = stats.krippendorff_alpha_ci([[u[0] for u in units], [u[1] for u in units]], n_boot=400)
+    # Ours counts each unit also mirrored (a ↔ b): the library's α on the units and their mirrors, resampling
+    # units each with its mirror.
+    def library_alpha(sample):
+        both = list(sample) + [agreement.mirrored(u) for u in sample]
+        return stats.krippendorff_alpha([[u[0] for u in both], [u[1] for u in both]])
+
+    library = stats.Estimate(library_alpha(units), *stats.bootstrap_ci(library_alpha, units, n_boot=400))
     ours = agreement.alpha_estimate(units, ["a", "b"], n_boot=2000)
     assert ours.value == pytest.approx(library.value)
     assert (ours.low, ours.high) == pytest.approx((library.low, library.high), abs=0.05)

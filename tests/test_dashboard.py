@@ -6,7 +6,7 @@ import io
 import pytest
 from django.urls import include, path
 
-from annotation.export import export_dataset
+from annotation.export.dataset import export_dataset
 from annotation.models import DatasetExport
 from compx_site import urls as site_urls
 from tests.labels_factory import World
@@ -14,7 +14,7 @@ from tests.labels_factory import World
 # Until compx_site/urls.py mounts the staff tools, these tests mount them themselves.
 urlpatterns = list(site_urls.urlpatterns)
 if not any(getattr(p, "namespace", None) == "dashboard" for p in urlpatterns):
-    urlpatterns.append(path("admin-tools/", include("annotation.dashboard_urls")))
+    urlpatterns.append(path("admin-tools/", include("annotation.agreement.urls")))
 
 pytestmark = [pytest.mark.django_db, pytest.mark.urls(__name__)]
 
@@ -52,7 +52,7 @@ def test_the_comparison_table_says_whether_it_shows_every_row(client_for, admin_
     page = client_for(admin_user).get(URL, {"campaign": campaign.pk}).content.decode()
     assert "All 8 rows, also in the CSV." in page
     assert "alice: Both bad" in page and "alice: both_bad" not in page  # answers as the experts gave them
-    monkeypatch.setattr("annotation.dashboard.TABLE_ROWS", 5)
+    monkeypatch.setattr("annotation.agreement.dashboard.TABLE_ROWS", 5)
     page = client_for(admin_user).get(URL, {"campaign": campaign.pk}).content.decode()
     assert "The first 5 of 8 rows; the CSV has all of them." in page
 

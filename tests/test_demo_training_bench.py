@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 
-from annotation.export import export_dataset
-from annotation.label_import import import_votes
+from annotation.export.dataset import export_dataset
+from annotation.documents.labels import import_votes
 from annotation.models import Campaign, DatasetExport, ExportPolicy, Generator, Profile, Vote
 from bench.demo_training import SIMULATED_CAMPAIGN, SIMULATED_EXPERT, simulated_expert_labels
 from tests.labels_factory import World
@@ -26,7 +26,7 @@ def test_only_valid_vs_invalid_pairs_are_labelled_and_exported_with_the_valid_on
     assert counts == {"labelled": 6, "both_valid": 3 + 1, "both_invalid": 1}
     path = tmp_path / "votes.jsonl"
     path.write_text("".join(json.dumps(row) + "\n" for row in rows))
-    assert import_votes(path, SIMULATED_CAMPAIGN) == {"votes": 6}
+    assert import_votes(path, SIMULATED_CAMPAIGN).outcomes == {"votes": 6}
 
     valid_ids = set(Profile.objects.filter(generator=generator, is_valid=True).values_list("pk", flat=True))
     votes = Vote.objects.select_related("comparison", "expert")

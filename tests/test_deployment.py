@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from annotation.jobs import create_job
+from annotation.jobs.lifecycle import create_job
 from annotation.models import Job, JobKind, JobStatus
 from annotation.tasks import ping_task
 from tests.conftest import REPO, _database_url, wait_for

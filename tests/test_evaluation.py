@@ -15,7 +15,8 @@ from annotation.models import (
 from tests.conftest import wait_for
 from tests.labels_factory import World
 from tests.training_factory import make_export
-from training.evaluation import expert_figures, send_to_experts, start_evaluation, summarise
+from training.evaluation import expert_figures, send_to_experts, summarise
+from training.start import start_evaluation
 from training.models import EvaluationRun, TrainingRun
 from training.runs import TrainingError, build_config, create_run
 

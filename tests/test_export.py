@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 from django.core.management import call_command
 
-from annotation.export import ExportError, SnapshotFrozen, export_dataset, sha256_file, verify_snapshot
+from annotation.export.dataset import ExportError, SnapshotFrozen, export_dataset, sha256_file, verify_snapshot
 from annotation.models import DatasetExport, JudgePanel
 from annotation.prompts import build_extraction_messages
 from tests.labels_factory import World, profile_text

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from annotation.export import export_dataset, verify_snapshot
+from annotation.export.dataset import export_dataset, verify_snapshot
 from annotation.models import DatasetExport, Job, JobKind
 from tests.conftest import wait_for
 from tests.labels_factory import World
@@ -77,7 +77,7 @@ def test_export_again_makes_a_new_snapshot_with_the_same_settings(client_for, ad
 
 @pytest.mark.django_db(transaction=True)
 def test_outside_a_transaction_the_export_reads_ahead_on_a_second_connection(alice, bob, media_env, monkeypatch):
-    from annotation import export as module
+    from annotation.export import dataset as module
 
     monkeypatch.setattr(module, "BATCH_SAMPLES", 2)  # several batches from six samples
     read_ahead, original = [], module._read_ahead

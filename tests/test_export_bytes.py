@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from annotation.export import export_dataset
+from annotation.export.dataset import export_dataset
 from annotation.models import (
     Assignment, Campaign, CampaignItem, Comparison, DatasetExport, Document, Generator, Judge, JudgeVerdict, Profile,
     Sample, SampleDocument, Vote,
@@ -140,7 +140,7 @@ def test_parquet_exports_are_the_bytes_pyarrow_writes_for_the_jsonl_rows(golden,
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from annotation.export import _arrow_schema
+    from annotation.export.dataset import _arrow_schema
 
     options = dict(policy="expert_overrides", ties_as_kto=kto, test_fraction=0.75)
     jsonl = export("j", **options)

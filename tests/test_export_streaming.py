@@ -8,8 +8,8 @@ import pytest
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
-from annotation import export as export_module
-from annotation.export import export_dataset
+from annotation.export import dataset as export_module
+from annotation.export.dataset import export_dataset
 from annotation.models import DatasetExport
 from tests.labels_factory import World
 from tests.test_export_bytes import EXPORTS, GOLDEN, golden, pinned  # noqa: F401 (golden is a fixture)

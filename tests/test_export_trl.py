@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 from django.conf import settings
 
-from annotation.export import export_dataset
+from annotation.export.dataset import export_dataset
 from annotation.models import DatasetExport
 from tests.labels_factory import World, profile_text
 

@@ -27,9 +27,9 @@ import redis
 import requests
 from django.db import OperationalError, connection
 
-from annotation import agreement
-from annotation.export import export_dataset
-from annotation.jobs import create_job
+from annotation.agreement import figures as agreement
+from annotation.export.dataset import export_dataset
+from annotation.jobs.lifecycle import create_job
 from annotation.models import Assignment, DatasetExport, Job, JobKind, JobStatus, JudgeVerdict, Vote
 from annotation.tasks import ping_task
 from compx_site.celery import app
@@ -311,7 +311,7 @@ def test_a_database_error_while_loading_the_next_pair_says_the_vote_was_kept(cli
         raise OperationalError("server closed the connection unexpectedly")
 
     with monkeypatch.context() as patched:
-        patched.setattr("annotation.assignments.next_assignment", lost_connection)
+        patched.setattr("annotation.review.assignments.next_assignment", lost_connection)
         failed = client.post(f"/review/assignment/{pk}/vote", {"choice": "left"}, HTTP_HX_REQUEST="true")
     page = failed.content.decode()
     assert failed.status_code == 503 and "Your answer was saved." in page and "not saved" not in page

@@ -2,11 +2,12 @@
 
 import pytest
 
-from annotation import generation
-from annotation.generation import Output, run_generation, start_generation, store_candidates
-from annotation.jobs import JobProgress, create_job, run_job
+from annotation.jobs.lifecycle import JobProgress, create_job, run_job
 from annotation.models import Backend, Document, Generator, Job, JobKind, JobStatus, Profile, Sample, SampleDocument
+from annotation.profiles import generation
+from annotation.profiles.generation import Output, run_generation, store_candidates
 from annotation.prompts import EXTRACTION_PROMPT_VERSION
+from annotation.start import start_generation
 from tests.conftest import wait_for
 
 ABSTRACTS = [

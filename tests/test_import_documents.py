@@ -4,7 +4,7 @@ from io import StringIO
 import pytest
 from django.core.management import CommandError, call_command
 
-from annotation.importing import ImportFailed, ImportOptions, heldout_for, import_documents
+from annotation.documents.importing import ImportFailed, ImportOptions, heldout_for, import_documents
 from annotation.models import Document, Sample, SampleDocument, Split
 
 pytestmark = pytest.mark.django_db

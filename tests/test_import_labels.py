@@ -3,8 +3,8 @@ import json
 import pytest
 from django.core.management import CommandError, call_command
 
-from annotation.importing import ImportFailed
-from annotation.label_import import import_profiles, import_votes
+from annotation.documents.importing import ImportFailed
+from annotation.documents.labels import import_profiles, import_votes
 from annotation.models import Campaign, Comparison, JudgeVerdict, Profile, Sample, Vote
 
 pytestmark = pytest.mark.django_db
@@ -32,11 +32,11 @@ def profile_row(generator, candidate, text, sample="s1"):
 
 def test_profiles_are_parsed_validated_and_reimport_is_a_no_op(tmp_path, sample):
     path = jsonl(tmp_path, [profile_row("old", 0, GOOD), profile_row("old", 1, "Domain: x\n- only one: y")])
-    assert import_profiles(path) == {"created": 2}
+    assert import_profiles(path).outcomes == {"created": 2}
     valid, invalid = Profile.objects.order_by("candidate_index")
     assert valid.is_valid and valid.domain == "Hydrology" and len(valid.competencies) == 3
     assert not invalid.is_valid and invalid.invalid_reason and invalid.raw_text.startswith("Domain: x")
-    assert import_profiles(path) == {"unchanged": 2}
+    assert import_profiles(path).outcomes == {"unchanged": 2}
 
 
 def test_a_bad_profile_file_imports_nothing(tmp_path, sample):
@@ -59,7 +59,7 @@ def test_votes_and_verdicts_are_stored_canonically(tmp_path, sample):
         {**pair, "expert": "dr_smith", "choice": "a", "rationale": "more specific"},
         {**pair, "judge": "gpt-judge", "order": "ab", "preferred": "a", "reasoning": "<b>A</b> is better"},
     ]
-    assert import_votes(jsonl(tmp_path, rows), campaign_name="earlier study") == {"verdicts": 1, "votes": 1}
+    assert import_votes(jsonl(tmp_path, rows), campaign_name="earlier study").outcomes == {"verdicts": 1, "votes": 1}
     comparison = Comparison.objects.get()
     assert (comparison.profile_a, comparison.profile_b) == (first, second)
     vote = Vote.objects.get()
@@ -68,7 +68,7 @@ def test_votes_and_verdicts_are_stored_canonically(tmp_path, sample):
     verdict = JudgeVerdict.objects.get()
     assert (verdict.order, verdict.preferred, verdict.reasoning) == ("ba", "b", "<b>A</b> is better")
     assert Campaign.objects.get().items.count() == 1
-    assert import_votes(jsonl(tmp_path, rows), campaign_name="earlier study") == {"unchanged": 2}
+    assert import_votes(jsonl(tmp_path, rows), campaign_name="earlier study").outcomes == {"unchanged": 2}
 
 
 def test_a_conflicting_vote_is_reported_and_nothing_is_written(tmp_path, sample):

@@ -1,6 +1,6 @@
 """Jobs whose worker died: failed with the reason by a stale heartbeat or a restarted worker, never run twice.
 
-The same mechanism as training runs (annotation.liveness); tests/test_job_worker_death.py kills real workers.
+The same mechanism as training runs (annotation.jobs.liveness); tests/test_job_worker_death.py kills real workers.
 """
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
-from annotation.jobs import JobLost, JobProgress, create_job, run_job
-from annotation.liveness import mark_stale, mark_worker_restarted
+from annotation.jobs.lifecycle import JobLost, JobProgress, create_job, run_job
+from annotation.jobs.liveness import mark_stale, mark_worker_restarted
 from annotation.models import DatasetExport, ExportPolicy, Job, JobKind, JobStatus
 
 pytestmark = pytest.mark.django_db

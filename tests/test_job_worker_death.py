@@ -17,9 +17,9 @@ import time
 import pytest
 from django.db.models import Q
 
-from annotation.generation import start_generation
-from annotation.jobs import create_job
+from annotation.jobs.lifecycle import create_job
 from annotation.models import FINISHED_STATUSES, Job, JobKind, JobStatus, Profile, Sample
+from annotation.start import start_generation
 from annotation.tasks import generate_profiles_task, ping_task
 from tests.conftest import LOG_DIR, wait_for
 from tests.test_generation import local_generator, make_samples

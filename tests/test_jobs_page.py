@@ -1,7 +1,7 @@
 import pytest
 from django.utils import timezone
 
-from annotation.jobs import JobCancelled, JobProgress, create_job, run_job
+from annotation.jobs.lifecycle import JobCancelled, JobProgress, create_job, run_job
 from annotation.models import Job, JobKind, JobStatus
 
 pytestmark = pytest.mark.django_db

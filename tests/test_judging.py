@@ -8,19 +8,13 @@ from decimal import Decimal
 
 import pytest
 
-from annotation import judging
-from annotation.judging import (
-    JudgeFigures,
-    Session,
-    combined_verdicts,
-    judge_figures,
-    judge_matches,
-    local_outcome,
-    panel_matches,
-    panel_verdict,
-    rank_generators,
-    select_active,
-)
+from annotation.judging import strategies
+from annotation.judging.backends import local_outcome
+from annotation.judging.combined import combined_verdicts, panel_verdict
+from annotation.judging.figures import JudgeFigures, judge_figures
+from annotation.judging.rankings import judge_matches, panel_matches, rank_generators
+from annotation.judging.session import Session, verdict_row
+from annotation.judging.strategies import select_active
 from annotation.models import (
     Backend,
     Campaign,
@@ -56,7 +50,7 @@ pytestmark = pytest.mark.django_db
 @pytest.fixture
 def unshuffled(monkeypatch):
     """Bracket in profile id order, so a test can check every match by hand."""
-    monkeypatch.setattr(judging, "seeded", lambda ids, sample_id: list(ids))
+    monkeypatch.setattr(strategies, "seeded", lambda ids, sample_id: list(ids))
 
 
 def preferences_by_quality(judge: Judge) -> set[tuple[int, int, bool]]:
@@ -453,7 +447,7 @@ def test_local_confidence_is_stored_for_canonical_a():
     low, high = make_profiles(sample, [1, 2])
     comparison = Comparison.objects.create(sample=sample, profile_a=low, profile_b=high)
     judge = Judge.objects.create(name="local", backend=Backend.LOCAL, model="default")
-    ab = judging.verdict_row(judge, comparison.pk, "ab", local_outcome(0.6, 0.2, 0.0))
-    ba = judging.verdict_row(judge, comparison.pk, "ba", local_outcome(0.6, 0.2, 0.0))
+    ab = verdict_row(judge, comparison.pk, "ab", local_outcome(0.6, 0.2, 0.0))
+    ba = verdict_row(judge, comparison.pk, "ba", local_outcome(0.6, 0.2, 0.0))
     assert ab.preferred == "a" and ab.confidence == pytest.approx(0.75)
     assert ba.preferred == "b" and ba.confidence == pytest.approx(0.25)  # "A" was canonical b: P(a better) = 1 − 0.75

@@ -9,7 +9,7 @@ from io import StringIO
 import pytest
 from django.core.management import CommandError, call_command
 
-from annotation.judging import start_judging
+from annotation.start import start_judging
 from annotation.models import (
     Backend,
     Campaign,
@@ -86,7 +86,7 @@ def test_rank_generators_prints_elo_and_bradley_terry(server):
     out = StringIO()
     call_command("rank_generators", "--judge", "scripted", "--k", "24", "--boot", "50", stdout=out)
     text = out.getvalue()
-    assert "9 matches; Elo K=24" in text and text.index("strong") < text.index("weak")
+    assert "9 matches — 9 judge verdicts" in text and "Elo K=24" in text and text.index("strong") < text.index("weak")
     assert "9/9" in text and "0/9" in text
     with pytest.raises(CommandError, match="no decided comparisons"):
         call_command("rank_generators", "--judge", "scripted", "--campaign",

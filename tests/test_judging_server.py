@@ -19,9 +19,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from annotation import judging
-from annotation.jobs import JobProgress, create_job, run_job
-from annotation.judging import run_judging
+from annotation.jobs.lifecycle import JobProgress, create_job, run_job
+from annotation.judging import backends
+from annotation.judging.strategies import run_judging
 from annotation.models import (
     Backend,
     Comparison,
@@ -205,7 +205,7 @@ def judge_in_process(judge: Judge, pairing: str = "all", **params) -> Job:
 @pytest.fixture
 def fast_retries(monkeypatch):
     """Short request timeouts, so timeout tests take a second, not minutes."""
-    monkeypatch.setattr(judging, "REQUEST_TIMEOUT_S", 0.5)
+    monkeypatch.setattr(backends, "REQUEST_TIMEOUT_S", 0.5)
 
 
 # --- HTTP behaviour ------------------------------------------------------------------------------------

@@ -1,6 +1,6 @@
 import pytest
 
-from annotation.pairing import (
+from annotation.judging.pairing import (
     MatchResult,
     PairStats,
     Preference,

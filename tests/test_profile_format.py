@@ -1,6 +1,6 @@
 import pytest
 
-from annotation.profile_format import (
+from annotation.profiles.format import (
     MAX_COMPETENCIES,
     MAX_DESCRIPTION_CHARS,
     MAX_NAME_CHARS,

@@ -4,8 +4,8 @@ import json
 
 import pytest
 
-from annotation import profile_format
-from annotation.profile_format import parse_profile
+from annotation.profiles import format as profile_format
+from annotation.profiles.format import parse_profile
 from annotation.prompts import (
     EXTRACTION_PROMPT_VERSION,
     JUDGE_PROMPT_VERSION,
@@ -14,7 +14,7 @@ from annotation.prompts import (
     build_judge_messages,
     format_abstracts,
 )
-from annotation.verdicts import parse_verdict
+from annotation.judging.verdicts import parse_verdict
 
 ABSTRACTS = [
     ("Deep learning for protein folding", "We train a network on 10,000 structures."),

@@ -4,7 +4,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from annotation import assignments
+from annotation.review import assignments
 from annotation.models import Assignment, Vote
 from tests.review_factories import add_verdicts, fast_passwords, make_campaign, make_judge  # noqa: F401
 

@@ -8,7 +8,7 @@ import pytest
 from django.db import connection
 from django.test import Client
 
-from annotation import assignments
+from annotation.review import assignments
 from annotation.models import Assignment, CampaignItem, Vote
 from tests.review_factories import fast_passwords, make_campaign  # noqa: F401
 

@@ -5,7 +5,7 @@ import re
 import pytest
 
 from annotation.models import Assignment, CampaignItem
-from annotation.review import evidence_stems
+from annotation.review.screen import evidence_stems
 from tests.review_factories import (  # noqa: F401
     PROFILE_A,
     add_verdicts,

@@ -1,11 +1,11 @@
-"""Model instances built from hand-written SQL (annotation/rows.py) are the ones the ORM builds: every field,
+"""Model instances built from hand-written SQL (annotation/review/rows.py) are the ones the ORM builds: every field,
 converted the same way (JSON, datetimes, booleans, NULLs), on PostgreSQL and SQLite alike."""
 
 import pytest
 from django.db import connection
 
 from annotation.models import Assignment, Profile, Vote
-from annotation.rows import RowReader, columns, table
+from annotation.review.rows import RowReader, columns, table
 from tests.review_factories import make_campaign
 
 pytestmark = pytest.mark.django_db
@@ -22,7 +22,7 @@ def fetch(sql: str, params: dict) -> list[tuple]:
 
 
 def test_instances_from_sql_equal_the_orms(alice):
-    from annotation import assignments
+    from annotation.review import assignments
 
     campaign = make_campaign([alice], pairs=2)
     assignment, _ = assignments.claim(alice, campaign)
@@ -40,7 +40,7 @@ def test_instances_from_sql_equal_the_orms(alice):
 
 
 def test_a_row_reads_model_after_model_and_an_outer_join_that_found_nothing_is_none(alice):
-    from annotation import assignments
+    from annotation.review import assignments
 
     campaign = make_campaign([alice], pairs=1)
     assignment, _ = assignments.claim(alice, campaign)

@@ -2,7 +2,7 @@ import math
 
 import pytest
 
-from annotation.verdicts import (
+from annotation.judging.verdicts import (
     Verdict,
     combine_canonical,
     combine_orders,

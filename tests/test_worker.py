@@ -2,7 +2,7 @@
 
 import pytest
 
-from annotation.jobs import create_job
+from annotation.jobs.lifecycle import create_job
 from annotation.models import Job, JobKind, JobStatus
 from annotation.tasks import ping_task
 from tests.conftest import wait_for

@@ -7,7 +7,8 @@ from django.utils.html import format_html
 from .forms import EvaluationForm, StartTrainingForm
 from .liveness import mark_stale
 from .models import EvaluationRun, TrainingLogEntry, TrainingRun
-from .runs import TrainingError, request_cancel, resume_training, start_training
+from .runs import TrainingError, request_cancel
+from .start import resume_training, start_evaluation, start_training
 
 # training.evaluation pulls in openai, numpy, scipy and scikit-learn (through annotation.judging and .stats); every
 # web process loads this module at start-up, so the evaluation views below import it when used.
@@ -108,8 +109,6 @@ class EvaluationRunAdmin(admin.ModelAdmin):
         run_id = request.GET.get("training_run")
         form = EvaluationForm(request.POST or None, initial={"training_run": run_id} if run_id else None)
         if request.method == "POST" and form.is_valid():
-            from .evaluation import start_evaluation
-
             data = form.cleaned_data
             try:
                 evaluation = start_evaluation(

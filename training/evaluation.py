@@ -3,12 +3,12 @@
 One evaluation, run by ``evaluate_task`` on the training queue (it needs the same machine as training):
 
 1. Generate: each model writes ``candidates`` profiles for each of the first ``sample_limit`` held-out
-   samples (``annotation.generation.run_generation``, one visible generation job per model; profiles that
+   samples (``annotation.profiles.generation.run_generation``, one visible generation job per model; profiles that
    exist already are reused, so a re-run only fills gaps).
 2. Pair: profile *i* of the tuned model meets profile *i* of each other model on the same sample. When
    both are valid they become an evaluation comparison; when one is invalid it loses without a judge (a
    *forfeit*); two invalid profiles tie.
-3. Judge: every comparison in both orders (``annotation.judging.Session``); a verdict that flips with the
+3. Judge: every comparison in both orders (``annotation.judging.session.Session``); a verdict that flips with the
    order counts as a tie, an invalid one is left out and counted.
 4. Report: wins / ties / losses, the win rate (ties count half) with a Wilson 95% interval — over the
    judged pairs, and over all pairs with forfeits — and each model's valid-profile rate with its interval.
@@ -28,18 +28,20 @@ from typing import Any
 from django.db import transaction
 from django.utils import timezone
 
-from annotation import judging
-from annotation.generation import run_generation
-from annotation.jobs import JobProgress, create_job, run_job
+from annotation.jobs.lifecycle import JobProgress, create_job, run_job
+from annotation.judging.combined import combined_verdicts
+from annotation.judging.session import Session
+from annotation.judging.strategies import add_to_campaign, ensure_comparisons
 from annotation.models import (
-    Backend, Campaign, Comparison, Generator, Job, JobKind, JobStatus, JudgeDisplay, Judge, PairingSource,
-    Profile, Sample, Split, Vote,
+    Backend, Campaign, Comparison, Generator, Job, JobKind, JobStatus, JudgeDisplay, PairingSource, Profile, Sample,
+    Vote,
 )
+from annotation.profiles.generation import run_generation
 from annotation.stats import win_rate, wilson_interval
 
 from .liveness import Heartbeat
-from .models import EvaluationRun, TrainingRun
-from .runs import TrainingError, base_generator, tuned_generator, unique_name
+from .models import EvaluationRun
+from .runs import TrainingError, tuned_generator, unique_name
 
 logger = logging.getLogger(__name__)
 
@@ -112,43 +114,7 @@ def _num(value: float) -> float | None:
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Starting
-
-
-def heldout_samples(limit: int):
-    return Sample.objects.filter(split=Split.HELDOUT).order_by("pk")[:limit]
-
-
-def start_evaluation(judge: Judge, *, training_run: TrainingRun | None = None, candidate: Generator | None = None,
-                     baseline: Generator | None = None, third: Generator | None = None, sample_limit: int = 20,
-                     candidates: int = 1, name: str = "", user=None) -> EvaluationRun:
-    """Create the evaluation (making the tuned and base generators of a run if not given) and enqueue it."""
-    from .tasks import evaluate_task
-
-    if not heldout_samples(sample_limit).exists():
-        raise TrainingError("there are no held-out samples to evaluate on; import documents with a held-out fraction")
-    if candidate is None and training_run is None:
-        raise TrainingError("choose a training run or a candidate generator")
-    if baseline is None:
-        if training_run is None:
-            raise TrainingError("choose a baseline generator")
-        baseline = base_generator(training_run)
-    if candidate is None:
-        # The tuned model decodes exactly as the baseline does, so the adapter is the only difference.
-        candidate = tuned_generator(training_run, like=baseline)
-    models = [candidate, baseline] + ([third] if third else [])
-    if len({g.pk for g in models}) != len(models):
-        raise TrainingError("the candidate, baseline and third model must be three different generators")
-    with transaction.atomic():
-        evaluation = EvaluationRun.objects.create(
-            name=unique_name(name or f"{candidate.name} vs {baseline.name} · {timezone.now():%Y-%m-%d %H:%M}",
-                             EvaluationRun),
-            training_run=training_run or candidate.source_run, candidate=candidate, baseline=baseline, third=third,
-            judge=judge, sample_limit=sample_limit, candidates=candidates, created_by=user,
-            message="waiting for a training worker",
-        )
-        transaction.on_commit(lambda: evaluate_task.delay(evaluation.pk))
-    return evaluation
+# Cancelling
 
 
 def request_cancel(evaluation: EvaluationRun) -> str:
@@ -174,7 +140,7 @@ def sub_jobs(evaluation: EvaluationRun):
 class _Runner:
     def __init__(self, evaluation: EvaluationRun):
         self.evaluation = evaluation
-        self.samples = list(heldout_samples(evaluation.sample_limit))
+        self.samples = list(Sample.objects.heldout()[:evaluation.sample_limit])
         self.k = evaluation.candidates
         self.results: dict[str, Any] = {"candidates": self.k, "samples": len(self.samples), "jobs": []}
 
@@ -215,7 +181,7 @@ class _Runner:
                 forfeits.append(forfeit)
             else:
                 to_judge.append((own, other))
-        comparisons = judging.ensure_comparisons([(a.sample_id, a.pk, b.pk) for a, b in to_judge],
+        comparisons = ensure_comparisons([(a.sample_id, a.pk, b.pk) for a, b in to_judge],
                                                  PairingSource.EVALUATION)
         return [(c, c.profile_a_id == own.pk) for c, (own, _) in zip(comparisons, to_judge)], forfeits
 
@@ -224,7 +190,7 @@ class _Runner:
 
         def work(job: Job, progress: JobProgress) -> str:
             progress.start(total=2 * len(comparisons))
-            session = judging.Session(judge, report=lambda t: progress.advance(
+            session = Session(judge, report=lambda t: progress.advance(
                 t.done, f"{t.done} of {2 * len(comparisons)} judgements", **t.stats()))
             session.judge_comparisons(comparisons)
             return f"{judge.name}: {session.tally.summary()}"
@@ -248,7 +214,7 @@ class _Runner:
         everything = [c for judged, _ in pairs.values() for c, _ in judged]
         if everything:
             self.judge(everything)
-        combined = judging.combined_verdicts([c.pk for c in everything], [ev.judge])
+        combined = combined_verdicts([c.pk for c in everything], [ev.judge])
         self.results["versus"] = {}
         for role, (judged, forfeits) in pairs.items():
             outcomes = [judged_outcome(combined.get((c.pk, ev.judge_id), "invalid"), a) for c, a in judged]
@@ -347,7 +313,7 @@ def send_to_experts(evaluation: EvaluationRun, experts, size: int, overlap: int 
             judge_display=JudgeDisplay.HIDDEN, judge=evaluation.judge, overlap=overlap,
         )
         campaign.experts.set(experts)
-        judging.add_to_campaign(campaign, Comparison.objects.filter(pk__in=chosen))
+        add_to_campaign(campaign, Comparison.objects.filter(pk__in=chosen))
         evaluation.expert_campaign = campaign
         evaluation.save(update_fields=["expert_campaign"])
     return campaign
@@ -365,7 +331,7 @@ def expert_figures(evaluation: EvaluationRun) -> dict[str, Any] | None:
         votes.setdefault(comparison_id, []).append(choice)
     candidate_is_a = {pk: c.profile_a.generator_id == evaluation.candidate_id for pk, c in comparisons.items()}
     voted = sorted(votes)
-    combined = judging.combined_verdicts(voted, [evaluation.judge_id])
+    combined = combined_verdicts(voted, [evaluation.judge_id])
     return {
         "campaign": campaign,
         "items": len(comparisons),

@@ -12,7 +12,7 @@ from annotation.models import FINISHED_STATUSES, Campaign, DatasetExport, Genera
 
 class LivenessQuerySet(JobQuerySet):
     """Shared by training and evaluation runs: both are long tasks watched through a heartbeat, like jobs
-    (``active()``, ``stale()``; annotation.liveness)."""
+    (``active()``, ``stale()``; annotation.jobs.liveness)."""
 
 
 class TrainingRun(models.Model):

@@ -144,29 +144,6 @@ def create_run(export: DatasetExport, config: TrainConfig, name: str = "", user=
     return run
 
 
-def enqueue(run: TrainingRun) -> TrainingRun:
-    from .tasks import run_training_task
-
-    # After commit, so the worker never looks for a row that is not there yet.
-    transaction.on_commit(lambda: run_training_task.delay(run.pk))
-    return run
-
-
-def start_training(export: DatasetExport, values: dict[str, Any] | None = None, *, name: str = "",
-                   use_test_split: bool = False, user=None, queue: bool = True) -> TrainingRun:
-    """Validate, create and enqueue a run; what the admin form and ``manage.py start_training`` call.
-
-    ``queue=False`` only creates it, for a caller that runs ``run_training`` itself.
-    """
-    try:
-        config = build_config(export, values or {}, use_test_split)
-    except ValueError as exc:
-        raise TrainingError(str(exc)) from exc
-    with transaction.atomic():
-        run = create_run(export, config, name, user)
-        return enqueue(run) if queue else run
-
-
 def request_cancel(run: TrainingRun) -> str:
     """A queued run is cancelled at once; a running one stops after its current step."""
     now = timezone.now()
@@ -194,8 +171,8 @@ def last_complete_checkpoint(run: TrainingRun) -> Path | None:
     return max(candidates)[1] if candidates else None
 
 
-def resume_training(run: TrainingRun, user=None) -> TrainingRun:
-    """A new run with the same config that starts from ``run``'s last complete checkpoint."""
+def resumption(run: TrainingRun, user=None) -> TrainingRun:
+    """A new queued run with the same config that starts from ``run``'s last complete checkpoint."""
     run.refresh_from_db()
     if not run.is_resumable:
         raise TrainingError(f"run {run.name!r} is {run.get_status_display().lower()}; only failed or cancelled "
@@ -221,7 +198,7 @@ def resume_training(run: TrainingRun, user=None) -> TrainingRun:
         new.message = (f"waiting for a training worker; resumes from step {step}" if checkpoint
                        else "waiting for a training worker; no checkpoint was saved, so it starts from step 0")
         new.save(update_fields=["step", "total_steps", "message"])
-        return enqueue(new)
+        return new
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -14,19 +14,21 @@ from django.urls import reverse
 from django.utils import timezone
 from django.views.decorators.http import require_GET, require_POST
 
+from annotation.jobs.views import live_page
 from annotation.models import Sample, Split
 from annotation.roles import admin_required
-from annotation.views import live_page
+from annotation.start import start_generation
 
 from . import runs
 from .charts import line_chart
 from .forms import SendToExpertsForm
 from .liveness import mark_stale
 from .models import EvaluationRun, TrainingRun
+from .start import resume_training, start_merge
 
 LOG_TAIL_LINES = 80
-# Generation and evaluation (through judging and stats) pull in openai, numpy, scipy and scikit-learn (~150 MB):
-# the URLconf imports this module in every web process, so the views that need them import them.
+# training.evaluation needs the judging and numeric libraries: the URLconf imports this module in every web
+# process, so the evaluation views import it when they run.
 
 
 def _get_run(pk: int) -> TrainingRun:
@@ -95,7 +97,7 @@ def run_cancel(request: HttpRequest, pk: int) -> HttpResponse:
 def run_resume(request: HttpRequest, pk: int) -> HttpResponse:
     run = _get_run(pk)
     try:
-        new = runs.resume_training(run, user=request.user)
+        new = resume_training(run, user=request.user)
     except runs.TrainingError as exc:
         messages.error(request, str(exc))
         return redirect("training:run", pk=pk)
@@ -106,13 +108,11 @@ def run_resume(request: HttpRequest, pk: int) -> HttpResponse:
 @admin_required
 @require_POST
 def run_merge(request: HttpRequest, pk: int) -> HttpResponse:
-    from .tasks import merge_adapter_task
-
     run = _get_run(pk)
     if runs.adapter_dir(run) is None:
         messages.error(request, "This run has no adapter to merge.")
     else:
-        merge_adapter_task.delay(run.pk)
+        start_merge(run)
         messages.info(request, "Merging in a training worker; the merged model appears under Artefacts when done.")
     return redirect("training:run", pk=pk)
 
@@ -156,8 +156,6 @@ def run_make_generator(request: HttpRequest, pk: int) -> HttpResponse:
 
 def _next_round(request: HttpRequest, generator) -> HttpResponse:
     if request.POST.get("generate"):
-        from annotation.generation import start_generation
-
         job = start_generation(generator, Sample.objects.filter(split=Split.TRAIN), user=request.user)
         messages.success(request, f"{generator.name} is generating candidates for {job.total} train samples.")
         return redirect("job_detail", pk=job.pk)

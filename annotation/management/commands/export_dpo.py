@@ -5,7 +5,7 @@ from pathlib import Path
 from django.core.management.base import BaseCommand, CommandError
 from django.utils import timezone
 
-from annotation.export import ExportError, export_dataset
+from annotation.export.dataset import ExportError, export_dataset
 from annotation.models import Campaign, DatasetExport, ExportFormat, ExportPolicy, JudgePanel
 
 

@@ -1,8 +1,9 @@
 from django.core.management.base import BaseCommand, CommandError
 
-from annotation.generation import start_generation
-from annotation.jobs import follow
+from annotation.documents.models import TitleOnly
+from annotation.jobs.lifecycle import follow
 from annotation.models import Generator, JobStatus, Sample, Split
+from annotation.start import start_generation
 
 
 class Command(BaseCommand):
@@ -25,7 +26,10 @@ class Command(BaseCommand):
             samples = samples.filter(split=options["split"])
         if options["limit"]:
             samples = samples.filter(pk__in=list(samples.values_list("pk", flat=True)[: options["limit"]]))
-        job = start_generation(generator, samples, options["candidates"])
+        try:
+            job = start_generation(generator, samples, options["candidates"])
+        except TitleOnly as exc:
+            raise CommandError(str(exc)) from exc
         self.stdout.write(f"Queued job #{job.pk} for {job.total} sample(s) on the 'generation' queue.")
         if options["no_wait"]:
             return

@@ -2,7 +2,7 @@ from pathlib import Path
 
 from django.core.management.base import BaseCommand, CommandError
 
-from annotation.importing import ImportFailed, ImportOptions, import_documents
+from annotation.documents.importing import ImportFailed, ImportOptions, import_documents
 
 
 class Command(BaseCommand):
@@ -16,13 +16,16 @@ class Command(BaseCommand):
         parser.add_argument("--sample-size", type=int, default=5, help="Documents per sample with --group-by.")
         parser.add_argument("--heldout-fraction", type=float, default=0.0,
                             help="Share of new samples put in the held-out split (stable per sample name).")
+        parser.add_argument("--allow-title-only", action="store_true",
+                            help="Rows may lack an abstract (a study that kept only titles): stored as title-only "
+                                 "documents, which carry imported profiles and labels but are never used as prompts.")
 
     def handle(self, *args, **options):
         if not options["path"].exists():
             raise CommandError(f"{options['path']}: no such file")
         import_options = ImportOptions(
             format=options["format"], group_by=options["group_by"], sample_size=options["sample_size"],
-            heldout_fraction=options["heldout_fraction"],
+            heldout_fraction=options["heldout_fraction"], allow_title_only=options["allow_title_only"],
         )
         try:
             result = import_documents(options["path"], import_options)

@@ -2,9 +2,8 @@ from pathlib import Path
 
 from django.core.management.base import BaseCommand, CommandError
 
-from annotation.importing import ImportFailed
-from annotation.label_import import import_votes
-from annotation.management.commands.import_profiles import _summary
+from annotation.documents.importing import ImportFailed
+from annotation.documents.labels import import_votes
 
 
 class Command(BaseCommand):
@@ -16,7 +15,7 @@ class Command(BaseCommand):
 
     def handle(self, *args, **options):
         try:
-            outcomes = import_votes(options["path"], options["campaign"])
+            result = import_votes(options["path"], options["campaign"])
         except (ImportFailed, OSError) as exc:
             raise CommandError(str(exc)) from exc
-        self.stdout.write(self.style.SUCCESS(f"{options['path'].name}: {_summary(outcomes)}"))
+        self.stdout.write(self.style.SUCCESS(f"{options['path'].name}: {result.summary()}"))

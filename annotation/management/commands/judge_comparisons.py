@@ -1,8 +1,9 @@
 from django.core.management.base import BaseCommand, CommandError
 
-from annotation.jobs import follow
-from annotation.judging import PAIRINGS, start_judging
-from annotation.models import Campaign, JobStatus, Judge, Sample, Split
+from annotation.documents.models import TitleOnly
+from annotation.jobs.lifecycle import follow
+from annotation.models import PAIRINGS, Campaign, JobStatus, Judge, Sample, Split
+from annotation.start import start_judging
 
 
 def _named(model, name: str, what: str):
@@ -36,7 +37,10 @@ class Command(BaseCommand):
         if options["pairing"] == "active" and campaign is None:
             raise CommandError("--pairing active adds the most uncertain pairs to a campaign: give --campaign")
         samples = Sample.objects.filter(split=options["split"]) if options["split"] else None
-        job = start_judging(judge, options["pairing"], samples=samples, campaign=campaign, limit=options["limit"])
+        try:
+            job = start_judging(judge, options["pairing"], samples=samples, campaign=campaign, limit=options["limit"])
+        except TitleOnly as exc:
+            raise CommandError(str(exc)) from exc
         self.stdout.write(f"Queued job #{job.pk} ({options['pairing']}) for judge {judge.name} on the 'judging' queue.")
         if options["no_wait"]:
             return

@@ -2,9 +2,8 @@ import time
 
 from django.core.management.base import BaseCommand, CommandError
 
-from annotation.jobs import create_job
-from annotation.models import JobKind, JobStatus
-from annotation.tasks import ping_task
+from annotation.models import JobStatus
+from annotation.start import start_ping
 
 
 class Command(BaseCommand):
@@ -14,8 +13,7 @@ class Command(BaseCommand):
         parser.add_argument("--timeout", type=float, default=30)
 
     def handle(self, *args, **options):
-        job = create_job(JobKind.PING)
-        ping_task.delay(job.pk)
+        job = start_ping()
         deadline = time.monotonic() + options["timeout"]
         while time.monotonic() < deadline:
             job.refresh_from_db()

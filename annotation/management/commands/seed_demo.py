@@ -6,7 +6,7 @@ from django.contrib.auth.models import Group
 from django.core.management.base import BaseCommand
 from django.db import transaction
 
-from annotation.importing import ImportOptions, import_documents
+from annotation.documents.importing import ImportOptions, import_documents
 from annotation.roles import EXPERTS_GROUP
 
 DEMO_FILE = Path(__file__).resolve().parents[2] / "demo_data" / "abstracts.jsonl"

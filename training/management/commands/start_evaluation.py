@@ -5,7 +5,8 @@ import time
 from django.core.management.base import BaseCommand, CommandError
 
 from annotation.models import Generator, Judge
-from training.evaluation import headline, start_evaluation
+from training.evaluation import headline
+from training.start import start_evaluation
 from training.models import TrainingRun
 from training.runs import TrainingError
 

@@ -6,7 +6,8 @@ from django.core.management.base import BaseCommand, CommandError
 
 from annotation.models import DatasetExport
 from training.models import TrainingRun
-from training.runs import TrainingError, resume_training, run_training, start_training
+from training.runs import TrainingError, run_training
+from training.start import resume_training, start_training
 
 # Command-line names for the TrainConfig fields people change most; anything else goes through --set.
 SHORTCUTS = {

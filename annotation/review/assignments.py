@@ -28,7 +28,7 @@ from django.core.cache import cache
 from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
-from .models import (
+from ..models import (
     Assignment, Campaign, CampaignItem, Comparison, Document, JudgeVerdict, Profile, SampleDocument, Vote,
 )
 from .rows import Columns, RowReader, columns, table
@@ -59,7 +59,7 @@ class Progress:
         return min(100, round(100 * self.taken / self.needed)) if self.needed else 100
 
 
-# The reads below are SQL written once per process (see annotation/rows.py for why), standard SQL that
+# The reads below are SQL written once per process (see annotation/review/rows.py for why), standard SQL that
 # PostgreSQL and SQLite both run. Tables and column lists come from the models.
 @lru_cache(maxsize=None)
 def _sql(vendor: str, skip_locked: bool, totals: bool) -> dict[str, str]:

@@ -49,18 +49,19 @@ from typing import Protocol
 
 import orjson
 from django.conf import settings
-from django.db import connection, connections, transaction
+from django.db import connection, connections
 from django.db.models import Count, Exists, Max, OuterRef, Q
 from django.utils import timezone
 from django.utils.text import slugify
 
-from . import agreement
-from .models import (
+from ..agreement import figures as agreement
+from ..jobs.lifecycle import JobCancelled, run_job
+from ..models import (
     DatasetExport, Document, ExportFormat, ExportPolicy, Job, JobKind, JobStatus, Judge, JudgeVerdict, Profile, Sample,
     SampleDocument, Split,
 )
-from .prompts import EXTRACTION_PROMPT_VERSION, build_extraction_messages
-from .verdicts import INCONSISTENT, INVALID, NO_CONSENSUS, combine_canonical, panel_consensus
+from ..judging.verdicts import INCONSISTENT, INVALID, NO_CONSENSUS, combine_asked, panel_consensus
+from ..prompts import EXTRACTION_PROMPT_VERSION, build_extraction_messages
 
 # Samples per batch: a few thousand rows, a handful of queries each.
 BATCH_SAMPLES = 500
@@ -80,7 +81,7 @@ class SnapshotFrozen(ExportError):
 
 
 class Progress(Protocol):
-    """What ``export_dataset`` reports to: annotation.jobs.JobProgress, or the command's progress bar."""
+    """What ``export_dataset`` reports to: annotation.jobs.lifecycle.JobProgress, or the command's progress bar."""
 
     def start(self, total: int | None = None) -> None: ...
 
@@ -102,6 +103,9 @@ class Decision:
 class JudgeSelection:
     judge_ids: frozenset[int] | None  # None: every judge
     threshold: float  # share of valid judge verdicts that must agree (1.0: unanimous)
+    # A one-order verdict (the judge was asked one presentation order) counts only where the policy measured
+    # the judge on such verdicts: judges calibrated against experts. Elsewhere it is dropped as "one_order".
+    one_order: bool = False
 
 
 VoteTuple = tuple[int, int, str]  # (vote id, expert id, canonical choice)
@@ -122,14 +126,14 @@ def expert_decision(votes: list[VoteTuple]) -> Decision:
 
 
 def judge_decision(verdicts: dict[int, OrderLabels], selection: JudgeSelection) -> Decision:
-    combined = [
-        combine_canonical(orders.get("ab"), orders.get("ba"))
-        for judge_id, orders in verdicts.items()
-        if selection.judge_ids is None or judge_id in selection.judge_ids
-    ]
+    chosen = [orders for judge_id, orders in verdicts.items()
+              if selection.judge_ids is None or judge_id in selection.judge_ids]
+    asked = [orders.get("asked", 2) for orders in chosen]
+    combined = [combine_asked(orders.get("ab"), orders.get("ba"), n) for orders, n in zip(chosen, asked)
+                if n != 1 or selection.one_order]
     valid = [label for label in combined if label != INVALID]
     if not valid:
-        return Decision(None, dropped="no_valid_verdicts")
+        return Decision(None, dropped="one_order" if 1 in asked and not selection.one_order else "no_valid_verdicts")
     label = panel_consensus(valid, selection.threshold)
     if label == NO_CONSENSUS:
         return Decision(None, dropped="no_consensus")
@@ -299,8 +303,10 @@ def _samples(sample_ids: list[int], in_batch: Q, test_fraction: float) -> dict[i
     result = {}
     rows = Sample.objects.filter(_among("id", sample_ids)).order_by().values_list("id", "name", "split")
     for sample_id, name, split in rows:
-        if sample_id not in abstracts:
-            continue  # in the id range but not in the batch, or without abstracts (its pairs are dropped)
+        if sample_id not in abstracts or not all(text for _, text in abstracts[sample_id]):
+            # In the id range but not in the batch, or without abstracts (title-only: no prompt to train on); its
+            # pairs are dropped as "sample_without_abstracts".
+            continue
         prompt = build_extraction_messages(abstracts[sample_id])
         prompt_json = messages_json(prompt)
         result[sample_id] = SampleInfo(name, prompt, prompt_json, _split_of(split, prompt_json, test_fraction))
@@ -440,10 +446,10 @@ class Labeller:
         if cached is None:
             if len(self._by_verdicts) >= self.CACHE_LIMIT:
                 self._by_verdicts.clear()
-            orders = {jid: {"ab": ab, "ba": ba} for jid, ab, ba, _ in key}
+            orders = {jid: {"ab": ab, "ba": ba, "asked": n} for jid, ab, ba, n in key}
             text = json.dumps([
-                {"judge": self.judge_names.get(jid, str(jid)), "ab": ab, "ba": ba, "verdict": combine_canonical(ab, ba)}
-                for jid, ab, ba, _ in key
+                {"judge": self.judge_names.get(jid, str(jid)), "ab": ab, "ba": ba, "verdict": combine_asked(ab, ba, n)}
+                for jid, ab, ba, n in key
             ], ensure_ascii=False)
             quoted = json.dumps(text, ensure_ascii=False)
             decision = judge_decision(orders, self.selection)
@@ -493,7 +499,7 @@ class Tally:
             one = agreement.JudgeTally(judge_names.get(jid, str(jid)))
             agreement.tally_verdict(one, ab, ba, n, n - (ab is not None) - (ba is not None))
             total = tallies.setdefault(jid, agreement.JudgeTally(one.name))
-            for name in ("verdicts", "invalid", "comparisons", "both_orders_valid", "flips", "decisive",
+            for name in ("verdicts", "invalid", "comparisons", "both_orders_valid", "one_order", "flips", "decisive",
                          "first_position"):
                 setattr(total, name, getattr(total, name) + count * getattr(one, name))
         return tallies
@@ -901,8 +907,6 @@ def _check_target(target: Path) -> None:
 
 
 def _status_for(exc: BaseException) -> str:
-    from .jobs import JobCancelled
-
     return JobStatus.CANCELLED if isinstance(exc, JobCancelled) else JobStatus.FAILED
 
 
@@ -1040,7 +1044,7 @@ def judge_selection(export: DatasetExport, labels: agreement.Labels) -> JudgeSel
         measured = ", ".join(f"{labels.judges[j].name} κ={k.value:.2f}" for j, k in kappas.items())
         measured = measured or "no judge has verdicts on voted comparisons"
         raise ExportError(f"no judge reaches κ ≥ {export.kappa_threshold:.2f} against the experts ({measured})")
-    return JudgeSelection(calibrated, threshold)
+    return JudgeSelection(calibrated, threshold, one_order=True)
 
 
 def selection_names(selection: JudgeSelection, judges: dict[int, agreement.JudgeTally]) -> list[str]:
@@ -1118,23 +1122,11 @@ def dataset_card(export: DatasetExport, counts: dict, figures: dict) -> str:
     })
 
 
-# --- starting one from the admin ---------------------------------------------------------------------
-
-
-def start_export(export: DatasetExport, user=None) -> Job:
-    """Queue the export on a worker once the transaction commits; the job shows its progress live."""
-    from .jobs import create_job
-    from .tasks import export_dataset_task
-
-    job = create_job(JobKind.EXPORT, {"export_id": export.pk, "name": export.name}, user=user)
-    transaction.on_commit(lambda: export_dataset_task.delay(export.pk))
-    return job
+# --- the task ----------------------------------------------------------------------------------------
 
 
 def run_export_task(export_id: int) -> None:
     """What the Celery task runs: the export, reporting to its job when there is one."""
-    from .jobs import run_job
-
     export = DatasetExport.objects.get(pk=export_id)
     job = Job.objects.filter(kind=JobKind.EXPORT, params__export_id=export_id).order_by("-pk").first()
     if job is None:

@@ -8,9 +8,18 @@ Decisions, each shown on the dashboard too:
   reveal-after-vote campaign measures the expert and not the judge's influence. Votes from campaigns that
   show the judge alongside are left out of judge–expert agreement altogether (the expert saw the answer).
 - A judge's label on a comparison is its verdict combined over both presentation orders: a verdict that
-  flips with the order ("inconsistent") counts as a tie; invalid output is left out.
+  flips with the order ("inconsistent") counts as a tie; invalid output is left out. A judge asked one order
+  only (imported, or set to judge one order) gives that order's verdict: it counts, its comparisons are
+  counted as one-order, and its flip rate is "not measured" where it has no comparison judged both ways.
 - "Without ties" leaves out items where either side said tie (on the four-way labels) or neither (on the
   collapsed a / b / neither labels).
+- Which profile of a pair is "a" is an accident of storage, so κ, α and the confusion matrix count every item
+  in both orientations (a and b swapped in the copy): flipping any subset of pairs changes none of them.
+- Votes and verdicts on a pair with a profile stored as invalid are kept but left out of every figure here,
+  and counted so the page can say so. Pairs of two profiles in one ranking group (two candidates of one
+  generator, two variants of one model) say nothing about the group and are counted, not ranked.
+- Tournament matches imported as votes are votes; the preferences a tree implies are never votes, and count
+  only in rankings that ask for them (``implied=True``), which then say so.
 - The judge behaviour figures (flip rate, first-position bias, invalid rate) and the judge rankings are
   accumulated from one streamed, grouped query: memory stays flat however many verdicts there are.
 """
@@ -28,9 +37,10 @@ import krippendorff
 import numpy as np
 from django.db.models import Count, Exists, F, Max, OuterRef, Q
 
-from . import stats
-from .models import Campaign, Comparison, Generator, Judge, JudgeDisplay, JudgeVerdict, Vote
-from .verdicts import INCONSISTENT, INVALID, combine_canonical
+from .. import stats
+from ..models import Campaign, Comparison, Generator, Judge, JudgeDisplay, JudgeVerdict, TournamentPreference, Vote
+from ..judging.rankings import ELO_K, GeneratorRank, rank_generators
+from ..judging.verdicts import INCONSISTENT, INVALID, combine_asked
 
 FOUR_WAY = ["a", "b", "tie", "both_bad"]
 COLLAPSED = ["a", "b", "neither"]
@@ -95,6 +105,22 @@ class ComparisonInfo:
     generator_b: str
     profile_a_id: int
     profile_b_id: int
+    valid: bool = True  # both profiles valid: otherwise kept out of every figure
+    attributes_a: dict = field(default_factory=dict)  # generator attributes, for grouped rankings
+    attributes_b: dict = field(default_factory=dict)
+
+    def group_a(self, group_by: str | None) -> str:
+        return group_of(self.generator_a, self.attributes_a, group_by)
+
+    def group_b(self, group_by: str | None) -> str:
+        return group_of(self.generator_b, self.attributes_b, group_by)
+
+
+def group_of(generator: str, attributes: dict, group_by: str | None) -> str:
+    """The ranking group of a generator: its name, or its value of the attribute (``(no <key>)`` without one)."""
+    if not group_by:
+        return generator
+    return attributes.get(group_by, f"(no {group_by})")
 
 
 @dataclass
@@ -106,10 +132,12 @@ class JudgeTally:
     invalid: int = 0
     comparisons: int = 0
     both_orders_valid: int = 0
+    one_order: int = 0  # comparisons asked in one order only: their verdicts count, their flips are not measured
     flips: int = 0
     decisive: int = 0
     first_position: int = 0
-    # (generator x, generator y, score of x) → count, for the rankings.
+    on_invalid: int = 0  # comparisons with a profile stored as invalid: in the behaviour figures, not in κ or rankings
+    # (generator x, generator y, score of x) → count, for the rankings; pairs with an invalid profile left out.
     matches: Counter = field(default_factory=Counter)
 
 
@@ -119,8 +147,14 @@ class Labels:
     votes: list[VoteRow]
     comparisons: dict[int, ComparisonInfo]
     judges: dict[int, JudgeTally]
-    # judge id → comparison id → combined label, for the comparisons in ``comparisons`` only.
+    # judge id → comparison id → combined label, for the valid comparisons in ``comparisons`` only.
     judge_labels: dict[int, dict[int, str]]
+    # Votes on pairs with an invalid profile: stored, left out of ``votes`` and of every figure.
+    votes_on_invalid: int = 0
+
+    def group_keys(self) -> list[str]:
+        """The attribute names the generators in scope carry: what rankings can be grouped by."""
+        return sorted({key for info in self.comparisons.values() for key in (*info.attributes_a, *info.attributes_b)})
 
     def default_judge_id(self) -> int | None:
         campaign = self.scope.campaign
@@ -142,10 +176,16 @@ def gather(campaign: Campaign | None = None, voted_only: bool = False) -> Labels
     and cheap however many comparisons were judged (the export tallies the rest as it streams).
     """
     scope = Scope(campaign, voted_only)
-    votes = _votes(scope)
     comparisons = _comparison_infos(scope)
-    judges, judge_labels = _tally_verdicts(scope, set(comparisons))
-    return Labels(scope, votes, comparisons, judges, judge_labels)
+    votes = [v for v in _votes(scope) if comparisons.get(v.comparison_id, _VALID).valid]
+    valid = {cid for cid, info in comparisons.items() if info.valid}
+    judges, judge_labels = _tally_verdicts(scope, valid)
+    votes_on_invalid = scope.votes().filter(
+        Q(comparison__profile_a__is_valid=False) | Q(comparison__profile_b__is_valid=False)).count()
+    return Labels(scope, votes, comparisons, judges, judge_labels, votes_on_invalid)
+
+
+_VALID = ComparisonInfo("", "", "", 0, 0)
 
 
 def _votes(scope: Scope) -> list[VoteRow]:
@@ -160,14 +200,18 @@ def _comparison_infos(scope: Scope) -> dict[int, ComparisonInfo]:
     if scope.campaign is None or scope.voted_only:
         queryset = queryset.filter(Exists(scope.votes().filter(comparison=OuterRef("pk"))))
     fields = ["id", "sample__name", "profile_a__generator__name", "profile_b__generator__name",
-              "profile_a_id", "profile_b_id"]
-    return {row[0]: ComparisonInfo(*row[1:]) for row in queryset.order_by("id").values_list(*fields)}
+              "profile_a_id", "profile_b_id", "profile_a__is_valid", "profile_b__is_valid",
+              "profile_a__generator__attributes", "profile_b__generator__attributes"]
+    return {cid: ComparisonInfo(sample, gen_a, gen_b, a, b, valid_a and valid_b, attrs_a or {}, attrs_b or {})
+            for cid, sample, gen_a, gen_b, a, b, valid_a, valid_b, attrs_a, attrs_b
+            in queryset.order_by("id").values_list(*fields)}
 
 
 def verdict_pairs(queryset) -> Iterator[tuple]:
-    """(comparison id, judge id, ab label, ba label, verdicts, invalid, generator a id, generator b id).
+    """(comparison id, judge id, ab label, ba label, verdicts, invalid, generator a id, generator b id, valid).
 
-    One row per judge and comparison, streamed; a label is None where that order is missing or invalid.
+    One row per judge and comparison, streamed; a label is None where that order is missing or invalid; valid:
+    both profiles of the comparison are.
     """
     grouped = (
         queryset.order_by()
@@ -179,8 +223,11 @@ def verdict_pairs(queryset) -> Iterator[tuple]:
             n_invalid=Count("id", filter=Q(is_valid=False)),
             generator_a=F("comparison__profile_a__generator_id"),
             generator_b=F("comparison__profile_b__generator_id"),
+            valid_a=F("comparison__profile_a__is_valid"),
+            valid_b=F("comparison__profile_b__is_valid"),
         )
-        .values_list("comparison_id", "judge_id", "ab", "ba", "n", "n_invalid", "generator_a", "generator_b")
+        .values_list("comparison_id", "judge_id", "ab", "ba", "n", "n_invalid", "generator_a", "generator_b",
+                     "valid_a", "valid_b")
     )
     return grouped.iterator(chunk_size=STREAM_CHUNK)
 
@@ -189,9 +236,12 @@ def _tally_verdicts(scope: Scope, kept: set[int]) -> tuple[dict[int, JudgeTally]
     names = dict(Judge.objects.values_list("id", "name"))
     tallies: dict[int, JudgeTally] = {}
     labels: dict[int, dict[int, str]] = defaultdict(dict)
-    for comparison_id, judge_id, ab, ba, n, n_invalid, gen_a, gen_b in verdict_pairs(scope.verdicts()):
+    for comparison_id, judge_id, ab, ba, n, n_invalid, gen_a, gen_b, valid_a, valid_b in verdict_pairs(
+            scope.verdicts()):
         tally = tallies.get(judge_id) or tallies.setdefault(judge_id, JudgeTally(names[judge_id]))
-        combined = tally_verdict(tally, ab or None, ba or None, n, n_invalid, (gen_a, gen_b))
+        valid = valid_a and valid_b
+        tally.on_invalid += not valid
+        combined = tally_verdict(tally, ab or None, ba or None, n, n_invalid, (gen_a, gen_b) if valid else None)
         if comparison_id in kept:
             labels[judge_id][comparison_id] = combined
     ordered = dict(sorted(tallies.items(), key=lambda item: item[1].name))
@@ -209,7 +259,8 @@ def tally_verdict(tally: JudgeTally, ab: str | None, ba: str | None, n: int, n_i
         if label in ("a", "b"):
             tally.decisive += 1
             tally.first_position += label == shown_first
-    combined = combine_canonical(ab, ba)
+    combined = combine_asked(ab, ba, n)
+    tally.one_order += n == 1
     if ab is not None and ba is not None:
         tally.both_orders_valid += 1
         tally.flips += combined == INCONSISTENT
@@ -262,8 +313,20 @@ class Agreement:
         return [(LABEL_NAMES[label], row) for label, row in zip(self.confusion.labels, self.confusion.matrix)]
 
 
+def mirrored(labels: Iterable[str]) -> list[str]:
+    """The labels with a and b swapped: what they would be had the pair been stored the other way round."""
+    return [_MIRROR.get(label, label) for label in labels]
+
+
+_MIRROR = {"a": "b", "b": "a"}
+
+
 def agreement(x: Sequence[str], y: Sequence[str], n_boot: int = N_BOOT) -> Agreement:
-    """x and y: four-way labels of the same items (x: experts, the confusion matrix's rows)."""
+    """x and y: four-way labels of the same items (x: experts, the confusion matrix's rows).
+
+    The confusion matrix counts each item in both orientations (its labels, and a and b swapped), like κ:
+    so it sums to twice the items, and says nothing about which profile happened to be stored first.
+    """
     cx, cy = [stats.collapse(v) for v in x], [stats.collapse(v) for v in y]
     return Agreement(
         n=len(x),
@@ -275,14 +338,37 @@ def agreement(x: Sequence[str], y: Sequence[str], n_boot: int = N_BOOT) -> Agree
         collapsed_raw_without_ties=stats.raw_agreement(cx, cy, drop={"neither"}),
         collapsed_n_without_ties=sum("neither" not in pair for pair in zip(cx, cy)),
         collapsed_kappa=_kappa(cx, cy, COLLAPSED, n_boot),
-        confusion=stats.confusion(x, y, FOUR_WAY),
+        confusion=stats.confusion(list(x) + mirrored(x), list(y) + mirrored(y), FOUR_WAY),
     )
 
 
 def _kappa(x: Sequence[str], y: Sequence[str], labels: list[str], n_boot: int) -> stats.Estimate:
-    value = stats.cohen_kappa(x, y, labels=labels)
-    low, high = kappa_interval(stats.confusion(x, y, labels).matrix, n_boot)
+    """Cohen's κ (scikit-learn) over the items in both orientations, so that it does not depend on which profile
+    of each pair is a: flipping any subset of items changes nothing. (Plain κ does: a flipped item moves its
+    count between the a and b marginals, and chance agreement with them.) The interval resamples items, each
+    with its mirror."""
+    value = stats.cohen_kappa(list(x) + mirrored(x), list(y) + mirrored(y), labels=labels)
+    low, high = kappa_interval(folded(stats.confusion(x, y, labels).matrix), n_boot, symmetric=True)
     return stats.Estimate(value, low, high)
+
+
+def _mirror_index(size: int) -> list[int]:
+    """Label indexes with a (0) and b (1) swapped: FOUR_WAY and COLLAPSED both start with a, b."""
+    return [1, 0, *range(2, size)]
+
+
+def folded(matrix: Sequence[Sequence[int]]) -> np.ndarray:
+    """A confusion matrix with each item moved to one canonical orientation: the count of a cell and of its
+    mirror cell (a and b swapped on both sides) lands on whichever of the two comes first. Resampling the folded
+    matrix draws the same items whichever way each pair was stored."""
+    table = np.asarray(matrix, dtype=float)
+    mirror = _mirror_index(len(table))
+    result = np.zeros_like(table)
+    for i in range(len(table)):
+        for j in range(len(table)):
+            ci, cj = min((i, j), (mirror[i], mirror[j]))
+            result[ci, cj] += table[i, j]
+    return result
 
 
 # --- fast bootstrap intervals ------------------------------------------------------------------------
@@ -294,13 +380,20 @@ def _kappa(x: Sequence[str], y: Sequence[str], labels: list[str], n_boot: int) -
 
 
 def kappa_interval(matrix: Sequence[Sequence[int]], n_boot: int = N_BOOT, seed: int = 0,
-                   alpha: float = 0.05) -> tuple[float, float]:
-    """Percentile bootstrap interval of Cohen's κ from a confusion matrix; (NaN, NaN) when undefined."""
+                   alpha: float = 0.05, symmetric: bool = False) -> tuple[float, float]:
+    """Percentile bootstrap interval of Cohen's κ from a confusion matrix; (NaN, NaN) when undefined.
+
+    ``symmetric``: each resampled item also counts in its mirror orientation (give a ``folded`` matrix).
+    """
     table = np.asarray(matrix, dtype=float)
     n = int(table.sum())
     if n == 0 or n_boot <= 0:
         return math.nan, math.nan
     draws = np.random.default_rng(seed).multinomial(n, table.ravel() / n, size=n_boot).reshape(n_boot, *table.shape)
+    if symmetric:
+        mirror = _mirror_index(len(table))
+        draws = draws + draws[:, mirror][:, :, mirror]
+        n *= 2
     observed = np.trace(draws, axis1=1, axis2=2) / n
     expected = (draws.sum(axis=2) * draws.sum(axis=1)).sum(axis=1) / n**2
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -309,14 +402,24 @@ def kappa_interval(matrix: Sequence[Sequence[int]], n_boot: int = N_BOOT, seed: 
 
 def alpha_estimate(units: Sequence[Sequence[str]], labels: list[str], n_boot: int = N_BOOT, seed: int = 0,
                    alpha: float = 0.05) -> stats.Estimate:
-    """Krippendorff's α (nominal) over units that each hold two or more labels, with a bootstrap over units."""
+    """Krippendorff's α (nominal) over units that each hold two or more labels, with a bootstrap over units.
+
+    Each unit counts in both orientations (a and b swapped in its mirror), like κ, so α does not depend on which
+    profile of a pair is a; the bootstrap resamples units, each with its mirror. (``labels`` start with a, b.)
+    """
     counts = np.array([[unit.count(label) for label in labels] for unit in units], dtype=float).reshape(-1, len(labels))
     if len(counts) == 0:
         return _undefined()
-    value = _alpha_from_counts(counts)
+    mirror = _mirror_index(len(labels))
+    # One canonical orientation per unit first, so that resampling draws the same units however they were stored.
+    counts = np.array([max(tuple(row), tuple(row[mirror])) for row in counts])
+
+    def both_ways(rows: np.ndarray) -> float:
+        return _alpha_from_counts(np.vstack([rows, rows[:, mirror]]))
+
+    value = both_ways(counts)
     rng = np.random.default_rng(seed)
-    replicates = np.array([_alpha_from_counts(counts[rng.integers(0, len(counts), len(counts))])
-                           for _ in range(n_boot)])
+    replicates = np.array([both_ways(counts[rng.integers(0, len(counts), len(counts))]) for _ in range(n_boot)])
     return stats.Estimate(value, *_percentiles(replicates, alpha))
 
 
@@ -451,7 +554,8 @@ class JudgeBehaviour:
     name: str
     comparisons: int
     verdicts: int
-    flip_rate: Rate  # among comparisons with both orders valid
+    flip_rate: Rate  # among comparisons with both orders valid (n = 0: not measured)
+    one_order: int  # comparisons it judged in one order only
     first_position: Rate  # among decisive verdicts; 0.5 means no position bias
     invalid_rate: Rate  # among all verdicts
     agreement: Agreement | None  # against the experts' independent votes; None without overlap
@@ -467,6 +571,7 @@ def judge_behaviour(labels: Labels, n_boot: int = N_BOOT) -> list[JudgeBehaviour
             comparisons=tally.comparisons,
             verdicts=tally.verdicts,
             flip_rate=rate(tally.flips, tally.both_orders_valid),
+            one_order=tally.one_order,
             first_position=rate(tally.first_position, tally.decisive),
             invalid_rate=rate(tally.invalid, tally.verdicts),
             agreement=agreement(experts, judge, n_boot) if experts else None,
@@ -541,9 +646,20 @@ def _reveal_changes(votes: list[VoteRow], labels: Labels) -> RevealChanges:
 
 @dataclass(frozen=True)
 class RankingRow:
-    generator: str
-    experts: stats.Estimate | None
-    judge: stats.Estimate | None
+    generator: str  # the group: a generator's name, or an attribute's value
+    experts: GeneratorRank | None
+    judge: GeneratorRank | None
+
+
+@dataclass(frozen=True)
+class MatchSet:
+    """The matches one ranking is fitted on, and what was left out of it (each shown with the ranking)."""
+
+    matches: list[stats.Match]
+    same_group: int = 0  # pairs of two profiles of one group: counted, not ranked
+    both_bad: int = 0
+    implied: int = 0  # tournament preferences among ``matches`` (only when asked for)
+    total: int = 0  # all the matches, when ``matches`` is a proportional sample of them
 
 
 @dataclass(frozen=True)
@@ -554,47 +670,151 @@ class Rankings:
     judge_matches_used: int
     spearman: float
     kendall: float
+    group_by: str | None = None
+    experts: MatchSet = MatchSet([])
+    judge: MatchSet = MatchSet([])
+    votes_on_invalid: int = 0
 
 
-def expert_matches(labels: Labels) -> list[stats.Match]:
-    """Expert votes as generator matches; both bad says nothing about which is better, so it is left out."""
-    matches = []
+def oriented(x: str, y: str, score: float) -> stats.Match:
+    """A match written with its players in name order: the same match whichever profile was stored as a, so
+    order-dependent ratings (Elo) do not depend on storage either."""
+    return (x, y, score) if x <= y else (y, x, 1 - score)
+
+
+def expert_matches(labels: Labels, group_by: str | None = None, implied: bool = False) -> MatchSet:
+    """Expert votes as matches between groups (generators, or values of the attribute ``group_by``).
+
+    "Both bad" says nothing about which is better and pairs within one group say nothing about the group: both
+    are counted and left out. ``implied`` adds the preferences the experts' imported tournaments imply (the
+    winner of a match over everyone its loser had beaten), marked as such in the counts.
+    """
+    matches, same, both_bad = [], 0, 0
     for vote in labels.votes:
         info = labels.comparisons.get(vote.comparison_id)
-        if info is None or info.generator_a == info.generator_b or vote.first_choice == "both_bad":
+        if info is None:
             continue
-        matches.append((info.generator_a, info.generator_b, _score(vote.first_choice)))
-    return matches
+        x, y = info.group_a(group_by), info.group_b(group_by)
+        if x == y:
+            same += 1
+        elif vote.first_choice == "both_bad":
+            both_bad += 1
+        else:
+            matches.append(oriented(x, y, _score(vote.first_choice)))
+    implied_matches, implied_same = _implied_matches(labels, group_by) if implied else ([], 0)
+    return MatchSet(matches + implied_matches, same + implied_same, both_bad, len(implied_matches),
+                    len(matches) + len(implied_matches))
 
 
-def judge_matches(labels: Labels, judge_id: int | None, limit: int = MAX_RANKING_MATCHES) -> tuple[list, int]:
-    """The judge's generator matches (a proportional sample when over ``limit``) and their full count."""
+def _implied_matches(labels: Labels, group_by: str | None) -> tuple[list[stats.Match], int]:
+    preferences = TournamentPreference.objects.filter(implied=True, tournament__expert__isnull=False,
+                                                      chosen__is_valid=True, rejected__is_valid=True)
+    if labels.scope.campaign is not None:
+        preferences = preferences.filter(tournament__campaign=labels.scope.campaign)
+    rows = preferences.order_by("id").values_list("chosen__generator__name", "chosen__generator__attributes",
+                                                  "rejected__generator__name", "rejected__generator__attributes")
+    matches, same = [], 0
+    for chosen, chosen_attributes, rejected, rejected_attributes in rows:
+        x, y = group_of(chosen, chosen_attributes or {}, group_by), group_of(rejected, rejected_attributes or {}, group_by)
+        if x == y:
+            same += 1
+        else:
+            matches.append(oriented(x, y, 1.0))
+    return matches, same
+
+
+def judge_matches(labels: Labels, judge_id: int | None, group_by: str | None = None,
+                  limit: int = MAX_RANKING_MATCHES) -> MatchSet:
+    """The judge's matches between groups (a proportional sample when over ``limit``), in name order."""
     if judge_id not in labels.judges:
-        return [], 0
+        return MatchSet([])
     counts = labels.judges[judge_id].matches
-    total = sum(counts.values())
+    generators = {pk: (name, attributes or {}) for pk, name, attributes in Generator.objects.filter(
+        id__in={g for key in counts for g in key[:2]}).values_list("id", "name", "attributes")}
+    grouped: Counter = Counter()
+    same = 0
+    for (gen_x, gen_y, score), count in counts.items():
+        x, y = group_of(*generators[gen_x], group_by), group_of(*generators[gen_y], group_by)
+        if x == y:
+            same += count
+        else:
+            grouped[oriented(x, y, score)] += count
+    total = sum(grouped.values())
     scale = min(1.0, limit / total) if total else 1.0
-    names = dict(Generator.objects.filter(id__in={g for key in counts for g in key[:2]}).values_list("id", "name"))
     matches = []
-    for (gen_x, gen_y, score), count in sorted(counts.items()):
-        matches += [(names[gen_x], names[gen_y], score)] * max(1, round(count * scale))
-    return matches, total
+    for match, count in sorted(grouped.items()):
+        matches += [match] * max(1, round(count * scale))
+    return MatchSet(matches, same, total=total)
 
 
-def rankings(labels: Labels, judge_id: int | None, n_boot: int = RANKING_BOOT) -> Rankings:
-    by_experts = expert_matches(labels)
-    by_judge, judge_total = judge_matches(labels, judge_id)
-    experts = stats.bootstrap_rankings(by_experts, n_boot=n_boot) if by_experts else {}
-    judge = stats.bootstrap_rankings(by_judge, n_boot=n_boot) if by_judge else {}
-    generators = sorted(set(experts) | set(judge), key=lambda g: -(experts.get(g) or judge[g]).value)
-    points = ({g: e.value for g, e in experts.items()}, {g: e.value for g, e in judge.items()})
+def same_group_text(count: int, group_by: str | None) -> str:
+    """ "26 pairs compare two variants of one model" (or two candidates of one generator)."""
+    pairs = f"{count} pair{'s' if count != 1 else ''} compare{'s' if count == 1 else ''}"
+    return f"{pairs} two variants of one {group_by}" if group_by else f"{pairs} two candidates of one generator"
+
+
+def counted_text(matches: MatchSet, what: str, group_by: str | None, on_invalid: int = 0) -> str:
+    """What a ranking counts and leaves out, in words, to print beside it."""
+    direct = len(matches.matches) - matches.implied
+    text = f"{direct} {what}{'s' if direct != 1 else ''}"
+    if matches.implied:
+        text += f" and {matches.implied} implied tournament preference{'s' if matches.implied != 1 else ''}"
+    if matches.total > len(matches.matches):
+        text += f" (a proportional sample of {matches.total})"
+    left_out = []
+    if matches.same_group:
+        left_out.append(same_group_text(matches.same_group, group_by))
+    if matches.both_bad:
+        left_out.append(f"{matches.both_bad} both bad")
+    if on_invalid:
+        left_out.append(f"{on_invalid} vote{'s' if on_invalid != 1 else ''} on a pair with an invalid profile")
+    return text + ("; left out: " + ", ".join(left_out) if left_out else "")
+
+
+RANKING_CSV_HEADER = ["source", "group_by", "group", "bradley_terry", "bt_low", "bt_high", "elo", "elo_low",
+                      "elo_high", "score", "matches"]
+
+
+def ranking_dict(rank: GeneratorRank) -> dict:
+    bt, elo = rank.bradley_terry, rank.elo
+    return {"group": rank.name, "bradley_terry": _plain(bt.value), "bt_low": _plain(bt.low), "bt_high": _plain(bt.high),
+            "elo": _plain(elo.value), "elo_low": _plain(elo.low), "elo_high": _plain(elo.high), "score": rank.wins,
+            "matches": rank.matches}
+
+
+def ranking_csv_rows(ranks: Iterable[GeneratorRank], source: str, group_by: str | None) -> Iterator[list]:
+    for rank in ranks:
+        row = ranking_dict(rank)
+        yield [source, group_by or "generator", *(("" if row[k] is None else row[k]) for k in RANKING_CSV_HEADER[2:])]
+
+
+def _plain(value: float) -> float | None:
+    return None if math.isnan(value) else round(value, 6)
+
+
+def rankings(labels: Labels, judge_id: int | None, n_boot: int = RANKING_BOOT, group_by: str | None = None,
+             implied: bool = False, k: float = ELO_K) -> Rankings:
+    """Bradley–Terry and Elo (``judging.rankings.rank_generators``) from the experts' votes and from the judge,
+    by generator or by the generators' attribute ``group_by``."""
+    by_experts = expert_matches(labels, group_by, implied)
+    by_judge = judge_matches(labels, judge_id, group_by)
+    experts = {r.name: r for r in rank_generators(by_experts.matches, k=k, n_boot=n_boot)}
+    judge = {r.name: r for r in rank_generators(by_judge.matches, k=k, n_boot=n_boot)}
+    generators = sorted(set(experts) | set(judge),
+                        key=lambda g: (-(experts.get(g) or judge[g]).bradley_terry.value, g))
+    points = ({g: r.bradley_terry.value for g, r in experts.items()},
+              {g: r.bradley_terry.value for g, r in judge.items()})
     return Rankings(
         rows=[RankingRow(g, experts.get(g), judge.get(g)) for g in generators],
-        expert_matches=len(by_experts),
-        judge_matches=judge_total,
-        judge_matches_used=len(by_judge),
+        expert_matches=len(by_experts.matches),
+        judge_matches=by_judge.total,
+        judge_matches_used=len(by_judge.matches),
         spearman=stats.spearman(*points),
         kendall=stats.kendall(*points),
+        group_by=group_by,
+        experts=by_experts,
+        judge=by_judge,
+        votes_on_invalid=labels.votes_on_invalid,
     )
 
 
@@ -664,7 +884,7 @@ class Summary:
 
 
 def summary(campaign: Campaign | None = None, judge_id: int | None = None, n_boot: int = N_BOOT,
-            ranking_boot: int = RANKING_BOOT) -> Summary:
+            ranking_boot: int = RANKING_BOOT, group_by: str | None = None, implied: bool = False) -> Summary:
     labels = gather(campaign)
     if judge_id not in labels.judges:
         judge_id = labels.default_judge_id()
@@ -679,5 +899,5 @@ def summary(campaign: Campaign | None = None, judge_id: int | None = None, n_boo
         experts=expert_vs_expert(labels, n_boot),
         judges=judges,
         per_expert=expert_figures(labels, judge_id),
-        rankings=rankings(labels, judge_id, ranking_boot),
+        rankings=rankings(labels, judge_id, ranking_boot, group_by, implied),
     )

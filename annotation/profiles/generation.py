@@ -15,11 +15,12 @@ from dataclasses import dataclass
 from django.conf import settings
 from django.db import transaction
 
-from .jobs import JobProgress, create_job, enqueue
-from .llm_client import chat, make_client
-from .models import Backend, Generator, Job, JobKind, Profile, Sample
-from .profiles import mark_near_duplicates, parsed_fields
-from .prompts import EXTRACTION_PROMPT_VERSION, build_extraction_messages
+from ..jobs.lifecycle import JobProgress
+from ..llm_client import chat, make_client
+from ..documents.models import TitleOnly
+from ..models import Backend, Generator, Job, Profile, Sample
+from .store import mark_near_duplicates, parsed_fields
+from ..prompts import EXTRACTION_PROMPT_VERSION, build_extraction_messages
 
 # Samples per local `generate` call (each with k candidates): big enough to keep the CPU busy.
 LOCAL_BATCH_SAMPLES = 4
@@ -35,7 +36,10 @@ class Output:
 
 
 def conversation_for(sample: Sample) -> list[dict]:
-    return build_extraction_messages([(d.title, d.abstract) for d in sample.ordered_documents()])
+    documents = list(sample.ordered_documents())
+    if any(d.title_only for d in documents):
+        raise TitleOnly(f"sample {sample.name!r} has title-only documents (no abstract): generation needs abstracts")
+    return build_extraction_messages([(d.title, d.abstract) for d in documents])
 
 
 class LocalBackend:
@@ -144,13 +148,3 @@ def summary(generator: Generator, sample_ids: list[int]) -> str:
     total, valid = profiles.count(), profiles.filter(is_valid=True).count()
     return f"{total} profiles for {len(sample_ids)} samples, {valid} valid ({100 * valid / max(1, total):.0f}%)"
 
-
-def start_generation(generator: Generator, samples, candidates: int | None = None, user=None) -> Job:
-    """Create the job and send it to a worker on the generation queue once the transaction commits."""
-    from .tasks import generate_profiles_task
-
-    sample_ids = list(samples.values_list("pk", flat=True))
-    params = {"generator_id": generator.pk, "generator": generator.name, "sample_ids": sample_ids,
-              "candidates": candidates or generator.candidates}
-    job = create_job(JobKind.GENERATE, params, user=user, total=len(sample_ids))
-    return enqueue(generate_profiles_task, job)

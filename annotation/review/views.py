@@ -18,11 +18,11 @@ from django.views.decorators.http import require_GET, require_POST
 
 from . import assignments
 from .assignments import Progress
-from .models import Assignment, Campaign, CampaignItem, Comparison, JudgeDisplay, JudgeVerdict, Vote
-from .review import (
+from ..models import Assignment, Campaign, CampaignItem, Comparison, JudgeDisplay, JudgeVerdict, Vote
+from .screen import (
     DISPLAY_CHOICES, Pair, build_screen, canonical_choice, display_choices, has_flags, render_guidelines,
 )
-from .roles import expert_required
+from ..roles import expert_required
 
 PAGE = "annotation/compare.html"
 PANEL = "annotation/compare.html#vote-panel"

@@ -16,14 +16,14 @@ from django.http import FileResponse, Http404, HttpRequest, HttpResponse, Stream
 from django.shortcuts import get_object_or_404, render
 from django.views.decorators.http import require_GET
 
-from .models import Campaign, DatasetExport
-from .roles import admin_required
+from ..models import Campaign, DatasetExport
+from ..roles import admin_required
 
 # agreement and stats pull in numpy, scipy and scikit-learn (~150 MB): the URLconf imports this module in every
 # web process, so the views below import them when a staff member opens the dashboard.
 if TYPE_CHECKING:
-    from . import agreement
-    from .stats import Estimate
+    from . import figures as agreement
+    from ..stats import Estimate
 
 TABLE_ROWS = 50  # per-comparison rows shown on the page; the CSV has them all
 BLUE, ORANGE, GREEN, PURPLE = "#0072B2", "#D55E00", "#009E73", "#7B3294"  # colour-blind safe
@@ -35,11 +35,14 @@ BLUE, ORANGE, GREEN, PURPLE = "#0072B2", "#D55E00", "#009E73", "#7B3294"  # colo
 @admin_required
 @require_GET
 def agreement_dashboard(request: HttpRequest) -> HttpResponse:
-    from . import agreement
+    from . import figures as agreement
 
     campaign = _campaign_from(request)
-    summary = agreement.summary(campaign, judge_id=_int(request.GET.get("judge")))
+    group_by, implied = request.GET.get("group_by") or None, request.GET.get("implied") == "1"
+    summary = agreement.summary(campaign, judge_id=_int(request.GET.get("judge")), group_by=group_by,
+                                implied=implied)
     rows = agreement.comparison_rows(summary.labels, summary.judge_id)
+    ranked = summary.rankings
     context = {
         **admin.site.each_context(request),
         "is_nav_sidebar_enabled": False,  # the page needs the width
@@ -49,9 +52,15 @@ def agreement_dashboard(request: HttpRequest) -> HttpResponse:
         "s": summary,
         "judge_table": [_judge_row(j) for j in summary.judges],
         "headline": _headline(summary.judge_agreement),
+        "selected_one_order": next((j.one_order for j in summary.judges if j.judge_id == summary.judge_id), 0),
         "expert_rows": [_expert_row(e) for e in summary.per_expert],
         "pair_rows": [_pair_row(p) for p in summary.experts.pairs],
-        "ranking_rows": [_ranking_row(r) for r in summary.rankings.rows],
+        "ranking_rows": [_ranking_row(r) for r in ranked.rows],
+        "group_keys": summary.labels.group_keys(),
+        "group_by": group_by or "",
+        "implied": implied,
+        "experts_counted": agreement.counted_text(ranked.experts, "expert vote", group_by, ranked.votes_on_invalid),
+        "judge_counted": agreement.counted_text(ranked.judge, "judge verdict", group_by),
         "table": rows[:TABLE_ROWS],
         "table_total": len(rows),
         "kappa_plot": kappa_plot(summary.judges),
@@ -74,7 +83,7 @@ class _Echo:
 @admin_required
 @require_GET
 def agreement_csv(request: HttpRequest) -> StreamingHttpResponse:
-    from . import agreement
+    from . import figures as agreement
 
     campaign = _campaign_from(request)
     labels = agreement.gather(campaign)
@@ -91,9 +100,32 @@ def agreement_csv(request: HttpRequest) -> StreamingHttpResponse:
 
 @admin_required
 @require_GET
+def rankings_csv(request: HttpRequest) -> HttpResponse:
+    """The dashboard's rankings (experts and the selected judge), grouped as on the page, as CSV."""
+    from . import figures as agreement
+
+    campaign = _campaign_from(request)
+    group_by, implied = request.GET.get("group_by") or None, request.GET.get("implied") == "1"
+    labels = agreement.gather(campaign)
+    judge_id = _int(request.GET.get("judge"))
+    judge_id = judge_id if judge_id in labels.judges else labels.default_judge_id()
+    ranked = agreement.rankings(labels, judge_id, group_by=group_by, implied=implied)
+    judge_name = labels.judges[judge_id].name if judge_id is not None else ""
+    response = HttpResponse(content_type="text/csv", headers={
+        "Content-Disposition": f'attachment; filename="rankings-{campaign.pk if campaign else "all"}.csv"'})
+    writer = csv.writer(response)
+    writer.writerow(agreement.RANKING_CSV_HEADER)
+    for source, pick in (("experts", lambda r: r.experts), (f"judge {judge_name}", lambda r: r.judge)):
+        ranks = sorted((pick(r) for r in ranked.rows if pick(r) is not None), key=lambda r: -r.bradley_terry.value)
+        writer.writerows([_csv_safe(v) for v in row] for row in agreement.ranking_csv_rows(ranks, source, group_by))
+    return response
+
+
+@admin_required
+@require_GET
 def export_file(request: HttpRequest, pk: int, name: str) -> FileResponse:
     """One file of a finished snapshot; only names the snapshot's manifest lists are served."""
-    from .export import snapshot_file
+    from ..export.dataset import snapshot_file
 
     export = get_object_or_404(DatasetExport, pk=pk)
     path = snapshot_file(export, name)
@@ -161,6 +193,7 @@ def _judge_row(judge: agreement.JudgeBehaviour) -> dict:
     result = judge.agreement
     return {
         "id": judge.judge_id, "name": judge.name, "comparisons": judge.comparisons, "verdicts": judge.verdicts,
+        "one_order": judge.one_order,
         "flip": _rate(judge.flip_rate), "first": _rate(judge.first_position), "invalid": _rate(judge.invalid_rate),
         "n": result.n if result else 0, "raw": _num(result.raw) if result else "–",
         "kappa": _estimate(result.kappa) if result else "–",
@@ -182,7 +215,14 @@ def _pair_row(pair: agreement.PairKappa) -> dict:
 
 
 def _ranking_row(row: agreement.RankingRow) -> dict:
-    return {"generator": row.generator, "experts": _estimate(row.experts), "judge": _estimate(row.judge)}
+    def elo(rank) -> str:
+        if rank is None:
+            return "–"
+        return f"{rank.elo.value:.0f} [{rank.elo.low:.0f}, {rank.elo.high:.0f}]"
+
+    return {"generator": row.generator,
+            "experts": _estimate(row.experts.bradley_terry if row.experts else None), "experts_elo": elo(row.experts),
+            "judge": _estimate(row.judge.bradley_terry if row.judge else None), "judge_elo": elo(row.judge)}
 
 
 # --- SVG plots ---------------------------------------------------------------------------------------
@@ -278,7 +318,7 @@ def _tick(value: float, percent: bool) -> str:
 
 
 def _rate_estimate(rate: agreement.Rate) -> Estimate | None:
-    from .stats import Estimate
+    from ..stats import Estimate
 
     return Estimate(rate.value, rate.low, rate.high) if rate.n else None
 
@@ -308,9 +348,10 @@ def bias_plot(judges: list[agreement.JudgeBehaviour]) -> IntervalPlot | None:
 def ranking_plot(rankings: agreement.Rankings, judge_name: str) -> IntervalPlot | None:
     if not rankings.rows:
         return None
-    items = [(r.generator, [r.experts, r.judge]) for r in rankings.rows]
-    bounds = [v for r in rankings.rows for e in (r.experts, r.judge) if e for v in (e.low, e.high, e.value)
-              if not math.isnan(v)]
+    estimates = [(r.generator, [rank.bradley_terry if rank else None for rank in (r.experts, r.judge)])
+                 for r in rankings.rows]
+    items = estimates
+    bounds = [v for _, pair in estimates for e in pair if e for v in (e.low, e.high, e.value) if not math.isnan(v)]
     widest = max(abs(v) for v in bounds) if bounds else 1.0
     # Ticks land on round numbers either side of 0: halves up to ±2, whole numbers beyond.
     edge = max(1.0, math.ceil(widest * 2) / 2) if widest <= 2 else float(math.ceil(widest))
@@ -359,7 +400,7 @@ class Heatmap:
 
 def heatmap(confusion, size: int = 70, left: int = 110, top: int = 60) -> Heatmap:
     """Expert labels (rows) × judge labels (columns); the shade is the share of the row, the number the count."""
-    from .agreement import LABEL_NAMES
+    from .figures import LABEL_NAMES
 
     names = [LABEL_NAMES[label] for label in confusion.labels]
     cells = []

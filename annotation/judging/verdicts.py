@@ -196,6 +196,20 @@ def combine_canonical(ab: str | None, ba: str | None) -> str:
     return ab if ab == ba else INCONSISTENT
 
 
+def combine_asked(ab: str | None, ba: str | None, asked: int) -> str:
+    """``combine_canonical`` for a judge that may have been asked one order only.
+
+    ``asked``: how many orders were asked (verdicts stored, valid or not). Asked once, the verdict is that
+    order's label: a *one-order* verdict (an imported study's, or a judge set to judge one order to save cost),
+    which counts, though whether it would flip with the order is not measured. Asked in both orders, see
+    ``combine_canonical``: a valid answer in one order and an invalid one in the other stays "invalid".
+    """
+    if asked == 1:
+        label = ab if ab is not None else ba
+        return label if label in CANONICAL_LABELS else INVALID
+    return combine_canonical(ab, ba)
+
+
 def combine_orders(first: str | None, second: str | None) -> str:
     """Combine one judge's two presentation-order verdicts into a canonical one.
 

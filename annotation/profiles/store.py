@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from .models import Profile
-from .profile_format import Competency, ParsedProfile, is_near_duplicate, parse_profile
+from ..models import Profile
+from .format import Competency, ParsedProfile, is_near_duplicate, parse_profile
 
 
 def parsed_fields(raw_text: str, cut_off_at: int | None = None) -> dict:
@@ -12,10 +12,19 @@ def parsed_fields(raw_text: str, cut_off_at: int | None = None) -> dict:
     ``cut_off_at``: the token limit that stopped the model. Such a text may still parse, but its last
     competency is unfinished, so it is not a profile the model gave.
     """
+    return fields_of(parse_stored(raw_text, cut_off_at))
+
+
+def parse_stored(raw_text: str, cut_off_at: int | None = None) -> ParsedProfile:
     parsed = parse_profile(raw_text)
     if parsed.valid and cut_off_at is not None:
         parsed = ParsedProfile(valid=False, reason=f"cut off at the token limit ({cut_off_at} tokens) before the "
-                                                   "answer ended; raise the generator's max new tokens")
+                                                   "answer ended; raise the generator's max new tokens",
+                               reason_kind="cut_off")
+    return parsed
+
+
+def fields_of(parsed: ParsedProfile) -> dict:
     return {
         "domain": parsed.domain if parsed.valid else "",
         "competencies": [{"name": c.name, "description": c.description} for c in parsed.competencies]

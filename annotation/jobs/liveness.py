@@ -20,7 +20,7 @@ export job fails its DatasetExport too.
 
 A message the broker delivers again later (``acks_late``: the dead worker never acknowledged it) finds the
 row failed, or still running if nobody noticed yet, and does nothing: only a queued row is ever claimed
-(``annotation.jobs.run_job``, ``training.runs.claim``), so a task never runs twice at once and a failed row is
+(``annotation.jobs.lifecycle.run_job``, ``training.runs.claim``), so a task never runs twice at once and a failed row is
 never flipped back. The admin starts the work again, which fills in only what is missing.
 """
 
@@ -30,13 +30,13 @@ import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import timedelta
 
 from django.conf import settings
 from django.db import close_old_connections, connection
 from django.utils import timezone
 
-from .models import DatasetExport, Job, JobKind, JobStatus
+from ..models import DatasetExport, Job, JobKind, JobStatus
+from .models import stale_after_s
 
 logger = logging.getLogger(__name__)
 
@@ -47,17 +47,8 @@ def heartbeat_s() -> float:
     return float(getattr(settings, "WORKER_HEARTBEAT_S", 5))
 
 
-def stale_after_s() -> float:
-    """A running row silent this long has lost its worker (45 s: nine missed heartbeats)."""
-    return float(getattr(settings, "WORKER_STALE_AFTER_S", 45))
-
-
 def watchdog_s() -> float:
     return float(getattr(settings, "WORKER_WATCHDOG_S", 15))
-
-
-def stale_cutoff(now=None):
-    return (now or timezone.now()) - timedelta(seconds=stale_after_s())
 
 
 # --- which models are watched ----------------------------------------------------------------------------

@@ -3,18 +3,17 @@
 A job runs at most once: ``run_job`` claims it (queued → running, atomically, with the worker's name), and a
 message for a job that is not queued any more (a duplicate, or the broker handing a dead worker's message out
 again) does nothing. While the work runs a heartbeat thread proves the worker alive; if the worker dies,
-``annotation.liveness`` fails the job with the reason, and nothing the work writes afterwards can revive it.
+``annotation.jobs.liveness`` fails the job with the reason, and nothing the work writes afterwards can revive it.
 """
 
 from __future__ import annotations
 
 import logging
 
-from django.db import transaction
 from django.utils import timezone
 
+from ..models import FINISHED_STATUSES, Job, JobStatus
 from .liveness import Heartbeat, job_hint
-from .models import FINISHED_STATUSES, Job, JobStatus
 
 logger = logging.getLogger(__name__)
 
@@ -26,12 +25,6 @@ class JobCancelled(Exception):
 class JobLost(Exception):
     """The job is no longer this worker's to write: it was marked failed behind its back (its heartbeat went
     stale, so the watchdog took it for dead) or deleted. The work stops; the job keeps the watchdog's error."""
-
-
-def enqueue(task, job: Job) -> Job:
-    # After commit, so the worker never looks for a job row that is not there yet.
-    transaction.on_commit(lambda: task.delay(job.pk))
-    return job
 
 
 def create_job(kind: str, params: dict | None = None, user=None, total: int = 0) -> Job:

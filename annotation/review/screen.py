@@ -20,9 +20,9 @@ import nh3
 from django.utils.html import escape
 from django.utils.safestring import SafeString, mark_safe
 
-from .models import Assignment, Document, JudgeVerdict, Order, Profile
-from .profile_format import Competency, ParsedProfile, align_competencies
-from .verdicts import INCONSISTENT, combine_canonical
+from ..models import Assignment, Document, JudgeVerdict, Order, Profile
+from ..profiles.format import Competency, ParsedProfile, align_competencies
+from ..judging.verdicts import INCONSISTENT, combine_asked
 
 DISPLAY_CHOICES = [("left", "A", "1"), ("right", "B", "2"), ("tie", "Tie", "3"), ("both_bad", "Both bad", "4")]
 FLAGS = {"irrelevant": "irrelevant", "unsupported": "not supported"}
@@ -293,7 +293,7 @@ def judge_view(verdicts: list[JudgeVerdict], pair: Pair) -> JudgeView | None:
         verdict = by_order.get(order)
         return verdict.preferred if verdict and verdict.is_valid else None
 
-    combined = combine_canonical(canonical(Order.AB), canonical(Order.BA))
+    combined = combine_asked(canonical(Order.AB), canonical(Order.BA), len(by_order))
     outcome = pair.display_choice(combined) if combined in ("a", "b") else combined
     runs = []
     for order in (Order.AB, Order.BA):
@@ -308,10 +308,14 @@ def judge_view(verdicts: list[JudgeVerdict], pair: Pair) -> JudgeView | None:
             reasoning=verdict.reasoning,
             labels_swapped=pair.display_label(first) != "A",
         ))
-    return JudgeView(outcome, _headline(outcome, pair), runs)
+    return JudgeView(outcome, _headline(outcome, pair, one_order=len(by_order) == 1), runs)
 
 
-def _headline(outcome: str, pair: Pair) -> str:
+def _headline(outcome: str, pair: Pair, one_order: bool = False) -> str:
+    if one_order and outcome in ("left", "right", "tie"):
+        said = "calls it a tie" if outcome == "tie" else \
+            f"prefers {pair.left.label if outcome == 'left' else pair.right.label}"
+        return f"The judge {said}, in the one presentation order it was asked."
     if outcome in ("left", "right"):
         label = pair.left.label if outcome == "left" else pair.right.label
         return f"The judge prefers {label}, in both presentation orders."

@@ -16,7 +16,7 @@ from typing import Iterator
 
 from django.db import transaction
 
-from .models import Document, Sample, SampleDocument, Split
+from ..models import Document, Sample, SampleDocument, Split
 
 REQUIRED_FIELDS = ("id", "title", "abstract", "authors")
 OPTIONAL_FIELDS = ("year", "sample")
@@ -57,6 +57,8 @@ class ImportOptions:
     group_by: str = ""  # "author" builds samples from each first author's documents
     sample_size: int = 5
     heldout_fraction: float = 0.0
+    # A study that kept only titles: rows may lack an abstract (stored title-only, never used as a prompt).
+    allow_title_only: bool = False
 
 
 @dataclass
@@ -65,13 +67,18 @@ class ImportResult:
     documents_unchanged: int = 0
     samples_created: int = 0
     memberships_created: int = 0
+    title_only: int = 0  # of the file's documents, those without an abstract
     samples: set[str] = field(default_factory=set)
 
     def summary(self) -> str:
-        return (
+        text = (
             f"{self.documents_created} document(s) created, {self.documents_unchanged} unchanged, "
             f"{self.samples_created} sample(s) created, {self.memberships_created} sample membership(s) added"
         )
+        if self.title_only:
+            text += (f"; {self.title_only} document(s) are title-only (no abstract): their samples can carry "
+                     "imported profiles and labels, and generation and judging refuse them")
+        return text
 
 
 @dataclass
@@ -132,7 +139,7 @@ def _jsonl_records(handle, problems: list[Problem]) -> Iterator[tuple[int, dict]
         yield number, record
 
 
-def _csv_records(handle, problems: list[Problem]) -> Iterator[tuple[int, dict]]:
+def _csv_records(handle, problems: list[Problem], allow_title_only: bool = False) -> Iterator[tuple[int, dict]]:
     lines = _decoded_lines(handle, problems)
     numbers: list[int] = []
 
@@ -143,7 +150,7 @@ def _csv_records(handle, problems: list[Problem]) -> Iterator[tuple[int, dict]]:
 
     reader = csv.DictReader(texts())
     headers = [h.strip() for h in (reader.fieldnames or [])]
-    missing = [name for name in REQUIRED_FIELDS if name not in headers]
+    missing = [name for name in REQUIRED_FIELDS if name not in headers and not (name == "abstract" and allow_title_only)]
     if missing:
         problems.append(Problem(1, ",".join(missing), f"CSV header lacks column(s) {', '.join(missing)}; "
                                                       f"found: {', '.join(headers) or 'nothing'}"))
@@ -178,16 +185,20 @@ def _text_field(record: dict, name: str, line: int, problems: list[Problem], req
     if not isinstance(value, str):
         problems.append(Problem(line, name, f"expected text, got {type(value).__name__}"))
         return ""
-    if not value.strip():
+    if not value.strip() and required:
         problems.append(Problem(line, name, "empty"))
     return value.strip()
 
 
-def validate_record(line: int, record: dict, problems: list[Problem]) -> Row | None:
+def validate_record(line: int, record: dict, problems: list[Problem], allow_title_only: bool = False) -> Row | None:
     before = len(problems)
     external_id = _text_field(record, "id", line, problems)
     title = _text_field(record, "title", line, problems)
-    abstract = _text_field(record, "abstract", line, problems)
+    abstract = _text_field(record, "abstract", line, problems, required=not allow_title_only)
+    if (not allow_title_only and problems[before:] and problems[-1].field == "abstract"
+            and problems[-1].message in ("missing", "empty")):
+        problems[-1] = Problem(line, "abstract", f"{problems[-1].message} (a study that kept only titles: import "
+                                                 "with --allow-title-only)")
     sample = _text_field(record, "sample", line, problems, required=False)
     authors = record.get("authors")
     if authors is None or authors == [] or authors == "":
@@ -214,18 +225,20 @@ class _Writer:
         self.author_counts: dict[str, int] = defaultdict(int)
         self.sample_positions: dict[int, int] = {}
 
-    def add(self, row: Row) -> None:
+    def add(self, row: Row) -> bool:
+        """Queue the row; False when the file already had it."""
         earlier = self.seen_in_file.get(row.external_id)
         if earlier and earlier[1] != row.content_hash:
             self.problems.append(Problem(row.line, "id", f"duplicate id {row.external_id!r} with different "
                                                          f"content (first seen on line {earlier[0]})"))
-            return
+            return False
         if earlier:
-            return
+            return False
         self.seen_in_file[row.external_id] = (row.line, row.content_hash)
         self.batch.append(row)
         if len(self.batch) >= BATCH_SIZE:
             self.flush()
+        return True
 
     def sample_name(self, row: Row) -> str:
         if row.sample or self.options.group_by != "author":
@@ -307,11 +320,12 @@ def import_documents(path: Path | str, options: ImportOptions | None = None) -> 
     try:
         with transaction.atomic(), path.open("rb") as handle:
             writer = _Writer(options, problems)
-            records = _jsonl_records(handle, problems) if fmt == "jsonl" else _csv_records(handle, problems)
+            records = (_jsonl_records(handle, problems) if fmt == "jsonl"
+                       else _csv_records(handle, problems, options.allow_title_only))
             for line, record in records:
-                row = validate_record(line, record, problems)
+                row = validate_record(line, record, problems, options.allow_title_only)
                 if row:
-                    writer.add(row)
+                    writer.result.title_only += writer.add(row) and not row.abstract
             writer.flush()
             if not writer.seen_in_file and not problems:
                 problems.append(Problem(0, "", "the file holds no records"))

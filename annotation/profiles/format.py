@@ -72,8 +72,9 @@ class ParsedProfile:
     valid: bool
     domain: str = ""
     competencies: list[Competency] = field(default_factory=list)
-    # Empty when valid; otherwise the first problem found, in words.
+    # Empty when valid; otherwise the first problem found, in words, and its kind (a key of REASON_KINDS).
     reason: str = ""
+    reason_kind: str = ""
     # Noise that was dropped (a preamble line, a trailing note), so an admin can see what was cut.
     ignored: list[str] = field(default_factory=list)
 
@@ -82,7 +83,31 @@ class ParsedProfile:
 
 
 class _Invalid(Exception):
-    pass
+    def __init__(self, message: str, kind: str = "structure"):
+        super().__init__(message)
+        self.kind = kind
+
+
+# Why profiles are invalid, as the end of "N profiles …", for import summaries and figures.
+REASON_KINDS = {
+    "too_many": f"have more than {MAX_COMPETENCIES} competencies",
+    "too_few": f"have fewer than {MIN_COMPETENCIES} competencies",
+    "name_too_long": f"have a competency name over {MAX_NAME_CHARS} characters",
+    "description_too_long": f"have a description over {MAX_DESCRIPTION_CHARS} characters",
+    "domain_too_long": f"have a domain over {MAX_DOMAIN_CHARS} characters",
+    "no_domain": "have no 'Domain:' line",
+    "no_list": "have no competency list",
+    "empty_field": "have an empty domain, competency name or description",
+    "duplicate_names": "name a competency twice",
+    "repeated": "repeat their own output",
+    "structure": "have text the profile format does not allow",
+    "code": "contain code",
+    "placeholder": "echo the prompt's placeholder",
+    "not_words": "have a field that is mostly not words",
+    "loop": "have a description that repeats itself",
+    "empty": "are empty",
+    "cut_off": "were cut off at the token limit",
+}
 
 
 @dataclass
@@ -99,6 +124,7 @@ def parse_profile(text: str) -> ParsedProfile:
         _validate(result)
     except _Invalid as problem:
         result.reason = str(problem)
+        result.reason_kind = problem.kind
         return result
     result.valid = True
     return result
@@ -106,18 +132,18 @@ def parse_profile(text: str) -> ParsedProfile:
 
 def _parse_into(text: str, result: ParsedProfile) -> None:
     if not text.strip():
-        raise _Invalid("empty text")
+        raise _Invalid("empty text", "empty")
     lines = _unwrap_code_fence(text.strip().splitlines())
     for number, line in enumerate(lines, start=1):
         if _CODE_LINE.match(line):
-            raise _Invalid(f"contains code at line {number} ({_quote(line.strip())})")
+            raise _Invalid(f"contains code at line {number} ({_quote(line.strip())})", "code")
     cleaned = [_clean_line(line) for line in lines]
 
     domain_at = [i for i, line in enumerate(cleaned) if _DOMAIN_LINE.match(line)]
     if not domain_at:
-        raise _Invalid("no 'Domain:' line")
+        raise _Invalid("no 'Domain:' line", "no_domain")
     if len(domain_at) > 1:
-        raise _Invalid(f"a second 'Domain:' line at line {domain_at[1] + 1} (repeated output?)")
+        raise _Invalid(f"a second 'Domain:' line at line {domain_at[1] + 1} (repeated output?)", "repeated")
     start = domain_at[0]
     preamble = [line for line in cleaned[:start] if line]
     if len(preamble) > 1:
@@ -133,7 +159,7 @@ def _parse_into(text: str, result: ParsedProfile) -> None:
             domain, rest = rest[nxt], rest[nxt + 1 :]
     result.domain = _strip_wrappers(domain)
     if not result.domain:
-        raise _Invalid("empty domain")
+        raise _Invalid("empty domain", "empty_field")
 
     items = _parse_list(rest, first_line_number=len(cleaned) - len(rest) + 1, ignored=result.ignored)
     result.competencies = [Competency(_strip_wrappers(it.name), " ".join(" ".join(it.parts).split())) for it in items]
@@ -151,7 +177,7 @@ def _parse_list(lines: list[str], first_line_number: int, ignored: list[str]) ->
             continue
         if _COMPETENCIES_HEADER.match(line):
             if seen_header or items:
-                raise _Invalid(f"a second 'Competencies:' header at line {number} (repeated output?)")
+                raise _Invalid(f"a second 'Competencies:' header at line {number} (repeated output?)", "repeated")
             seen_header = True
             after_blank = False
             continue
@@ -177,7 +203,7 @@ def _parse_list(lines: list[str], first_line_number: int, ignored: list[str]) ->
             raise _Invalid(f"unexpected text before the competency list at line {number} ({_quote(line)})")
         after_blank = False
     if not items:
-        raise _Invalid("no competency list after the 'Domain:' line")
+        raise _Invalid("no competency list after the 'Domain:' line", "no_list")
     return items
 
 
@@ -218,38 +244,39 @@ def _split_item(body: str) -> _Item:
 
 
 def _validate(profile: ParsedProfile) -> None:
-    _check_text("domain", profile.domain, MAX_DOMAIN_CHARS)
+    _check_text("domain", profile.domain, MAX_DOMAIN_CHARS, "domain")
     count = len(profile.competencies)
     if count < MIN_COMPETENCIES:
-        raise _Invalid(f"{_plural(count, 'competency', 'competencies')}; at least {MIN_COMPETENCIES} are required")
+        raise _Invalid(f"{_plural(count, 'competency', 'competencies')}; at least {MIN_COMPETENCIES} are required",
+                       "too_few")
     if count > MAX_COMPETENCIES:
-        raise _Invalid(f"{count} competencies; at most {MAX_COMPETENCIES} are allowed")
+        raise _Invalid(f"{count} competencies; at most {MAX_COMPETENCIES} are allowed", "too_many")
     for number, competency in enumerate(profile.competencies, start=1):
         if not competency.name:
-            raise _Invalid(f"competency {number} has an empty name")
+            raise _Invalid(f"competency {number} has an empty name", "empty_field")
         label = f"competency {number} ({_quote(competency.name)})"
         if not competency.description:
-            raise _Invalid(f"{label} has an empty description")
-        _check_text(f"{label} name", competency.name, MAX_NAME_CHARS)
-        _check_text(f"{label} description", competency.description, MAX_DESCRIPTION_CHARS)
+            raise _Invalid(f"{label} has an empty description", "empty_field")
+        _check_text(f"{label} name", competency.name, MAX_NAME_CHARS, "name")
+        _check_text(f"{label} description", competency.description, MAX_DESCRIPTION_CHARS, "description")
         _check_loop(label, competency.description)
     names = Counter(normalise_name(c.name) for c in profile.competencies)
     for competency in profile.competencies:
         times = names[normalise_name(competency.name)]
         if times > 1:
             said = "twice" if times == 2 else f"{times} times"
-            raise _Invalid(f"competency name {_quote(competency.name)} appears {said}")
+            raise _Invalid(f"competency name {_quote(competency.name)} appears {said}", "duplicate_names")
 
 
-def _check_text(what: str, text: str, max_chars: int) -> None:
+def _check_text(what: str, text: str, max_chars: int, field: str) -> None:
     if _PLACEHOLDER.fullmatch(text):
-        raise _Invalid(f"{what} is the placeholder from the prompt ({_quote(text)})")
+        raise _Invalid(f"{what} is the placeholder from the prompt ({_quote(text)})", "placeholder")
     if len(text) > max_chars:
-        raise _Invalid(f"{what} is {len(text)} characters; at most {max_chars} are allowed")
+        raise _Invalid(f"{what} is {len(text)} characters; at most {max_chars} are allowed", f"{field}_too_long")
     tokens = text.split()
     words = sum(1 for token in tokens if _WORD.fullmatch(_strip_punctuation(token)))
     if tokens and words / len(tokens) < MIN_WORD_SHARE:
-        raise _Invalid(f"{what} is mostly not words ({words} of {len(tokens)} tokens are words)")
+        raise _Invalid(f"{what} is mostly not words ({words} of {len(tokens)} tokens are words)", "not_words")
 
 
 def _check_loop(label: str, description: str) -> None:
@@ -258,7 +285,7 @@ def _check_loop(label: str, description: str) -> None:
     if trigrams:
         trigram, times = trigrams.most_common(1)[0]
         if times >= MAX_TRIGRAM_REPEATS:
-            raise _Invalid(f"{label} description repeats itself ({_quote(' '.join(trigram))} {times} times)")
+            raise _Invalid(f"{label} description repeats itself ({_quote(' '.join(trigram))} {times} times)", "loop")
 
 
 def format_profile(domain: str, competencies: list[Competency]) -> str:

@@ -1,0 +1,1 @@
+"""Agreement: judge vs experts and experts vs experts, the figures and the staff dashboard that shows them."""

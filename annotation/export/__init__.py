@@ -1,0 +1,1 @@
+"""DPO dataset export: frozen snapshots in TRL's formats."""

@@ -1,0 +1,250 @@
+"""Which comparisons a judging job judges, and the job itself (``run_judging``).
+
+``existing`` comparisons (a campaign's, or all), ``all`` pairs of each sample's pairable profiles, the knockout
+``tournament`` of the thesis, and ``active`` pairs (where the judges are least sure) added to a campaign.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+from django.db import transaction
+from django.db.models import Avg, QuerySet
+
+from ..jobs.lifecycle import JobProgress
+from ..llm_client import EndpointError
+from ..models import (
+    Campaign, CampaignItem, Comparison, Job, Judge, JudgeVerdict, PairingSource, Profile, Sample, TournamentPreference,
+)
+from .combined import pair_verdicts
+from .pairing import PairStats, Tournament, active_pairs, all_pairs
+from .session import Session
+from .verdicts import INCONSISTENT
+
+# Samples per step of the "all" strategy and comparisons per step of "existing"/"active": bounds the
+# size of each query and of each batch of prompts held in memory.
+SAMPLES_PER_STEP = 8
+COMPARISONS_PER_STEP = 200
+ACTIVE_DEFAULT_LIMIT = 20
+
+
+def pairable_by_sample(sample_ids: Iterable[int]) -> dict[int, list[int]]:
+    """Each sample's pairable profile ids (valid, not a near-duplicate), in id order; one query."""
+    rows = (Profile.objects.pairable().filter(sample_id__in=list(sample_ids)).order_by("sample_id", "id")
+            .values_list("sample_id", "id"))
+    found: dict[int, list[int]] = defaultdict(list)
+    for sample_id, profile_id in rows:
+        found[sample_id].append(profile_id)
+    return found
+
+
+def ensure_comparisons(pairs: Sequence[tuple[int, int, int]], source: str) -> list[Comparison]:
+    """The canonical comparison of each (sample id, profile id, profile id), created where missing.
+
+    Existing comparisons keep their source. Returned in the order of ``pairs``, profiles loaded.
+    """
+    keys = [(s, min(p, q), max(p, q)) for s, p, q in pairs]
+    Comparison.objects.bulk_create(
+        [Comparison(sample_id=s, profile_a_id=a, profile_b_id=b, source=source) for s, a, b in keys],
+        ignore_conflicts=True,
+    )
+    found = (Comparison.objects.filter(profile_a_id__in={a for _, a, _ in keys}, profile_b_id__in={b for *_, b in keys})
+             .select_related("profile_a", "profile_b"))
+    by_pair = {(c.profile_a_id, c.profile_b_id): c for c in found}
+    return [by_pair[(a, b)] for _, a, b in keys]
+
+
+def add_to_campaign(campaign: Campaign | None, comparisons: Iterable[Comparison]) -> None:
+    if campaign is not None:
+        CampaignItem.objects.bulk_create([CampaignItem(campaign=campaign, comparison=c) for c in comparisons],
+                                         ignore_conflicts=True)
+
+
+def seeded(profile_ids: list[int], sample_id: int) -> list[int]:
+    """The bracket order: shuffled so seeding does not follow generation order, yet fixed per sample, so a
+    re-run plays the same matches and reuses their stored verdicts."""
+    order = list(profile_ids)
+    random.Random(sample_id).shuffle(order)
+    return order
+
+
+def judge_all_pairs(session: Session, sample_ids: Sequence[int], campaign: Campaign | None = None) -> str:
+    pairable = pairable_by_sample(sample_ids)
+    samples = [s for s in sample_ids if len(pairable.get(s, ())) >= 2]
+    for start in range(0, len(samples), SAMPLES_PER_STEP):
+        step = samples[start:start + SAMPLES_PER_STEP]
+        pairs = [(s, p, q) for s in step for p, q in all_pairs(pairable[s])]
+        comparisons = ensure_comparisons(pairs, PairingSource.ALL)
+        add_to_campaign(campaign, comparisons)
+        session.judge_comparisons(comparisons)
+    return f"all pairs of {len(samples)} samples"
+
+
+def planned_all(sample_ids: Sequence[int], orders: int = 2) -> int:
+    return sum(orders * len(ids) * (len(ids) - 1) // 2 for ids in pairable_by_sample(sample_ids).values())
+
+
+@dataclass
+class Bracket:
+    """One sample's tournament, and the comparison behind each of its matches."""
+
+    sample_id: int
+    tournament: Tournament
+    comparisons: dict[tuple[int, int], Comparison] = field(default_factory=dict)
+    incomplete: bool = False
+
+
+def run_tournaments(session: Session, sample_ids: Sequence[int], campaign: Campaign | None = None) -> str:
+    """Knockout tournaments for the samples, all advancing together round by round.
+
+    Each round's matches (of every sample) are judged together, so an HTTP judge has enough requests in
+    flight. A match's winner is the profile both orders agree on; a tie, a flip or an invalid answer sends
+    the match's first candidate on without a preference (``Tournament.record``). A match whose verdicts
+    are missing (transient failures) stops its sample's tournament for this run: its preferences are not
+    stored, and a re-run replays the stored verdicts and asks only what is missing.
+    """
+    pairable = pairable_by_sample(sample_ids)
+    brackets = [Bracket(s, Tournament(seeded(pairable[s], s))) for s in sample_ids if len(pairable.get(s, ())) >= 2]
+    while playing := [b for b in brackets if not b.tournament.done and not b.incomplete]:
+        _play_round(session, playing, campaign)
+    finished = [b for b in brackets if not b.incomplete]
+    counts = [store_tournament(session.judge, b) for b in finished]
+    text = (f"{len(finished)} tournaments, {sum(c[0] for c in counts)} preferences "
+            f"({sum(c[1] for c in counts)} implied)")
+    if len(finished) < len(brackets):
+        text += f"; {len(brackets) - len(finished)} incomplete (requests failed) — run again to finish them"
+    return text
+
+
+def _play_round(session: Session, playing: list[Bracket], campaign: Campaign | None) -> None:
+    matches = [(b, a, c) for b in playing for a, c in b.tournament.next_matches()]
+    comparisons = ensure_comparisons([(b.sample_id, a, c) for b, a, c in matches], PairingSource.TOURNAMENT)
+    add_to_campaign(campaign, comparisons)
+    session.judge_comparisons(comparisons)
+    verdicts = {c: pv for c, _, pv in pair_verdicts(JudgeVerdict.objects.filter(
+        judge=session.judge, comparison__in=[c.pk for c in comparisons]))}
+    for (bracket, first, second), comparison in zip(matches, comparisons):
+        bracket.comparisons[(comparison.profile_a_id, comparison.profile_b_id)] = comparison
+        found = verdicts.get(comparison.pk)
+        if found is None or found.answered < session.judge.orders_asked:
+            bracket.incomplete = True
+            continue
+        winner = {"a": comparison.profile_a_id, "b": comparison.profile_b_id}.get(found.combined)
+        if not bracket.incomplete:
+            bracket.tournament.record(first, second, winner)
+
+
+@transaction.atomic
+def store_tournament(judge: Judge, bracket: Bracket) -> tuple[int, int]:
+    """Replace the judge's preferences for the sample with this tournament's; (preferences, implied)."""
+    TournamentPreference.objects.filter(judge=judge, sample_id=bracket.sample_id).delete()
+    rows = [
+        TournamentPreference(judge=judge, sample_id=bracket.sample_id, chosen_id=p.chosen, rejected_id=p.rejected,
+                             implied=p.implied, comparison=bracket.comparisons[(min(p.match), max(p.match))])
+        for p in bracket.tournament.preferences()
+    ]
+    TournamentPreference.objects.bulk_create(rows)
+    return len(rows), sum(r.implied for r in rows)
+
+
+def planned_tournament(sample_ids: Sequence[int], orders: int = 2) -> int:
+    # A knockout of n entrants plays n − 1 matches whatever the byes and ties; each in every order asked.
+    return sum(orders * (len(ids) - 1) for ids in pairable_by_sample(sample_ids).values() if len(ids) >= 2)
+
+
+def judge_existing(session: Session, comparisons: QuerySet) -> str:
+    ids = list(comparisons.order_by("pk").values_list("pk", flat=True))
+    for start in range(0, len(ids), COMPARISONS_PER_STEP):
+        step = ids[start:start + COMPARISONS_PER_STEP]
+        session.judge_comparisons(list(Comparison.objects.filter(pk__in=step).order_by("pk")
+                                       .select_related("profile_a", "profile_b")))
+    return f"{len(ids)} existing comparisons"
+
+
+def pair_stats(comparisons: QuerySet) -> list[PairStats]:
+    """What all judges say about each comparison (combined verdicts, mean canonical confidence), in id order.
+
+    Three queries, whatever the number of comparisons and judges.
+    """
+    ids = list(comparisons.order_by("pk").values_list("pk", flat=True))
+    verdicts = JudgeVerdict.objects.filter(comparison__in=comparisons.values("pk"))
+    counts: dict[int, Counter] = defaultdict(Counter)
+    for comparison_id, _, pv in pair_verdicts(verdicts):
+        counts[comparison_id][pv.combined] += 1
+    confidence = dict(verdicts.filter(is_valid=True, confidence__isnull=False).order_by().values("comparison_id")
+                      .annotate(c=Avg("confidence")).values_list("comparison_id", "c"))
+    return [PairStats(pair=(c,), a=counts[c]["a"], b=counts[c]["b"], tie=counts[c]["tie"],
+                      inconsistent=counts[c][INCONSISTENT], confidence=confidence.get(c)) for c in ids]
+
+
+def select_active(session: Session, candidates: QuerySet, campaign: Campaign, limit: int) -> str:
+    """Add the ``limit`` comparisons the judges are least sure about to the campaign, for experts.
+
+    Candidates are the existing comparisons not yet in the campaign; this judge first answers any order it
+    has not, so every candidate has its say. Uncertainty is ``pairing.uncertainty``: inconsistent across
+    orders, judges disagreeing, ties, confidence near ½.
+    """
+    candidates = candidates.exclude(campaign_items__campaign=campaign)
+    judge_existing(session, candidates)
+    scored = pair_stats(candidates)
+    chosen = [s.pair[0] for s in active_pairs(scored, limit)]
+    add_to_campaign(campaign, Comparison.objects.filter(pk__in=chosen))
+    return f"{len(chosen)} most uncertain of {len(scored)} comparisons added to {campaign.name}"
+
+
+def _scope(params: dict) -> tuple[list[int], Campaign | None, int]:
+    """The samples to judge, the campaign, and how many title-only samples were left out (they have no
+    abstracts to show a judge; start_judging refuses them when they are named)."""
+    campaign = Campaign.objects.get(pk=params["campaign_id"]) if params.get("campaign_id") else None
+    samples = Sample.objects.order_by("pk")
+    if params.get("sample_ids") is not None:
+        samples = samples.filter(pk__in=params["sample_ids"])
+    left_out = samples.title_only().count()
+    return list(samples.with_abstracts().values_list("pk", flat=True)), campaign, left_out
+
+
+def _existing_scope(campaign: Campaign | None, sample_ids: list[int], limit: int | None) -> QuerySet:
+    comparisons = (campaign.comparisons.filter(sample_id__in=sample_ids) if campaign
+                   else Comparison.objects.filter(sample_id__in=sample_ids))
+    if limit:
+        comparisons = Comparison.objects.filter(pk__in=list(comparisons.order_by("pk").values_list("pk", flat=True)[:limit]))
+    return comparisons
+
+
+def run_judging(job: Job, progress: JobProgress) -> str:
+    """The judging job: ``job.params`` names the judge, the pairing, and the samples or campaign."""
+    params = job.params
+    judge = Judge.objects.get(pk=params["judge_id"])
+    pairing = params.get("pairing", "tournament")
+    sample_ids, campaign, title_only = _scope(params)
+    limit = params.get("limit")
+    session = Session(judge, report=lambda t: progress.advance(t.done, f"{t.done} of {progress.job.total} judgements",
+                                                               **t.stats()))
+    if pairing in ("all", "tournament") and limit:
+        sample_ids = sample_ids[:limit]
+    if pairing == "all":
+        progress.start(total=planned_all(sample_ids, judge.orders_asked))
+        what = judge_all_pairs(session, sample_ids, campaign)
+    elif pairing == "tournament":
+        progress.start(total=planned_tournament(sample_ids, judge.orders_asked))
+        what = run_tournaments(session, sample_ids, campaign)
+    elif pairing == "active":
+        if campaign is None:
+            raise ValueError("active pairing adds the most uncertain pairs to a campaign: choose one")
+        candidates = Comparison.objects.filter(sample_id__in=sample_ids)
+        progress.start(total=judge.orders_asked * candidates.exclude(campaign_items__campaign=campaign).count())
+        what = select_active(session, candidates, campaign, limit or ACTIVE_DEFAULT_LIMIT)
+    else:
+        comparisons = _existing_scope(campaign, sample_ids, limit)
+        progress.start(total=judge.orders_asked * comparisons.count())
+        what = judge_existing(session, comparisons)
+    tally = session.tally
+    if tally.failed and not tally.stored and not tally.reused:
+        raise EndpointError(f"every request failed: {tally.last_failure}")
+    skipped = f"; {title_only} title-only samples left out (no abstracts)" if title_only else ""
+    return f"{judge.name} ({pairing}): {what}; {tally.summary()}{skipped}"
+
+

@@ -1,0 +1,1 @@
+"""Candidate profiles: their format and validation, storing them, and the generation job that writes them."""

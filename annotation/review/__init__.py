@@ -1,0 +1,1 @@
+"""Expert review: campaigns, handing out comparisons, the comparison screen and the votes."""
