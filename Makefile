@@ -26,8 +26,9 @@ $(VENV)/.installed: requirements.txt
 	touch $@
 
 # requirements.in says what CompX uses and why; requirements.txt pins what that resolves to. pip-compile keeps
-# the pins it finds there, and pins the wheel it finds on our machines: torch's CPU build (2.13.0+cpu). The
-# file keeps the plain release, which a GPU box takes from PyPI as its CUDA build.
+# the pins it finds there, and pins the torch wheel it finds: on our machines the CPU build from local disk
+# (2.13.0+cpu; elsewhere PyPI's CUDA build, with NVIDIA's libraries). The file keeps the plain release, which
+# a GPU box takes from PyPI as its CUDA build.
 PIP_COMPILE := CUSTOM_COMPILE_COMMAND="make requirements" $(abspath $(VENV))/bin/pip-compile --quiet \
 	--strip-extras --no-emit-find-links --no-emit-index-url --output-file=requirements.txt requirements.in \
 	2> >(grep -v "$(PIP_NOISE)" >&2) && sed -i 's/^torch==\(.*\)+cpu$$/torch==\1/' requirements.txt
