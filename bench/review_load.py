@@ -38,6 +38,8 @@ from pathlib import Path
 from http.client import HTTPConnection
 from urllib.parse import urlencode, urlparse
 
+import psutil
+
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_URL = "postgres://postgres@127.0.0.1:5432/compx_bench_review"
 DEFAULT_CACHE_URL = "redis://127.0.0.1:6379/13"
@@ -371,15 +373,10 @@ def _own_cpu() -> float:
 
 def _children(pid: int) -> list[int]:
     """The gunicorn master's worker processes."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                if int(_stat(int(entry.name))[1]) == pid:
-                    found.append(int(entry.name))
-            except (OSError, IndexError, ValueError):
-                continue
-    return found
+    try:
+        return [child.pid for child in psutil.Process(pid).children()]
+    except psutil.Error:
+        return []
 
 
 def _is_local(url: str) -> bool:
@@ -395,36 +392,26 @@ def _backends(watcher, url: str) -> list[int]:
         return []
     rows = watcher.execute("SELECT pid FROM pg_stat_activity WHERE datname = %s",
                            (urlparse(url).path.lstrip("/"),)).fetchall()
-    return [pid for (pid,) in rows if Path(f"/proc/{pid}").exists()]
-
-
-def _stat(pid: int) -> list[str]:
-    """/proc/<pid>/stat from the state field on (the command name may hold spaces): [state, ppid, …]."""
-    text = Path(f"/proc/{pid}/stat").read_text()
-    return text[text.rindex(")") + 2:].split()
+    return [pid for (pid,) in rows if psutil.pid_exists(pid)]
 
 
 def _cpu_of(pids: list[int]) -> float:
     """User + system CPU seconds of the processes (those that exited since count as what they had)."""
-    ticks = os.sysconf("SC_CLK_TCK")
     total = 0.0
     for pid in pids:
         try:
-            fields = _stat(pid)
-        except OSError:
+            times = psutil.Process(pid).cpu_times()
+        except psutil.Error:
             continue
-        total += (int(fields[11]) + int(fields[12])) / ticks  # utime, stime
+        total += times.user + times.system
     return total
 
 
 def _rss_mb(pid: int) -> float:
     try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return float("nan")
+        return psutil.Process(pid).memory_info().rss / 2**20
+    except psutil.Error:
+        return float("nan")
 
 
 def _log_in(base: str, username: str):

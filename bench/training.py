@@ -81,7 +81,7 @@ def bare_trl(model_dir: str, data: Path, out: Path, hp: dict) -> tuple[float, fl
         gradient_accumulation_steps=1, seed=hp["seed"], logging_steps=1, save_strategy="no",
     )
     peft_config = LoraConfig(r=hp["lora_r"], lora_alpha=hp["lora_alpha"], lora_dropout=hp["lora_dropout"],
-                             target_modules=hp["target_modules"], bias="none", task_type="CAUSAL_LM")
+                             target_modules=hp["lora_target_modules"], bias="none", task_type="CAUSAL_LM")
     trainer = DPOTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
                          peft_config=peft_config)
     trainer.train()
@@ -165,9 +165,9 @@ def main() -> int:
     data_dir.mkdir()
     write_pairs(data_dir / "train.jsonl", args.pairs)
     hp = {"model_name_or_path": model_dir, "max_steps": args.steps, "per_device_train_batch_size": args.batch_size,
-          "gradient_accumulation_steps": 1, "max_length": args.max_length, "precision": "fp32",
-          "gradient_checkpointing": False, "learning_rate": 5e-5, "beta": 0.1, "lora_r": 16, "lora_alpha": 32,
-          "lora_dropout": 0.05, "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"], "seed": 42,
+          "gradient_accumulation_steps": 1, "max_length": args.max_length, "bf16": False, "dtype": "float32",
+          "activation_checkpointing": False, "learning_rate": 5e-5, "beta": 0.1, "lora_r": 16, "lora_alpha": 32,
+          "lora_dropout": 0.05, "lora_target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"], "seed": 42,
           "save_steps": 10_000, "logging_steps": 1}
     print(f"{args.steps} DPO steps, batch {args.batch_size}, max_length {args.max_length}, {args.pairs} pairs, "
           f"model {model_dir}, database {settings.DATABASES['default']['ENGINE'].rsplit('.', 1)[-1]}")

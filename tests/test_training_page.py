@@ -45,7 +45,7 @@ def write_adapter(run: TrainingRun) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     (out / "adapter_model.safetensors").write_bytes(b"weights")
     (out / "adapter_config.json").write_text(json.dumps({"r": 16}))
-    (out / "train_config.json").write_text(json.dumps(run.config))
+    (out / "train_config.yaml").write_text(json.dumps(run.config))
     (out / "metrics.json").write_text(json.dumps({"status": "completed"}))
     (out / "train.log").write_text("line 1\nstep 10/10 loss 0.5\n")
     return out
@@ -134,7 +134,7 @@ def test_resume_starts_a_new_run_from_the_last_complete_checkpoint(client_for, a
                                                                    django_capture_on_commit_callbacks):
     running(run, step=6)
     TrainingRun.objects.filter(pk=run.pk).update(status=JobStatus.FAILED, error="killed")
-    checkpoints = Path(run.output_dir) / "checkpoints"
+    checkpoints = Path(run.output_dir)
     for step, complete in [(3, True), (5, True), (6, False)]:  # checkpoint-6 was being written when it died
         (checkpoints / f"checkpoint-{step}").mkdir(parents=True)
         if complete:
@@ -164,7 +164,7 @@ def test_artefacts_are_listed_and_downloaded(client_for, admin_user, run):
     (Path(run.output_dir) / "merged" / "model.safetensors").write_bytes(b"merged")
     client = client_for(admin_user)
     page = client.get(f"/training/runs/{run.pk}/").content.decode()
-    for name in ("adapter.zip", "adapter_model.safetensors", "train_config.json", "metrics.json", "train.log",
+    for name in ("adapter.zip", "adapter_model.safetensors", "train_config.yaml", "metrics.json", "train.log",
                  "merged/model.safetensors"):
         assert f"/files/{name}" in page
     response = client.get(f"/training/runs/{run.pk}/files/metrics.json")
@@ -175,7 +175,7 @@ def test_artefacts_are_listed_and_downloaded(client_for, admin_user, run):
     assert "step 10/10" in page  # the log tail
 
 
-@pytest.mark.parametrize("name", ["../export/train.jsonl", "checkpoints/x", "secret.txt", "%2e%2e/%2e%2e/etc/passwd"])
+@pytest.mark.parametrize("name", ["../export/train.jsonl", "checkpoint-1/x", "secret.txt", "%2e%2e/%2e%2e/etc/passwd"])
 def test_downloads_serve_only_listed_artefacts(client_for, admin_user, run, name):
     write_adapter(run)
     (Path(run.output_dir) / "secret.txt").write_text("no")
@@ -232,7 +232,7 @@ def test_a_stored_config_that_no_longer_loads_fails_the_run(run):
     TrainingRun.objects.filter(pk=run.pk).update(config={**run.config, "lr": 1})
     assert run_training(run.pk, worker="w@h") == JobStatus.FAILED
     run.refresh_from_db()
-    assert run.status == JobStatus.FAILED and "unknown field(s) lr" in run.error
+    assert run.status == JobStatus.FAILED and "not used by the HfArgumentParser: ['lr']" in run.error
     assert run.message == "failed before training started" and run.worker == "w@h"
 
 

@@ -37,7 +37,7 @@ def test_posting_the_form_queues_a_run_with_the_whole_config(client_for, admin_u
                                                               django_capture_on_commit_callbacks):
     with django_capture_on_commit_callbacks() as callbacks:
         response = client_for(admin_user).post(ADD, form_data(export, max_steps=3, loss_type="ipo", beta=0.3,
-                                                              use_test_split=True, name="ipo try"))
+                                                              use_test_split=True, name="ipo try", precision="auto"))
     run = TrainingRun.objects.get()
     assert response["Location"] == f"/training/runs/{run.pk}/"
     assert len(callbacks) == 1  # the task is sent once the run row is committed
@@ -48,7 +48,23 @@ def test_posting_the_form_queues_a_run_with_the_whole_config(client_for, admin_u
     assert config["dataset_path"].endswith("export/train.jsonl")
     assert config["eval_dataset_path"].endswith("export/test.jsonl")
     assert config["output_dir"] == run.output_dir and run.output_dir.endswith(f"training/run-{run.pk}")
-    assert config["target_modules"] == ["q_proj", "k_proj", "v_proj", "o_proj"]
+    assert config["lora_target_modules"] == ["q_proj", "k_proj", "v_proj", "o_proj"]
+    assert config["eval_strategy"] == "steps" and config["eval_steps"] == config["save_steps"]
+    # Precision "auto" leaves dtype and bf16 to the worker's machine; fp32 pins them.
+    assert "bf16" not in config and "dtype" not in config and "use_cpu" not in config
+    assert config["activation_checkpointing"] is False  # the form's "gradient checkpointing" box, unticked
+
+
+def test_the_stored_config_is_what_the_command_line_reads(client_for, admin_user, export):
+    from training.ml.dpo import load_config
+
+    client_for(admin_user).post(ADD, form_data(export, precision="fp32", target_modules="q_proj",
+                                              gradient_checkpointing=True, learning_rate=1e-4))
+    script_args, training_args, model_args = load_config(TrainingRun.objects.get().config)
+    assert script_args.dataset_path.endswith("export/train.jsonl") and script_args.eval_dataset_path is None
+    assert training_args.learning_rate == 1e-4 and training_args.activation_checkpointing is True
+    assert training_args.bf16 is False and model_args.dtype == "float32"
+    assert model_args.use_peft and model_args.lora_target_modules == "q_proj"  # TRL's way of storing one module
 
 
 @pytest.mark.parametrize(("overrides", "field", "says"), [
@@ -102,8 +118,9 @@ def test_the_command_starts_the_same_run(export, django_capture_on_commit_callba
                      "--set", "label_smoothing=0.1", "--set", "lora_alpha=8", "--no-wait", stdout=out)
     run = TrainingRun.objects.get()
     assert len(callbacks) == 1 and f"Run #{run.pk}" in out.getvalue()
-    assert run.config["max_steps"] == 4 and run.config["loss_type"] == "robust"
+    assert run.config["max_steps"] == 4 and run.config["loss_type"] == ["robust"]  # a list, as TRL's CLI reads it
     assert run.config["label_smoothing"] == 0.1 and run.config["lora_alpha"] == 8
+    assert run.config["max_steps"] == 4 and isinstance(run.config["max_steps"], int)
     # Everything not given is the form's CPU default.
     assert run.config["max_length"] == CPU_DEFAULTS["max_length"]
     assert json.loads(json.dumps(run.config)) == run.config
@@ -114,6 +131,8 @@ def test_the_command_reports_bad_values(export):
         call_command("start_training", "--export", export.name, "--learning-rate", "-1", "--no-wait")
     with pytest.raises(CommandError, match="unknown field"):
         call_command("start_training", "--export", export.name, "--set", "lr=1", "--no-wait")
+    with pytest.raises(CommandError, match="max_steps"):
+        call_command("start_training", "--export", export.name, "--max-steps", "many", "--no-wait")
     with pytest.raises(CommandError, match="no export"):
         call_command("start_training", "--export", "nope", "--no-wait")
     assert not TrainingRun.objects.exists()

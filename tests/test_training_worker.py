@@ -16,6 +16,7 @@ from django.utils import timezone
 from annotation.models import JobStatus
 from tests.conftest import _database_url, wait_for
 from tests.training_factory import form_data, make_export, start_worker, stop
+from training.ml.dpo import CONFIG_FILE
 from training.models import TrainingLogEntry, TrainingRun
 from training.runs import last_complete_checkpoint
 
@@ -69,7 +70,7 @@ def test_a_run_started_from_the_admin_trains_in_the_worker(celery_worker_process
     assert {"loss", "rewards/accuracies", "rewards/margins", "learning_rate"} <= run.latest_metrics.keys()
 
     out = Path(run.output_dir)
-    assert (out / "adapter_model.safetensors").is_file() and (out / "train_config.json").is_file()
+    assert (out / "adapter_model.safetensors").is_file() and (out / CONFIG_FILE).is_file()
     assert "step 2/2" in (out / "train.log").read_text()
     model, _ = load_model(str(model_dir), model_dir.parent, adapter_path=out, device="cpu", dtype="fp32")
     assert isinstance(model, PeftModel)

@@ -63,9 +63,11 @@ def make_export(folder: Path, name: str = "tiny-v1", n: int = 6, test_n: int = 2
 
 def form_data(export, **overrides) -> dict:
     """What the admin's start form posts: the CPU defaults with the tiny overrides."""
+    from training.forms import FORM_FIELDS as NAMES
     from training.runs import CPU_DEFAULTS
 
-    data = {**CPU_DEFAULTS, **TINY, "model_name_or_path": "default", "export": export.pk, "name": ""}
+    defaults = {NAMES.get(key, key): value for key, value in CPU_DEFAULTS.items()}
+    data = {**defaults, "precision": "auto", **TINY, "model_name_or_path": "default", "export": export.pk, "name": ""}
     data["target_modules"] = ",".join(data["target_modules"])
     data.update(overrides)
     for key in ("gradient_checkpointing", "use_test_split"):

@@ -10,7 +10,7 @@ from django.contrib.auth import get_user_model
 
 from annotation.models import Backend, DatasetExport, Generator, JobStatus, Judge
 from annotation.roles import EXPERTS_GROUP
-from training.ml.dpo import LOSS_TYPES, PRECISIONS
+from training.ml.dpo import PRECISIONS
 
 from .models import TrainingRun
 from .runs import CPU_DEFAULTS, TrainingError, build_config, export_files
@@ -23,12 +23,18 @@ LOSS_LABELS = {
     "ipo": "IPO (bounded, resists overfitting)",
     "hinge": "hinge (SLiC)",
 }
-# TrainConfig fields the form edits, in the order it shows them.
+# DPOConfig.loss_type values of TRL 1.16 (trl/trainer/dpo_config.py).
+LOSS_TYPES = ("sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair", "sppo_hard", "aot",
+              "aot_unpaired", "apo_zero", "apo_down", "discopop", "sft", "sigmoid_norm")
+# Config fields (DPOConfig, ModelConfig) the form edits besides precision, in the order it shows them ...
 CONFIG_FIELDS = [
     "model_name_or_path", "lora_r", "lora_alpha", "lora_dropout", "target_modules", "beta", "loss_type",
     "label_smoothing", "learning_rate", "num_train_epochs", "max_steps", "per_device_train_batch_size",
-    "gradient_accumulation_steps", "max_length", "precision", "gradient_checkpointing", "seed", "save_steps",
+    "gradient_accumulation_steps", "max_length", "gradient_checkpointing", "seed", "save_steps",
 ]
+# ... under their form names where the config's differ.
+CONFIG_KEYS = {"target_modules": "lora_target_modules", "gradient_checkpointing": "activation_checkpointing"}
+FORM_FIELDS = {key: name for name, key in CONFIG_KEYS.items()}
 
 
 class StartTrainingForm(forms.Form):
@@ -57,7 +63,7 @@ class StartTrainingForm(forms.Form):
     gradient_accumulation_steps = forms.IntegerField(min_value=1, max_value=256)
     max_length = forms.IntegerField(min_value=64, max_value=131072,
                                     help_text="Tokens of prompt + answer; pairs whose prompt fills it are dropped.")
-    precision = forms.ChoiceField(choices=[(p, p) for p in PRECISIONS],
+    precision = forms.ChoiceField(choices=[(p, p) for p in PRECISIONS], initial="auto",
                                   help_text="auto: bf16 on a GPU that supports it, fp32 elsewhere.")
     gradient_checkpointing = forms.BooleanField(required=False, help_text="Less memory, ~30% slower.")
     seed = forms.IntegerField(min_value=0)
@@ -82,7 +88,7 @@ class StartTrainingForm(forms.Form):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         for name in CONFIG_FIELDS:
-            default = CPU_DEFAULTS[name]
+            default = CPU_DEFAULTS[CONFIG_KEYS.get(name, name)]
             self.fields[name].initial = ",".join(default) if isinstance(default, list) else (
                 None if name == "max_steps" and default == -1 else default)
 
@@ -114,9 +120,9 @@ class StartTrainingForm(forms.Form):
         return export
 
     def config_values(self) -> dict:
-        values = {name: self.cleaned_data[name] for name in CONFIG_FIELDS}
+        values = {CONFIG_KEYS.get(name, name): self.cleaned_data[name] for name in CONFIG_FIELDS}
         values["max_steps"] = values["max_steps"] or -1
-        return values
+        return {**values, **PRECISIONS[self.cleaned_data["precision"]]}
 
     def clean(self):
         cleaned = super().clean()
@@ -125,10 +131,10 @@ class StartTrainingForm(forms.Form):
         try:
             build_config(cleaned["export"], self.config_values(), cleaned["use_test_split"])
         except (ValueError, TrainingError) as exc:
-            # TrainConfig names the field first: "TrainConfig.<field>: why".
-            match = re.match(r"TrainConfig\.(\w+):", str(exc))
-            field = match.group(1) if match and match.group(1) in self.fields else None
-            self.add_error(field, str(exc))
+            # training.ml.dpo.check names the config field first: "<field>: why".
+            match = re.match(r"(\w+):", str(exc))
+            field = FORM_FIELDS.get(match.group(1), match.group(1)) if match else None
+            self.add_error(field if field in self.fields else None, str(exc))
         return cleaned
 
 

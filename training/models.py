@@ -19,7 +19,7 @@ class TrainingRun(models.Model):
     name = models.CharField(max_length=100, unique=True)
     export = models.ForeignKey(DatasetExport, on_delete=models.PROTECT, related_name="training_runs")
     base_model = models.CharField(max_length=300, default="default")
-    # The full training.ml.dpo.TrainConfig as a dict, saved as submitted so a run can be reproduced.
+    # The run's config as `python -m training.ml.dpo --config` reads it, saved as submitted so it can be run again.
     config = models.JSONField(default=dict)
     status = models.CharField(max_length=10, choices=JobStatus.choices, default=JobStatus.QUEUED)
     step = models.PositiveIntegerField(default=0)

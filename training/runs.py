@@ -32,7 +32,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from annotation.models import DatasetExport, Generator, JobStatus
-from training.ml.dpo import CHECKPOINT_DIR, CONFIG_FILE, METRICS_FILE, TrainConfig, config_from_dict, train
+from training.ml.dpo import CONFIG_FILE, METRICS_FILE, check, last_checkpoint, load_config, train
 
 from .liveness import Heartbeat
 from .models import TrainingLogEntry, TrainingRun
@@ -48,14 +48,15 @@ LOG_FILE = "train.log"
 ADAPTER_FILES = ("adapter_model.safetensors", "adapter_config.json")
 MERGED_DIR = "merged"
 
-# What the admin form starts from: works on two CPU cores with the default 135M model and the demo's
-# ~1,500-token prompts; a GPU box simply runs it faster.
+# What the admin form starts from (DPOConfig and ModelConfig fields): works on two CPU cores with the default
+# 135M model and the demo's ~1,500-token prompts; a GPU box simply runs it faster. Precision is left to the
+# worker's machine (training.ml.dpo.machine_defaults: fp32 on CPU, bf16 on a bf16-capable GPU).
 CPU_DEFAULTS: dict[str, Any] = {
     "model_name_or_path": "default",
     "lora_r": 16,
     "lora_alpha": 32,
     "lora_dropout": 0.05,
-    "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"],
+    "lora_target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"],
     "beta": 0.1,
     "loss_type": "sigmoid",
     "label_smoothing": 0.0,
@@ -65,8 +66,7 @@ CPU_DEFAULTS: dict[str, Any] = {
     "per_device_train_batch_size": 1,  # long prompts: batch 1 keeps memory near 3 GB on CPU
     "gradient_accumulation_steps": 2,
     "max_length": 2048,  # demo prompts are ~1,500 tokens; pairs whose prompt fills max_length are dropped
-    "precision": "auto",  # fp32 on CPU, bf16 on a bf16-capable GPU
-    "gradient_checkpointing": True,  # trades ~30% speed for half the activation memory at this length
+    "activation_checkpointing": True,  # trades ~30% speed for half the activation memory at this length
     "seed": 42,
     "logging_steps": 1,
     "save_steps": 10,
@@ -104,15 +104,17 @@ def export_files(export: DatasetExport) -> tuple[Path, Path | None]:
     return train_file, test_file if has_test else None
 
 
-def build_config(export: DatasetExport, values: dict[str, Any], use_test_split: bool = False) -> TrainConfig:
-    """CPU defaults, overridden by ``values``, pointed at the export; raises ValueError naming a bad field."""
+def build_config(export: DatasetExport, values: dict[str, Any], use_test_split: bool = False) -> dict[str, Any]:
+    """The run's config as ``python -m training.ml.dpo --config`` reads it: CPU defaults, overridden by ``values``,
+    pointed at the export; raises ValueError naming a bad field."""
     train_file, test_file = export_files(export)
-    data = {**CPU_DEFAULTS, **values}
-    data.update(dataset_path=str(train_file), cache_root=str(settings.MODEL_CACHE_DIR),
-                eval_dataset_path=str(test_file) if use_test_split and test_file else None,
-                # Replaced by the run's own folder once it has a pk; validate() wants something here.
-                output_dir=data.get("output_dir") or str(runs_root() / "pending"))
-    return config_from_dict(data).validate()
+    config = {**CPU_DEFAULTS, **values, "dataset_path": str(train_file), "cache_root": str(settings.MODEL_CACHE_DIR)}
+    if use_test_split and test_file:
+        # Evaluated at every checkpoint, in batches the size of training's.
+        config.update(eval_dataset_path=str(test_file), eval_strategy="steps", eval_steps=config["save_steps"],
+                      per_device_eval_batch_size=config["per_device_train_batch_size"])
+    check(config)
+    return config
 
 
 def runs_root() -> Path:
@@ -129,17 +131,16 @@ def unique_name(base: str, model=TrainingRun) -> str:
 
 
 @transaction.atomic
-def create_run(export: DatasetExport, config: TrainConfig, name: str = "", user=None,
+def create_run(export: DatasetExport, config: dict[str, Any], name: str = "", user=None,
                resumed_from: TrainingRun | None = None) -> TrainingRun:
-    base_model = config.model_name_or_path or "default"
+    base_model = config.get("model_name_or_path") or "default"
     run = TrainingRun.objects.create(
         name=unique_name(name or f"{export.name} · {Path(base_model).name} · {timezone.now():%Y-%m-%d %H:%M}"),
         export=export, base_model=base_model, config={}, created_by=user, resumed_from=resumed_from,
-        total_steps=max(config.max_steps, 0), message="waiting for a training worker",
+        total_steps=max(config.get("max_steps", -1), 0), message="waiting for a training worker",
     )
-    config.output_dir = str(runs_root() / f"run-{run.pk}")
-    run.output_dir = config.output_dir
-    run.config = config.to_dict()
+    run.output_dir = str(runs_root() / f"run-{run.pk}")
+    run.config = {**config, "output_dir": run.output_dir}
     run.save(update_fields=["output_dir", "config"])
     return run
 
@@ -160,15 +161,7 @@ def last_complete_checkpoint(run: TrainingRun) -> Path | None:
 
     A worker killed while saving leaves a partial folder; resuming from it would fail.
     """
-    folder = Path(run.output_dir) / CHECKPOINT_DIR
-    if not run.output_dir or not folder.is_dir():
-        return None
-    candidates = []
-    for path in folder.glob("checkpoint-*"):
-        step = path.name.removeprefix("checkpoint-")
-        if step.isdigit() and (path / "trainer_state.json").is_file():
-            candidates.append((int(step), path))
-    return max(candidates)[1] if candidates else None
+    return last_checkpoint(run.output_dir) if run.output_dir else None
 
 
 def resumption(run: TrainingRun, user=None) -> TrainingRun:
@@ -181,7 +174,7 @@ def resumption(run: TrainingRun, user=None) -> TrainingRun:
     inherited = run.config.get("resume_from_checkpoint")
     if checkpoint is None and isinstance(inherited, str) and (Path(inherited) / "trainer_state.json").is_file():
         checkpoint = Path(inherited)  # a resumption that died before its first save: go back to where it began
-    config = config_from_dict({**run.config, "resume_from_checkpoint": str(checkpoint) if checkpoint else None})
+    config = {**run.config, "resume_from_checkpoint": str(checkpoint) if checkpoint else None}
     step = int(checkpoint.name.removeprefix("checkpoint-")) if checkpoint else 0
     root = run.name.split(" · resumed")[0]
     with transaction.atomic():
@@ -336,11 +329,11 @@ def run_training(run_id: int, worker: str = "") -> str:
 
 def _train_and_record(run: TrainingRun, progress: RunProgress) -> str:
     log = progress.log
-    config = config_from_dict(run.config)
+    script_args, training_args, model_args = load_config(run.config)
     log.info("run %s (%s) started on %s: %s pairs file, base model %s", run.pk, run.name, run.worker,
-             config.dataset_path, config.model_name_or_path)
+             script_args.dataset_path, model_args.model_name_or_path)
     try:
-        result = train(config, on_log=progress.on_log, should_stop=progress.should_stop)
+        result = train(script_args, training_args, model_args, on_log=progress.on_log, should_stop=progress.should_stop)
     except Exception as exc:
         log.error("run failed:\n%s", traceback.format_exc())
         progress.finish(JobStatus.FAILED, f"failed at step {progress.step}", error=f"{type(exc).__name__}: {exc}")

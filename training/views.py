@@ -71,7 +71,7 @@ def _run_context(run: TrainingRun) -> dict:
         "evaluations": list(run.evaluations.all()),
         "generators": list(run.generators.all()),
         "train_samples": Sample.objects.filter(split=Split.TRAIN).count(),
-        "config_json": json.dumps(run.config, indent=2),  # as train_config.json has it, not a Python dict
+        "config_json": json.dumps(run.config, indent=2),  # as --config reads it, not a Python dict
         # In seconds: timesince says "0 minutes" for anything under a minute, which is every healthy heartbeat.
         "heartbeat_age_s": (timezone.now() - run.heartbeat_at).total_seconds() if run.heartbeat_at else None,
     }

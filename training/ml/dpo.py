@@ -1,67 +1,55 @@
-"""DPO + LoRA fine-tuning of a causal LM on a CompX preference export.
+"""DPO + LoRA on a CompX preference export, in the shape of TRL's own script (trl/scripts/dpo.py).
 
-Run it from the repository root, on a laptop or on a GPU box (no Django needed):
+    python -m training.ml.dpo --config run.yaml
+    python -m training.ml.dpo --dataset_path exports/v3/train.jsonl --output_dir runs/v3 --max_steps 200
+    accelerate launch --multi_gpu --num_processes 8 -m training.ml.dpo --config run.yaml   # docs/multi-gpu.md
 
-    python -m training.ml.dpo --config run.json
-
-where ``run.json`` holds a :class:`TrainConfig`, e.g.::
-
-    {"model_name_or_path": "default", "cache_root": "var/models",
-     "dataset_path": "exports/v3/train.jsonl", "output_dir": "runs/dpo-v3",
-     "max_steps": 200, "per_device_train_batch_size": 2, "learning_rate": 5e-5}
-
-Any field can be overridden on the command line (``--set max_steps=10 --set precision=fp32``).
-A failed or cancelled run resumes from its last checkpoint with ``--set resume_from_checkpoint=true``.
-
-The dataset is JSONL in TRL's conversational preference format, one pair per line::
-
-    {"prompt": [{"role": "system", ...}, {"role": "user", ...}],
-     "chosen": [{"role": "assistant", "content": "Domain: ..."}],
-     "rejected": [{"role": "assistant", "content": "Domain: ..."}], ...provenance columns...}
-
-Provenance columns are dropped before training. With ``peft_config`` and no ``ref_model`` TRL uses the base
-model with the adapter disabled as the DPO reference, so only one copy of the weights is in memory.
-
-Output layout (``output_dir``)::
-
-    adapter_model.safetensors, adapter_config.json, tokenizer files   the LoRA adapter (completed runs)
-    train_config.json                                                  this config, written at the start
-    metrics.json                                                       status + trainer log history
-    checkpoints/checkpoint-<step>/                                     resumable Trainer checkpoints
+A config (YAML or JSON) or a flag sets any field of ScriptArguments below, trl.DPOConfig or trl.ModelConfig;
+flags win. ``output_dir`` ends up holding train_config.yaml (the run's config: ``--config`` on it runs it
+again), metrics.json (status and log history, failures included), checkpoint-<step>/ folders and, once
+complete, the LoRA adapter. No Django here: a CompX worker and a bare GPU box run the same ``train``.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import gc
-import json
 import logging
-import math
 import os
-import sys
+import re
+import shutil
 import time
 import traceback
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
+
+import yaml
 
 logger = logging.getLogger(__name__)
 
-# DPOConfig.loss_type values accepted by TRL 1.16 (trl/trainer/dpo_config.py).
-LOSS_TYPES = (
-    "sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair", "sppo_hard", "aot",
-    "aot_unpaired", "apo_zero", "apo_down", "discopop", "sft", "sigmoid_norm",
-)
-PRECISIONS = ("auto", "fp32", "bf16")
-CONFIG_FILE = "train_config.json"
+CONFIG_FILE = "train_config.yaml"
 METRICS_FILE = "metrics.json"
-CHECKPOINT_DIR = "checkpoints"
-# Keys of a training log entry passed to on_log (besides step bookkeeping).
+MERGED_DIR = "merged"
+# Where CompX departs from TRL's defaults (PLATFORM.md); a config file overrides these and flags override both.
+DEFAULTS: dict[str, Any] = {
+    "model_name_or_path": "default",  # the offline SmolLM2-135M-Instruct, see training.ml.models
+    "use_peft": True,
+    "lora_target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"],
+    "learning_rate": 5e-5,  # DPOConfig's 1e-6 barely moves a LoRA adapter
+    "activation_checkpointing": False,  # TRL turns it on; short pairs fit without paying its recomputation
+    "per_device_train_batch_size": 2,
+    "logging_steps": 1,  # every step is a point on the run's curves
+    "save_steps": 50,
+    "save_total_limit": 2,
+    "ddp_find_unused_parameters": False,  # several processes: every LoRA weight is used at every step
+    "report_to": "none",
+    "disable_tqdm": True,  # on_log is the progress channel
+}
+# Keys whose default depends on the machine (machine_defaults): always written to train_config.yaml.
+MACHINE_KEYS = ("use_cpu", "bf16", "dtype", "dataloader_pin_memory")
 TRAIN_LOG_KEYS = ("loss", "rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies", "learning_rate")
-
-LogCallback = Callable[[dict[str, Any]], None]
-StopCallback = Callable[[], bool]
 
 
 def _default_cache_root() -> str:
@@ -69,233 +57,151 @@ def _default_cache_root() -> str:
 
 
 @dataclass
-class TrainConfig:
-    """Everything a DPO run needs; JSON-serialisable (see :meth:`to_dict`)."""
+class ScriptArguments:
+    """What a CompX run needs besides DPOConfig and ModelConfig."""
 
-    dataset_path: str = ""
-    output_dir: str = ""
-    model_name_or_path: str = "default"
-    cache_root: str = field(default_factory=_default_cache_root)
-    eval_dataset_path: str | None = None
-    # LoRA
-    lora_r: int = 16
-    lora_alpha: int = 32
-    lora_dropout: float = 0.05  # note: TRL's disable_dropout (on by default) zeroes this during training
-    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
-    # DPO
-    beta: float = 0.1
-    loss_type: str = "sigmoid"
-    label_smoothing: float = 0.0  # robust: flip probability in [0, 0.5); exo_pair: epsilon > 0
-    # Optimisation
-    learning_rate: float = 5e-5
-    lr_scheduler_type: str = "linear"
-    warmup_steps: int = 0
-    num_train_epochs: float = 1.0
-    max_steps: int = -1  # -1: run num_train_epochs
-    per_device_train_batch_size: int = 2
-    gradient_accumulation_steps: int = 1
-    max_length: int = 1024
-    precision: str = "auto"  # auto: bf16 on a bf16-capable GPU, fp32 elsewhere (CPU included)
-    gradient_checkpointing: bool = False
-    seed: int = 42
-    # Bookkeeping
-    logging_steps: int = 1
-    save_steps: int = 50
-    save_total_limit: int | None = 2
-    eval_steps: int | None = None  # default: save_steps
-    resume_from_checkpoint: str | bool | None = None  # True: latest checkpoint in output_dir/checkpoints, if any
-
-    # --- (de)serialisation -------------------------------------------------------------------------------
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
-        return config_from_dict(data)
-
-    # --- validation --------------------------------------------------------------------------------------
-    def validate(self, check_files: bool = True) -> "TrainConfig":
-        """Raise ValueError naming the first bad field; return self."""
-
-        def fail(name: str, why: str) -> None:
-            raise ValueError(f"TrainConfig.{name}: {why} (got {getattr(self, name)!r})")
-
-        if not self.dataset_path:
-            fail("dataset_path", "is required")
-        if check_files and not Path(self.dataset_path).is_file():
-            fail("dataset_path", "file not found")
-        if self.eval_dataset_path and check_files and not Path(self.eval_dataset_path).is_file():
-            fail("eval_dataset_path", "file not found")
-        if not self.output_dir:
-            fail("output_dir", "is required")
-        if self.lora_r < 1:
-            fail("lora_r", "must be >= 1")
-        if self.lora_alpha <= 0:
-            fail("lora_alpha", "must be > 0")
-        if not 0 <= self.lora_dropout < 1:
-            fail("lora_dropout", "must be in [0, 1)")
-        if not self.target_modules or not all(isinstance(m, str) and m for m in self.target_modules):
-            fail("target_modules", "must be a non-empty list of module names")
-        if "lm_head" in self.target_modules:
-            fail("target_modules", "TRL computes log-probs from lm_head.weight directly; an adapter there is never trained")
-        if self.beta <= 0:
-            fail("beta", "must be > 0")
-        if self.loss_type not in LOSS_TYPES:
-            fail("loss_type", f"must be one of {', '.join(LOSS_TYPES)}")
-        if self.loss_type == "robust" and not 0 <= self.label_smoothing < 0.5:
-            fail("label_smoothing", "must be in [0, 0.5) for the robust loss")
-        if self.loss_type == "exo_pair" and self.label_smoothing <= 0:
-            fail("label_smoothing", "must be > 0 for the exo_pair loss (the EXO paper uses 1e-3)")
-        if not 0 <= self.label_smoothing < 1:
-            fail("label_smoothing", "must be in [0, 1)")
-        if not (isinstance(self.learning_rate, (int, float)) and math.isfinite(self.learning_rate)) \
-                or self.learning_rate <= 0:
-            fail("learning_rate", "must be > 0")
-        if self.warmup_steps < 0:
-            fail("warmup_steps", "must be >= 0")
-        if self.max_steps == 0 or self.max_steps < -1:
-            fail("max_steps", "must be -1 (use num_train_epochs) or >= 1")
-        if self.max_steps == -1 and self.num_train_epochs <= 0:
-            fail("num_train_epochs", "must be > 0 when max_steps is -1")
-        if self.per_device_train_batch_size < 1:
-            fail("per_device_train_batch_size", "must be >= 1")
-        if self.gradient_accumulation_steps < 1:
-            fail("gradient_accumulation_steps", "must be >= 1")
-        if self.max_length < 16:
-            fail("max_length", "must be >= 16 tokens")
-        if self.precision not in PRECISIONS:
-            fail("precision", f"must be one of {', '.join(PRECISIONS)}")
-        if self.logging_steps < 1:
-            fail("logging_steps", "must be >= 1")
-        if self.save_steps < 1:
-            fail("save_steps", "must be >= 1")
-        if self.save_total_limit is not None and self.save_total_limit < 1:
-            fail("save_total_limit", "must be >= 1 or null")
-        if self.eval_steps is not None and self.eval_steps < 1:
-            fail("eval_steps", "must be >= 1 or null")
-        resume = self.resume_from_checkpoint
-        if isinstance(resume, str) and resume and check_files and not Path(resume).is_dir():
-            fail("resume_from_checkpoint", "checkpoint folder not found")
-        return self
-
-    @property
-    def checkpoint_dir(self) -> Path:
-        return Path(self.output_dir) / CHECKPOINT_DIR
+    dataset_path: str | None = field(
+        default=None, metadata={"help": "Train pairs: TRL conversational preference JSONL (a CompX export's train.jsonl)."})
+    eval_dataset_path: str | None = field(
+        default=None, metadata={"help": "Test pairs, evaluated every eval_steps when eval_strategy is not 'no'."})
+    cache_root: str = field(
+        default_factory=_default_cache_root, metadata={"help": "Where the converted offline model is kept."})
+    resume: bool = field(
+        default=False, metadata={"help": "Resume from the newest complete checkpoint in output_dir, if there is one."})
+    merge: bool = field(
+        default=False, metadata={"help": f"Also save base + adapter as one model in output_dir/{MERGED_DIR}."})
 
 
-def config_from_dict(data: dict[str, Any]) -> TrainConfig:
-    """Build a TrainConfig from JSON data; unknown keys and wrong types raise ValueError naming the field."""
-    if not isinstance(data, dict):
-        raise ValueError("TrainConfig: expected a JSON object")
-    fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
-    unknown = sorted(set(data) - set(fields))
-    if unknown:
-        raise ValueError(f"TrainConfig: unknown field(s) {', '.join(unknown)}")
-    kwargs: dict[str, Any] = {}
-    for name, value in data.items():
-        kwargs[name] = _coerce(name, value, TrainConfig.__dataclass_fields__[name].type)
-    return TrainConfig(**kwargs)
+def machine_defaults() -> dict[str, Any]:
+    """bf16 on a GPU that has it; fp32 elsewhere, CPU included, where bf16 gains little."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return {"use_cpu": True, "bf16": False, "dtype": "float32", "dataloader_pin_memory": False}
+    bf16 = torch.cuda.is_bf16_supported()
+    return {"bf16": bf16, "dtype": "bfloat16" if bf16 else "float32"}
 
 
-def config_to_dict(config: TrainConfig) -> dict[str, Any]:
-    return config.to_dict()
+# The admin's precision choices as config values; "auto" leaves them to machine_defaults.
+PRECISIONS: dict[str, dict[str, Any]] = {
+    "auto": {}, "fp32": {"bf16": False, "dtype": "float32"}, "bf16": {"bf16": True, "dtype": "bfloat16"}}
 
 
-def _coerce(name: str, value: Any, annotation: str) -> Any:
-    """Light type checking for JSON / command-line values (annotations are strings here)."""
-    ann = str(annotation)
-    if value is None:
-        if "None" in ann:
-            return None
-        raise ValueError(f"TrainConfig.{name}: must not be null")
+def make_parser(**kwargs):
+    from trl import DPOConfig, ModelConfig, TrlParser
+
+    # No abbreviations: among some 200 options, a shortened or misspelt flag must fail, not set another one.
+    parser = TrlParser((ScriptArguments, DPOConfig, ModelConfig), prog="python -m training.ml.dpo", allow_abbrev=False,
+                       **kwargs)
+    parser.set_defaults(**DEFAULTS, **machine_defaults())
+    return parser
+
+
+def load_config(values: Mapping[str, Any]):
+    """(ScriptArguments, DPOConfig, ModelConfig) from a mapping such as train_config.yaml or a run's stored config."""
+    return make_parser().parse_dict({**DEFAULTS, **machine_defaults(), **values})
+
+
+def parse_flags(flags: Mapping[str, str]) -> dict[str, Any]:
+    """Typed config values from command-line strings, read as ``python -m training.ml.dpo --FIELD VALUE`` reads them."""
+    if not flags:
+        return {}
+    parser = make_parser(exit_on_error=False)
     try:
-        if name == "resume_from_checkpoint":
-            if isinstance(value, str) and value.lower() in ("true", "false"):
-                return value.lower() == "true"
-            return value if isinstance(value, (bool, str)) else str(value)
-        if ann.startswith("list"):
-            if isinstance(value, str):
-                return [v.strip() for v in value.split(",") if v.strip()]
-            if not isinstance(value, list):
-                raise TypeError
-            return [str(v) for v in value]
-        if ann.startswith("bool"):
-            if isinstance(value, str):
-                if value.lower() not in ("true", "false", "1", "0"):
-                    raise TypeError
-                return value.lower() in ("true", "1")
-            return bool(value)
-        if ann.startswith("int"):
-            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
-                raise TypeError
-            return int(value)
-        if ann.startswith("float"):
-            if isinstance(value, bool):
-                raise TypeError
-            return float(value)
-        if ann.startswith("str"):
-            return str(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"TrainConfig.{name}: expected {ann} (got {value!r})") from None
-    return value
+        namespace, unknown = parser.parse_known_args([part for item in flags.items() for part in ("--" + item[0], item[1])])
+    except argparse.ArgumentError as exc:
+        raise ValueError(str(exc)) from None
+    if unknown:
+        raise ValueError(f"unknown field(s): {', '.join(arg[2:] for arg in unknown if arg.startswith('--'))}")
+    return {key: getattr(namespace, key) for key in flags}
 
 
-# ---------------------------------------------------------------------------------------------------------
-# Data
+def _fields(config) -> dict[str, Any]:
+    return config.to_dict() if hasattr(config, "to_dict") else dataclasses.asdict(config)
 
 
-def _clean_messages(value: Any, where: str, what: str, assistant_only: bool) -> list[dict[str, str]]:
-    if not isinstance(value, list) or not value:
-        raise ValueError(f"{where}: {what!r} must be a non-empty list of messages")
-    messages = []
-    for m in value:
-        if not isinstance(m, dict) or not isinstance(m.get("role"), str) or not isinstance(m.get("content"), str):
-            raise ValueError(f"{where}: {what!r} messages need string 'role' and 'content'")
-        # Only role/content: extra keys would become dataset columns of nested structs.
-        messages.append({"role": m["role"], "content": m["content"]})
-    if assistant_only and (len(messages) != 1 or messages[0]["role"] != "assistant"):
-        raise ValueError(f"{where}: {what!r} must hold exactly one assistant message")
-    if not assistant_only and messages[-1]["role"] == "assistant":
-        raise ValueError(f"{where}: {what!r} must end with a user message")
-    return messages
+def config_values(*configs) -> dict[str, Any]:
+    """What train_config.yaml holds: each field that differs from its dataclass default, and every field CompX
+    or the machine chooses, so the file reloads into equal configs even where CompX's defaults change."""
+    values: dict[str, Any] = {}
+    for config in configs:
+        plain = _fields(config)
+        for f in dataclasses.fields(config):
+            default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+            chosen = f.name in DEFAULTS or f.name in MACHINE_KEYS or getattr(config, f.name) != default
+            # Tokens are secrets, and to_dict() masks them anyway.
+            if f.init and chosen and not f.name.endswith("_token"):
+                values[f.name] = plain[f.name]
+    return values
 
 
-def load_preference_jsonl(path: str | Path):
-    """Read a conversational preference JSONL into a ``datasets.Dataset`` with only prompt/chosen/rejected."""
-    from datasets import Dataset
+def check(values: Mapping[str, Any]) -> None:
+    """Refuse, naming the field, what TRL would only find once the model is loaded, or never."""
 
-    rows = []
-    warned_system = False
-    with open(path, encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            where = f"{path}:{lineno}"
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"{where}: invalid JSON ({exc.msg})") from None
-            if not isinstance(obj, dict):
-                raise ValueError(f"{where}: expected a JSON object")
-            for key in ("prompt", "chosen", "rejected"):
-                if key not in obj:
-                    raise ValueError(f"{where}: missing {key!r}")
-            prompt = _clean_messages(obj["prompt"], where, "prompt", assistant_only=False)
-            if prompt[0]["role"] != "system" and not warned_system:
-                logger.warning("%s: prompt has no system message; some chat templates then inject their own", where)
-                warned_system = True
-            rows.append({
-                "prompt": prompt,
-                "chosen": _clean_messages(obj["chosen"], where, "chosen", assistant_only=True),
-                "rejected": _clean_messages(obj["rejected"], where, "rejected", assistant_only=True),
-            })
-    if not rows:
+    def fail(name: str, why: str) -> None:
+        raise ValueError(f"{name}: {why} (got {values.get(name)!r})")
+
+    for name in ("dataset_path", "eval_dataset_path"):
+        path = values.get(name)
+        if path and not Path(path).is_file():
+            fail(name, "file not found")
+    if not values.get("dataset_path"):
+        fail("dataset_path", "is required")
+    if values.get("learning_rate", 1) <= 0:
+        fail("learning_rate", "must be > 0")
+    losses = values.get("loss_type") or []
+    if "exo_pair" in ([losses] if isinstance(losses, str) else losses) and not values.get("label_smoothing"):
+        fail("label_smoothing", "must be > 0 for the exo_pair loss (the EXO paper uses 1e-3)")
+    modules = values.get("lora_target_modules") or []
+    if "lm_head" in ([modules] if isinstance(modules, str) else modules):
+        fail("lora_target_modules", "TRL computes log-probs from lm_head.weight directly; an adapter there is never trained")
+    checkpoint = values.get("resume_from_checkpoint")
+    if checkpoint and not (Path(checkpoint) / "trainer_state.json").is_file():
+        fail("resume_from_checkpoint", "no complete checkpoint there (no trainer_state.json)")
+
+
+def last_checkpoint(folder: str | Path) -> Path | None:
+    """The newest checkpoint written to the end: trainer_state.json comes last, so a save cut short has none."""
+    steps = [(int(path.name.removeprefix("checkpoint-")), path) for path in Path(folder).glob("checkpoint-*")
+             if path.name.removeprefix("checkpoint-").isdigit() and (path / "trainer_state.json").is_file()]
+    return max(steps)[1] if steps else None
+
+
+def load_pairs(path: str | Path):
+    """The prompt/chosen/rejected columns of a conversational preference JSONL; the export's provenance is dropped."""
+    from datasets import load_dataset
+    from datasets.exceptions import DatasetGenerationError
+
+    try:
+        dataset = load_dataset("json", data_files=str(path), split="train")
+    except DatasetGenerationError as exc:
+        raise ValueError(f"{path}: {exc.__cause__ or exc}") from exc
+    missing = sorted({"prompt", "chosen", "rejected"} - set(dataset.column_names))
+    if missing:
+        raise ValueError(f"{path}: no {', '.join(missing)} column (TRL's conversational preference format)")
+    dataset = dataset.select_columns(["prompt", "chosen", "rejected"])
+    for line, row in enumerate(dataset, 1):
+        problem = _pair_problem(row)
+        if problem:
+            raise ValueError(f"{path}:{line}: {problem}")
+    if len(dataset) == 0:
         raise ValueError(f"{path}: no preference pairs")
-    return Dataset.from_list(rows)
+    if dataset[0]["prompt"][0]["role"] != "system":
+        logger.warning("%s: the prompts have no system message; some chat templates then insert their own", path)
+    return dataset
 
 
-# ---------------------------------------------------------------------------------------------------------
-# Training
+def _pair_problem(row: dict[str, Any]) -> str | None:
+    def messages(value) -> bool:
+        return isinstance(value, list) and bool(value) and all(
+            isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str) for m in value)
+
+    if not messages(row["prompt"]) or row["prompt"][-1]["role"] != "user":
+        return "'prompt' must be a list of messages ending with a user message"
+    for key in ("chosen", "rejected"):
+        if not messages(row[key]) or [m["role"] for m in row[key]] != ["assistant"]:
+            return f"{key!r} must hold exactly one assistant message"
+    return None
 
 
 @dataclass
@@ -311,277 +217,167 @@ class TrainResult:
     log_history: list[dict[str, Any]]
 
 
-class _ProgressCallback:
-    """Bridges Trainer events to on_log / should_stop (wrapped in a TrainerCallback by _make_callback)."""
-
-    def __init__(self, on_log: LogCallback | None, should_stop: StopCallback | None):
-        self.on_log_fn = on_log
-        self.should_stop_fn = should_stop
-        self.cancelled = False
-        self.started = time.monotonic()
-        self.first_step = 0
-
-    def train_begin(self, state) -> None:
-        self.started = time.monotonic()
-        self.first_step = state.global_step  # > 0 when resuming
-
-    def step_end(self, state, control) -> None:
-        if self.should_stop_fn is not None and self.should_stop_fn():
-            self.cancelled = True
-            # Stop after this step, but checkpoint and log it first so the run can resume from here.
-            control.should_training_stop = True
-            control.should_save = True
-            control.should_log = True
-
-    def log(self, state, logs: dict[str, Any]) -> None:
-        if self.on_log_fn is None or not logs:
-            return
-        if "loss" in logs:
-            kind = "train"
-        elif any(k.startswith("eval_") for k in logs):
-            kind = "eval"
-        else:
-            return  # the end-of-training summary (train_runtime, ...) goes into TrainResult instead
-        elapsed = time.monotonic() - self.started
-        done = state.global_step - self.first_step
-        remaining = max(state.max_steps - state.global_step, 0)
-        payload: dict[str, Any] = {
-            "kind": kind,
-            "step": state.global_step,
-            "total_steps": state.max_steps,
-            "epoch": logs.get("epoch", state.epoch),
-            "elapsed_s": round(elapsed, 3),
-            "eta_s": round(elapsed / done * remaining, 3) if done > 0 else None,
-        }
-        if kind == "train":
-            payload.update({key: logs.get(key) for key in TRAIN_LOG_KEYS})
-        payload.update({k: v for k, v in logs.items() if k not in payload})
-        self.on_log_fn(payload)
-
-
-def _make_callback(progress: _ProgressCallback):
+def _progress(on_log: Callable[[dict], None] | None, should_stop: Callable[[], bool] | None):
+    """A TrainerCallback that reports each logging step to ``on_log`` and stops when ``should_stop()`` says so."""
     from transformers import TrainerCallback
 
-    class ProgressCallback(TrainerCallback):
+    class Progress(TrainerCallback):
+        cancelled = False
+        started = time.monotonic()
+        first_step = 0
+
         def on_train_begin(self, args, state, control, **kwargs):
-            progress.train_begin(state)
+            self.started, self.first_step = time.monotonic(), state.global_step  # > 0 when resuming
 
         def on_step_end(self, args, state, control, **kwargs):
-            progress.step_end(state, control)
+            if should_stop is not None and should_stop():
+                # Checkpoint and log the step it stops at, so the run can resume from there.
+                self.cancelled = control.should_training_stop = control.should_save = control.should_log = True
             return control
 
         def on_log(self, args, state, control, logs=None, **kwargs):
-            progress.log(state, logs or {})
+            if on_log is None or not logs or not state.is_world_process_zero:
+                return
+            kind = "train" if "loss" in logs else "eval" if any(k.startswith("eval_") for k in logs) else None
+            if kind is None:
+                return  # the end-of-training summary goes into TrainResult
+            elapsed = time.monotonic() - self.started
+            done, remaining = state.global_step - self.first_step, max(state.max_steps - state.global_step, 0)
+            entry = {"kind": kind, "step": state.global_step, "total_steps": state.max_steps,
+                     "epoch": logs.get("epoch", state.epoch), "elapsed_s": round(elapsed, 3),
+                     "eta_s": round(elapsed / done * remaining, 3) if done > 0 else None}
+            if kind == "train":
+                entry.update({key: logs.get(key) for key in TRAIN_LOG_KEYS})
+            on_log({**entry, **{k: v for k, v in logs.items() if k not in entry}})
 
-    return ProgressCallback()
-
-
-def resolve_precision(precision: str, device: str) -> str:
-    """"auto" -> bf16 on a bf16-capable GPU, fp32 otherwise (CPU bf16 is only ~20% faster per step)."""
-    import torch
-
-    if precision == "auto":
-        return "bf16" if device == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
-    if precision == "bf16" and device == "cuda" and not torch.cuda.is_bf16_supported():
-        raise ValueError("TrainConfig.precision: this GPU does not support bf16; use fp32")
-    return precision
-
-
-def _last_checkpoint(checkpoint_dir: Path) -> str | None:
-    from transformers.trainer_utils import get_last_checkpoint
-
-    if not checkpoint_dir.is_dir():
-        return None
-    return get_last_checkpoint(str(checkpoint_dir))
+    return Progress()
 
 
-def _write_json(path: Path, data: Any) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str))
+def _peft_config(model_args):
+    from trl import get_peft_config
+
+    peft_config = get_peft_config(model_args)
+    # ModelConfig turns a one-item list into a string, which PEFT reads as a regex over whole module paths.
+    if peft_config is not None and isinstance(peft_config.target_modules, str) \
+            and re.fullmatch(r"\w+", peft_config.target_modules):
+        peft_config.target_modules = {peft_config.target_modules}
+    return peft_config
+
+
+def _write(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, path)
 
 
-def train(
-    config: TrainConfig,
-    on_log: LogCallback | None = None,
-    should_stop: StopCallback | None = None,
-) -> TrainResult:
-    """Run DPO + LoRA as configured; see the module docstring for what lands in ``output_dir``.
+def train(script_args: ScriptArguments, training_args, model_args, on_log: Callable[[dict], None] | None = None,
+          should_stop: Callable[[], bool] | None = None) -> TrainResult:
+    """Run DPO + LoRA as configured and save what the module docstring lists in ``output_dir``.
 
-    ``on_log(dict)`` is called at every logging step with kind ("train"/"eval"), step, total_steps, epoch,
-    elapsed_s, eta_s, loss, rewards/chosen, rewards/rejected, rewards/margins, rewards/accuracies,
-    learning_rate (plus whatever else TRL logged). ``should_stop()`` is polled after every optimiser step;
-    when it returns True the run checkpoints that step and ends with ``TrainResult.cancelled``.
-    Exceptions propagate, after ``metrics.json`` records the failure.
+    ``on_log(entry)`` gets every logging step (kind "train" or "eval", step, total_steps, epoch, elapsed_s,
+    eta_s, loss, rewards/*, learning_rate and whatever else TRL logged), on the main process only.
+    ``should_stop()`` is asked after every optimiser step; True checkpoints that step and ends the run as
+    cancelled. Exceptions propagate once metrics.json records the failure. Under ``accelerate launch`` every
+    process runs this; only the main one writes files.
     """
-    import torch
-    from peft import LoraConfig
+    import json
+
     from transformers import AutoModelForCausalLM, PrinterCallback
-    from trl import DPOConfig, DPOTrainer
+    from trl import DPOTrainer
 
-    from .models import is_local, load_tokenizer, pick_device, resolve_model
+    from .models import load_tokenizer, resolve_model
 
-    config.validate()
-    out = Path(config.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    _write_json(out / CONFIG_FILE, config.to_dict())
+    values = config_values(script_args, training_args, model_args)
+    check(values)
+    if should_stop is not None and training_args.world_size > 1:
+        raise ValueError("should_stop: only a single-process run can be stopped from outside")
+    out = Path(training_args.output_dir)
+    main_process = training_args.process_index == 0
+    if main_process:
+        out.mkdir(parents=True, exist_ok=True)
+        _write(out / CONFIG_FILE, f"# python -m training.ml.dpo --config {CONFIG_FILE} runs this again\n"
+               + yaml.safe_dump(values, sort_keys=False))
 
     started = time.monotonic()
     metrics: dict[str, Any] = {"status": "running", "log_history": []}
     trainer = None
     try:
-        device = pick_device()
-        precision = resolve_precision(config.precision, device)
-        dtype = torch.bfloat16 if precision == "bf16" else torch.float32
-        model_path = resolve_model(config.model_name_or_path, config.cache_root)
+        # Load the model and tokenizer
+        model_path = resolve_model(model_args.model_name_or_path, script_args.cache_root)
         tokenizer = load_tokenizer(model_path)
-        model = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype, local_files_only=is_local(model_path))
+        model = AutoModelForCausalLM.from_pretrained(
+            model_path, revision=model_args.model_revision, dtype=model_args.dtype,
+            attn_implementation=model_args.attn_implementation, trust_remote_code=training_args.trust_remote_code)
 
-        train_dataset = load_preference_jsonl(config.dataset_path)
-        eval_dataset = load_preference_jsonl(config.eval_dataset_path) if config.eval_dataset_path else None
+        # Load the dataset
+        with training_args.main_process_first(desc="loading the pairs"):
+            train_dataset = load_pairs(script_args.dataset_path)
+            evaluate = script_args.eval_dataset_path and training_args.eval_strategy != "no"
+            eval_dataset = load_pairs(script_args.eval_dataset_path) if evaluate else None
+        if script_args.eval_dataset_path and not evaluate:
+            logger.warning("eval_dataset_path is not evaluated: eval_strategy is 'no'")
 
-        peft_config = LoraConfig(
-            r=config.lora_r,
-            lora_alpha=config.lora_alpha,
-            lora_dropout=config.lora_dropout,
-            target_modules=list(config.target_modules),
-            bias="none",
-            task_type="CAUSAL_LM",
-        )
-        on_cpu = device == "cpu"
-        args = DPOConfig(
-            output_dir=str(config.checkpoint_dir),
-            # DPOConfig defaults that do not suit LoRA on small machines are all set explicitly.
-            learning_rate=config.learning_rate,
-            bf16=precision == "bf16",
-            fp16=False,
-            # transformers 5 renamed it; set both so neither TRL's default (on) nor a deprecation warning wins.
-            activation_checkpointing=config.gradient_checkpointing,
-            gradient_checkpointing=config.gradient_checkpointing,
-            use_cpu=on_cpu,
-            dataloader_pin_memory=not on_cpu,
-            report_to="none",
-            disable_tqdm=True,
-            beta=config.beta,
-            loss_type=[config.loss_type],
-            label_smoothing=config.label_smoothing,
-            max_length=config.max_length,
-            num_train_epochs=config.num_train_epochs,
-            max_steps=config.max_steps,
-            per_device_train_batch_size=config.per_device_train_batch_size,
-            per_device_eval_batch_size=config.per_device_train_batch_size,
-            gradient_accumulation_steps=config.gradient_accumulation_steps,
-            lr_scheduler_type=config.lr_scheduler_type,
-            warmup_steps=config.warmup_steps,
-            seed=config.seed,
-            logging_strategy="steps",
-            logging_steps=config.logging_steps,
-            save_strategy="steps",
-            save_steps=config.save_steps,
-            save_total_limit=config.save_total_limit,
-            eval_strategy="steps" if eval_dataset is not None else "no",
-            eval_steps=(config.eval_steps or config.save_steps) if eval_dataset is not None else None,
-        )
-        progress = _ProgressCallback(on_log, should_stop)
-        trainer = DPOTrainer(
-            model=model,
-            ref_model=None,  # with peft_config: the adapter-disabled base is the reference
-            args=args,
-            train_dataset=train_dataset,
-            eval_dataset=eval_dataset,
-            processing_class=tokenizer,
-            peft_config=peft_config,
-            callbacks=[_make_callback(progress)],
-        )
-        # With tqdm off, transformers prints every raw log dict; on_log is our progress channel.
-        trainer.remove_callback(PrinterCallback)
+        # Initialize the DPO trainer: with a peft_config and no ref_model, the base with its adapter disabled is
+        # the reference, so one copy of the weights is in memory.
+        progress = _progress(on_log, should_stop)
+        trainer = DPOTrainer(model=model, ref_model=None, args=training_args, train_dataset=train_dataset,
+                             eval_dataset=eval_dataset, processing_class=tokenizer,
+                             peft_config=_peft_config(model_args), callbacks=[progress])
+        trainer.remove_callback(PrinterCallback)  # with tqdm off it prints every raw log dict; on_log reports
         if len(trainer.train_dataset) == 0:
-            raise ValueError(
-                f"TrainConfig.max_length: every prompt is at least {config.max_length} tokens long, so no pair is "
-                "left to train on; raise max_length"
-            )
+            raise ValueError(f"max_length: every prompt is at least {training_args.max_length} tokens long, so no "
+                             "pair is left to train on; raise max_length")
 
-        resume = config.resume_from_checkpoint
-        if resume is True:
-            resume = _last_checkpoint(config.checkpoint_dir)  # None: nothing to resume, start fresh
-            if resume is None:
-                logger.info("resume_from_checkpoint=True but %s holds no checkpoint; starting fresh",
-                            config.checkpoint_dir)
-        elif resume is False or resume == "":
-            resume = None
-        train_output = trainer.train(resume_from_checkpoint=resume)
+        # Train
+        checkpoint = training_args.resume_from_checkpoint or (last_checkpoint(out) if script_args.resume else None)
+        if checkpoint:
+            logger.info("resuming from %s", checkpoint)
+        output = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
 
+        # Save
         state = trainer.state
         cancelled = progress.cancelled and state.global_step < state.max_steps
-        adapter_dir = None
         if not cancelled:
             trainer.save_model(str(out))
-            adapter_dir = str(out)
-        metrics.update(
-            status="cancelled" if cancelled else "completed",
-            global_step=state.global_step,
-            max_steps=state.max_steps,
-            train_loss=train_output.training_loss,
-            train_metrics=train_output.metrics,
-            precision=precision,
-            device=device,
-            model_path=model_path,
-            train_pairs=len(trainer.train_dataset),
-            log_history=state.log_history,
-        )
-        result = TrainResult(
-            output_dir=str(out),
-            adapter_dir=adapter_dir,
-            cancelled=cancelled,
-            global_step=state.global_step,
-            max_steps=state.max_steps,
-            train_loss=train_output.training_loss,
-            last_checkpoint=_last_checkpoint(config.checkpoint_dir),
-            elapsed_s=time.monotonic() - started,
-            log_history=list(state.log_history),
-        )
-        return result
+            if script_args.merge and main_process:
+                merge_adapter(model_path, out, out / MERGED_DIR, dtype=model_args.dtype)
+        metrics.update(status="cancelled" if cancelled else "completed", global_step=state.global_step,
+                       max_steps=state.max_steps, train_loss=output.training_loss, train_metrics=output.metrics,
+                       device=training_args.device.type, processes=training_args.world_size,
+                       backend=training_args.distributed_state.backend,
+                       model_path=model_path, train_pairs=len(trainer.train_dataset), log_history=state.log_history)
+        newest = last_checkpoint(out)
+        return TrainResult(output_dir=str(out), adapter_dir=None if cancelled else str(out), cancelled=cancelled,
+                           global_step=state.global_step, max_steps=state.max_steps, train_loss=output.training_loss,
+                           last_checkpoint=str(newest) if newest else None, elapsed_s=time.monotonic() - started,
+                           log_history=list(state.log_history))
     except BaseException as exc:
         metrics.update(status="failed", error=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc())
         if trainer is not None:
-            metrics["log_history"] = trainer.state.log_history
-            metrics["global_step"] = trainer.state.global_step
+            metrics.update(log_history=trainer.state.log_history, global_step=trainer.state.global_step)
         raise
     finally:
         metrics["elapsed_s"] = round(time.monotonic() - started, 3)
-        _write_json(out / METRICS_FILE, metrics)
-        if trainer is not None and hasattr(trainer, "end"):
-            try:
-                trainer.end()  # transformers >= 5.18: finish trackers / process group
-            except Exception:  # noqa: BLE001 - cleanup must not mask the real outcome
-                logger.exception("trainer.end() failed")
-        del trainer
-        gc.collect()
+        if main_process:
+            _write(out / METRICS_FILE, json.dumps(metrics, indent=2, default=str))
+        if trainer is not None:
+            trainer.end()  # finish the trackers and destroy the process group
 
 
-def merge_adapter(
-    base: str | Path,
-    adapter_dir: str | Path,
-    out_dir: str | Path,
-    cache_root: str | Path | None = None,
-    dtype: str = "bf16",
-) -> Path:
-    """Merge a LoRA adapter into its base model and save a standalone model (+ tokenizer) in ``out_dir``.
+def merge_adapter(base: str | Path, adapter_dir: str | Path, out_dir: str | Path,
+                  cache_root: str | Path | None = None, dtype: str = "bfloat16") -> Path:
+    """Save base + LoRA adapter as one standalone model (with the tokenizer) in ``out_dir``.
 
-    ``base`` is a model name or path as in :func:`training.ml.models.resolve_model` ("default" works).
-    Written to a temp folder and renamed, so ``out_dir`` is either complete or absent.
+    ``base`` is what :func:`training.ml.models.resolve_model` takes ("default" works). Written to a temporary
+    folder and renamed, so ``out_dir`` is either complete or absent.
     """
-    import shutil
-
-    import torch
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    from .models import is_local, load_tokenizer, resolve_model
+    from .models import load_tokenizer, resolve_model
 
     base_path = resolve_model(str(base), cache_root or _default_cache_root())
-    torch_dtype = {"bf16": torch.bfloat16, "fp32": torch.float32}[dtype]
-    model = AutoModelForCausalLM.from_pretrained(base_path, dtype=torch_dtype, local_files_only=is_local(base_path))
+    model = AutoModelForCausalLM.from_pretrained(base_path, dtype=dtype)
     merged = PeftModel.from_pretrained(model, str(adapter_dir)).merge_and_unload()
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -590,8 +386,7 @@ def merge_adapter(
     try:
         merged.save_pretrained(tmp)
         load_tokenizer(base_path).save_pretrained(tmp)
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
+        shutil.rmtree(out_dir, ignore_errors=True)
         os.replace(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -599,62 +394,35 @@ def merge_adapter(
     return out_dir
 
 
-# ---------------------------------------------------------------------------------------------------------
-# Command line
-
-
 def _print_log(entry: dict[str, Any]) -> None:
     def fmt(key: str, spec: str = ".4f") -> str:
         value = entry.get(key)
         return "-" if value is None else format(value, spec)
 
-    if entry.get("kind") == "eval":
+    if entry["kind"] == "eval":
         print(f"eval  step {entry['step']}/{entry['total_steps']} loss {fmt('eval_loss')} "
               f"acc {fmt('eval_rewards/accuracies', '.2f')}", flush=True)
         return
-    eta = entry.get("eta_s")
-    print(
-        f"step {entry['step']}/{entry['total_steps']} epoch {fmt('epoch', '.2f')} loss {fmt('loss')} "
-        f"acc {fmt('rewards/accuracies', '.2f')} margin {fmt('rewards/margins')} lr {fmt('learning_rate', '.2e')} "
-        f"elapsed {entry['elapsed_s']:.0f}s eta {'-' if eta is None else f'{eta:.0f}s'}",
-        flush=True,
-    )
+    print(f"step {entry['step']}/{entry['total_steps']} epoch {fmt('epoch', '.2f')} loss {fmt('loss')} "
+          f"acc {fmt('rewards/accuracies', '.2f')} margin {fmt('rewards/margins')} lr {fmt('learning_rate', '.2e')} "
+          f"elapsed {entry['elapsed_s']:.0f}s eta {fmt('eta_s', '.0f')}s", flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m training.ml.dpo", description="DPO + LoRA on a CompX export")
-    parser.add_argument("--config", required=True, help="JSON file with TrainConfig fields")
-    parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
-                        help="override a config field (repeatable)")
-    parser.add_argument("--merge-to", help="after training, also write a merged model into this folder")
-    args = parser.parse_args(argv)
-
+    parser = make_parser()
+    script_args, training_args, model_args = parser.parse_args_and_config(argv)
     try:
-        data = json.loads(Path(args.config).read_text())
-        for item in args.set:
-            key, sep, value = item.partition("=")
-            if not sep:
-                raise ValueError(f"--set {item!r}: expected FIELD=VALUE")
-            data[key.strip()] = value
-        config = config_from_dict(data).validate()
-    except (OSError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-
-    model_path = str(config.model_name_or_path)
-    if model_path in ("", "default") or Path(model_path).is_dir():
-        # A local model must never reach for the Hub (set before transformers is imported).
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        check(config_values(script_args, training_args, model_args))
+    except ValueError as exc:
+        parser.error(str(exc))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
-    result = train(config, on_log=_print_log)
-    print(f"{'cancelled' if result.cancelled else 'done'}: {result.global_step}/{result.max_steps} steps, "
-          f"{result.elapsed_s:.0f}s, adapter {result.adapter_dir or '-'}", flush=True)
-    if args.merge_to and result.adapter_dir:
-        path = merge_adapter(config.model_name_or_path, result.adapter_dir, args.merge_to, config.cache_root)
-        print(f"merged model: {path}", flush=True)
+    result = train(script_args, training_args, model_args, on_log=_print_log)
+    if training_args.process_index == 0:
+        print(f"{'cancelled' if result.cancelled else 'done'}: {result.global_step}/{result.max_steps} steps, "
+              f"{result.elapsed_s:.0f}s, adapter {result.adapter_dir or '-'}", flush=True)
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(main())

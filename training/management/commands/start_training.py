@@ -5,16 +5,18 @@ import time
 from django.core.management.base import BaseCommand, CommandError
 
 from annotation.models import DatasetExport
+from training.ml.dpo import PRECISIONS, parse_flags
 from training.models import TrainingRun
 from training.runs import TrainingError, run_training
 from training.start import resume_training, start_training
 
-# Command-line names for the TrainConfig fields people change most; anything else goes through --set.
+# Command-line names for the config fields (DPOConfig, ModelConfig) people change most; anything else goes
+# through --set.
 SHORTCUTS = {
     "base_model": "model_name_or_path", "max_steps": "max_steps", "epochs": "num_train_epochs",
     "learning_rate": "learning_rate", "batch_size": "per_device_train_batch_size",
     "grad_accum": "gradient_accumulation_steps", "max_length": "max_length", "loss_type": "loss_type",
-    "beta": "beta", "lora_r": "lora_r", "precision": "precision", "seed": "seed", "save_steps": "save_steps",
+    "beta": "beta", "lora_r": "lora_r", "seed": "seed", "save_steps": "save_steps",
 }
 
 
@@ -28,8 +30,10 @@ class Command(BaseCommand):
         parser.add_argument("--name", default="")
         for option in SHORTCUTS:
             parser.add_argument(f"--{option.replace('_', '-')}", dest=option)
+        parser.add_argument("--precision", choices=list(PRECISIONS),
+                            help="auto (the default): bf16 on a GPU that supports it, fp32 elsewhere.")
         parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
-                            help="Any other TrainConfig field (repeatable), e.g. --set lora_alpha=64.")
+                            help="Any other field of DPOConfig or ModelConfig (repeatable), e.g. --set lora_alpha=64.")
         parser.add_argument("--use-test-split", action="store_true", help="Evaluate on the export's test pairs.")
         parser.add_argument("--here", action="store_true",
                             help="Train in this process instead of a worker (e.g. on a GPU box that reaches the database).")
@@ -57,12 +61,17 @@ class Command(BaseCommand):
         export = export or DatasetExport.objects.filter(name=key).first()
         if export is None:
             raise CommandError(f"no export {key!r}")
-        values = {field: options[option] for option, field in SHORTCUTS.items() if options[option] is not None}
+        flags = {field: options[option] for option, field in SHORTCUTS.items() if options[option] is not None}
         for item in options["set"]:
             field, sep, value = item.partition("=")
             if not sep:
                 raise CommandError(f"--set {item!r}: expected FIELD=VALUE")
-            values[field.strip()] = value
+            flags[field.strip()] = value
+        try:
+            values = parse_flags(flags)  # typed as `python -m training.ml.dpo` types them
+        except ValueError as exc:
+            raise CommandError(str(exc)) from exc
+        values.update(PRECISIONS[options["precision"] or "auto"])
         return start_training(export, values, name=options["name"], use_test_split=options["use_test_split"],
                               queue=not options["here"])
 
