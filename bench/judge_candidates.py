@@ -56,6 +56,7 @@ def main() -> int:
     parser.add_argument("--max-new-tokens", type=int, default=256)
     parser.add_argument("--seed", type=int, default=15)
     parser.add_argument("--out", type=Path, default=OUT)
+    parser.add_argument("--samples", default="", help="only these samples (comma-separated first authors)")
     parser.add_argument("--threads", type=int, default=0,
                         help="torch CPU threads (0: torch's default); 1 is much faster on a CPU shared with others")
     args = parser.parse_args()
@@ -71,6 +72,12 @@ def main() -> int:
 
     model, tokenizer = get_model("default", Path(os.environ.get("COMPX_MODEL_CACHE", REPO / "var" / "models")))
     samples = demo_samples()
+    if args.samples:
+        wanted = [name.strip() for name in args.samples.split(",")]
+        unknown = sorted(set(wanted) - set(samples))
+        if unknown:
+            parser.error(f"--samples: no demo sample {', '.join(unknown)} (known: {', '.join(samples)})")
+        samples = {name: samples[name] for name in wanted}
     done = done_batches(args.out)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     for t_index, temperature in enumerate(float(t) for t in args.temperatures.split(",")):
