@@ -1,7 +1,7 @@
 """Every judge against the labelled pair set: accuracy (Wilson 95%), Cohen's κ, high-margin verdicts.
 
     .venv/bin/python bench/judges.py                 # all pairs of bench/data/judge_pairs.jsonl
-    .venv/bin/python bench/judges.py --pairs 6       # smoke size for CI (SmolLM2 scorers and the A/B judge)
+    .venv/bin/python bench/judges.py --smoke         # CI: 6 pairs, the A/B judge on 2 of them
     .venv/bin/python bench/judges.py --dtypes bf16,fp32 --ab-pairs 40
 
 Judges: the local A/B judge (SmolLM2 read at the verdict token, both orders, an order flip is no
@@ -254,7 +254,10 @@ def main() -> int:
     parser.add_argument("--ab-pairs", type=int, default=None, help="judge only the first N pairs with the A/B judge "
                         "(it reads ~2k tokens twice per pair); 0 skips it")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (1 is faster on a shared CPU)")
+    parser.add_argument("--smoke", action="store_true", help="CI size: --pairs 6 --ab-pairs 2")
     args = parser.parse_args()
+    if args.smoke:
+        args.pairs, args.ab_pairs = args.pairs or 6, 2 if args.ab_pairs is None else args.ab_pairs
 
     import torch
 

@@ -159,3 +159,28 @@ def test_a_model_without_chat_template_gets_a_plain_prompt_after_bos(fp32_model)
     assert "Abstract" not in context_prompt(plain_tokenizer, ())
     ids = context_ids(plain_tokenizer, PROTEINS)
     assert ids[0] == plain_tokenizer.bos_token_id
+
+
+@pytest.fixture(scope="module")
+def gemma(model_cache):
+    from training.ml.models import load_model, offline_model_dir
+
+    # make install converts it; a bare checkout converts it here once (about a minute).
+    return load_model(str(offline_model_dir(model_cache, "gemma")), model_cache, device="cpu", dtype="fp32")
+
+
+@pytest.mark.model
+def test_gemma_scores_past_its_sliding_window_as_a_full_pass_does(gemma):
+    model, tokenizer = gemma
+    assert not tokenizer.chat_template  # a base model: the plain prompt, BOS first
+    window = model.config.sliding_window
+    long_text = " ".join([PROTEINS[0][1]] * 20)
+    abstracts = [(PROTEINS[0][0], long_text)]
+    assert len(context_ids(tokenizer, abstracts)) > window  # the sliding layers' cache is already cut
+    scorer = Scorer(model, tokenizer, ScorerSettings(baseline="none"))
+    targets = scorer.targets([PROTEIN_PROFILE, GENERIC_PROFILE])
+    cached = scorer.token_logprobs(abstracts, targets)
+    uncached = scorer.token_logprobs_uncached(abstracts, targets[:1])
+    torch.testing.assert_close(cached[0], uncached[0], atol=1e-4, rtol=1e-4)
+    grounded, generic = scorer.score(PROTEINS, [PROTEIN_PROFILE, GALAXY_PROFILE])
+    assert decide(grounded, generic, margin=0.0).preferred == A
