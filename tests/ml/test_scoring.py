@@ -174,7 +174,7 @@ def test_gemma_scores_past_its_sliding_window_as_a_full_pass_does(gemma):
     model, tokenizer = gemma
     assert not tokenizer.chat_template  # a base model: the plain prompt, BOS first
     window = model.config.sliding_window
-    long_text = " ".join([PROTEINS[0][1]] * 20)
+    long_text = " ".join([PROTEINS[0][1]] * 24)
     abstracts = [(PROTEINS[0][0], long_text)]
     assert len(context_ids(tokenizer, abstracts)) > window  # the sliding layers' cache is already cut
     scorer = Scorer(model, tokenizer, ScorerSettings(baseline="none"))

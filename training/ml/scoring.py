@@ -20,6 +20,7 @@ Nothing here imports Django.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import re
 from collections import OrderedDict
@@ -55,7 +56,7 @@ class ScorerSettings:
     """How profiles are scored and pairs decided.
 
     ``margin``: a pair whose PMI difference is at most this (nats per token) is a tie.
-    ``batch_tokens``: profile tokens × vocabulary per forward pass stay under about this many logits,
+    ``batch_logits``: profile tokens × vocabulary per forward pass stay under about this many logits,
     so a model with a large vocabulary (Gemma: 262k) runs smaller batches.
     """
 
@@ -75,6 +76,10 @@ class ScorerSettings:
         if self.max_profile_tokens < 1:
             raise ValueError(f"ScorerSettings.max_profile_tokens: must be >= 1 (got {self.max_profile_tokens!r})")
         return self
+
+    def to_dict(self) -> dict[str, Any]:
+        """What a stored verdict needs to say how it was scored."""
+        return {**dataclasses.asdict(self), "prompt_version": SCORER_PROMPT_VERSION}
 
 
 @dataclass(frozen=True)
