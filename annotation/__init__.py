@@ -1,0 +1,16 @@
+"""Annotation: documents → candidate profiles → judged comparisons → expert votes → agreement → DPO datasets.
+
+Other apps (training) use annotation only through ``PUBLIC`` below; tests/test_layout.py holds them to it.
+"""
+
+PUBLIC = {
+    "annotation.models": "*",  # every model, ``Work`` (the job lifecycle) and the choices
+    "annotation.jobs.lifecycle": {"create_job", "run_job"},  # run a job in this worker, visible on the jobs page
+    "annotation.jobs.liveness": {"Heartbeat", "mark_stale"},  # keep a row alive; fail rows whose worker died
+    "annotation.jobs.views": {"live_page"},  # a staff page that polls itself while the work runs
+    "annotation.profiles.generation": {"run_generation"},  # the generation job's work
+    "annotation.judging.strategies": {"run_judging"},  # the judging job's work
+    "annotation.start": {"start_generation"},  # queue a generation job
+    "annotation.roles": {"admin_required", "EXPERTS_GROUP"},
+    "annotation.stats": {"win_rate", "wilson_interval"},
+}

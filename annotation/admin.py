@@ -6,6 +6,7 @@ from pathlib import Path
 
 from django import forms
 from django.contrib import admin, messages
+from django.contrib.admin.views.main import ChangeList
 from django.db.models import Count, Prefetch, Q, Sum
 from django.shortcuts import redirect
 from django.template.response import TemplateResponse
@@ -17,8 +18,8 @@ from django.utils.safestring import mark_safe
 from .documents.importing import ImportFailed, ImportOptions, import_documents
 from .documents.models import TitleOnly
 from .jobs.liveness import mark_stale
-from .judging.combined import panel_verdict, panel_verdicts
-from .judging.figures import JudgeFigures, with_figures
+from .judging.figures import JudgeFigures, judge_figures, judges_figures
+from .judging.panels import panel_verdict, panel_verdicts
 from .judging.verdicts import combine_asked
 from .models import (
     Backend,
@@ -365,6 +366,15 @@ def _percent(value: float | None) -> str:
     return "–" if value is None else f"{100 * value:.0f}%"
 
 
+class JudgeChangeList(ChangeList):
+    def get_results(self, request):
+        """The page's judges, and their figures from one more query."""
+        super().get_results(request)
+        figures = judges_figures(self.result_list)
+        for judge in self.result_list:
+            judge.judge_figures = figures[judge.pk]
+
+
 @admin.register(Judge)
 class JudgeAdmin(admin.ModelAdmin):
     list_display = ["name", "backend", "model", "verdict_count", "invalid_rate", "flip_rate", "first_position",
@@ -372,15 +382,18 @@ class JudgeAdmin(admin.ModelAdmin):
     list_filter = ["backend"]
     search_fields = ["name", "model"]
     readonly_fields = ["figures", "ranking"]
+    show_full_result_count = False  # judges are few: the list needs no second count
 
     def get_queryset(self, request):
-        # Every figure comes from this one query (aggregates plus two correlated subqueries for flips).
+        return super().get_queryset(request).annotate(n_verdicts=Count("verdicts"))
 
-        return with_figures(super().get_queryset(request))
+    def get_changelist(self, request, **kwargs):
+        return JudgeChangeList
 
-    def _figures(self, obj) -> JudgeFigures | None:
-
-        return JudgeFigures.of(obj) if getattr(obj, "n_verdicts", None) is not None else None
+    def _figures(self, obj) -> JudgeFigures:
+        if not hasattr(obj, "judge_figures"):  # the change page: one judge
+            obj.judge_figures = judge_figures(obj)
+        return obj.judge_figures
 
     @admin.display(description="Verdicts", ordering="n_verdicts")
     def verdict_count(self, obj):
@@ -415,7 +428,7 @@ class JudgeAdmin(admin.ModelAdmin):
 
     @admin.display(description="Figures")
     def figures(self, obj):
-        f = self._figures(obj)
+        f = self._figures(obj) if obj.pk else None
         if f is None or not f.verdicts:
             return "No verdicts yet."
         lines = [
@@ -711,5 +724,5 @@ class JobAdmin(admin.ModelAdmin):
 
     @admin.action(description="Cancel the selected jobs")
     def cancel_jobs(self, request, queryset):
-        count = queryset.active().update(cancel_requested=True)
-        self.message_user(request, f"Asked {count} job(s) to stop.", messages.SUCCESS)
+        for job in queryset.active():
+            self.message_user(request, f"Job #{job.pk}: {job.request_cancel()}.")

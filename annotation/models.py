@@ -4,7 +4,7 @@ apps import them from here."""
 
 from .documents.models import Document, Sample, SampleDocument, SampleQuerySet, Split
 from .export.models import DatasetExport, ExportFormat, ExportPolicy
-from .jobs.models import FINISHED_STATUSES, Job, JobKind, JobQuerySet, JobStatus
+from .jobs.models import FINISHED_STATUSES, Job, JobKind, JobStatus, Work, WorkQuerySet
 from .judging.models import (
     PAIRINGS, Comparison, Judge, JudgePanel, JudgeVerdict, MatchOutcome, Order, PairingSource, Preferred, Tournament,
     TournamentMatch, TournamentPreference,
@@ -16,8 +16,8 @@ from .review.models import (
 
 __all__ = [
     "Assignment", "Backend", "Campaign", "CampaignItem", "CampaignQuerySet", "Choice", "Comparison", "DatasetExport",
-    "Document", "ExportFormat", "ExportPolicy", "FINISHED_STATUSES", "Generator", "Job", "JobKind", "JobQuerySet",
-    "JobStatus", "Judge", "JudgeDisplay", "JudgePanel", "JudgeVerdict", "MatchOutcome", "Order", "PAIRINGS", "PairingSource",
-    "Preferred", "Profile", "ProfileQuerySet", "Sample", "SampleDocument", "SampleQuerySet", "Split",
-    "Tournament", "TournamentMatch", "TournamentPreference", "Vote", "VoteQuerySet",
+    "Document", "ExportFormat", "ExportPolicy", "FINISHED_STATUSES", "Generator", "Job", "JobKind",
+    "JobStatus", "Judge", "JudgeDisplay", "JudgePanel", "JudgeVerdict", "MatchOutcome", "Order", "PAIRINGS",
+    "PairingSource", "Preferred", "Profile", "ProfileQuerySet", "Sample", "SampleDocument", "SampleQuerySet", "Split",
+    "Tournament", "TournamentMatch", "TournamentPreference", "Vote", "VoteQuerySet", "Work", "WorkQuerySet",
 ]

@@ -1,12 +1,7 @@
-"""Versioned prompts for extraction and judging.
+"""Versioned prompts for extraction and judging, as chat messages (``[{"role": ..., "content": ...}]``).
 
-A prompt version is frozen once used: the DPO dataset's prompt must be byte-identical to the prompt the
-profiles were generated with, and a judge verdict is only comparable with verdicts from the same prompt.
-So the text of a version never changes; a changed prompt is a new version added to ``PROMPTS``, and the
-``*_PROMPT_VERSION`` constants point at the version new work uses. Builders are pure and deterministic:
-same input, same messages, byte for byte.
-
-Messages are OpenAI/TRL chat messages: ``[{"role": "system"|"user"|"assistant", "content": str}]``.
+A version is frozen once used: a DPO row's prompt must be byte-identical to the one its profiles were
+generated with, and verdicts compare only within a prompt version. A changed prompt is a new version.
 """
 
 from __future__ import annotations

@@ -1,55 +1,29 @@
 """Role checks, enforced on the server for every view: experts are a group, admins are staff."""
 
-from functools import lru_cache, wraps
+from functools import wraps
 
 from django.contrib.auth import get_user_model
 from django.contrib.auth.backends import ModelBackend
 from django.contrib.auth.decorators import login_required
 from django.contrib.auth.models import Group
-from django.core.exceptions import PermissionDenied, ValidationError
-from django.db import connection
-
-from .review.rows import RowReader, columns, table
+from django.core.exceptions import PermissionDenied
+from django.db.models import Exists, OuterRef
 
 EXPERTS_GROUP = "experts"
 
 
 class RoleBackend(ModelBackend):
     """Django's own backend, loading the signed-in user together with their expert role: every expert request
-    checks the role, and this way it costs no query of its own (settings.AUTHENTICATION_BACKENDS).
-
-    Every request runs it, so its SQL is written once (annotation/review/rows.py says why).
-    """
+    checks the role, and this way it costs no query of its own (settings.AUTHENTICATION_BACKENDS)."""
 
     def get_user(self, user_id):
-        user_model = get_user_model()
+        experts = Group.objects.filter(user=OuterRef("pk"), name=EXPERTS_GROUP)
+        users = get_user_model()._default_manager.annotate(in_experts_group=Exists(experts))
         try:
-            pk = user_model._meta.pk.to_python(user_id)
-        except ValidationError:
+            user = users.get(pk=user_id)
+        except users.model.DoesNotExist:
             return None
-        with connection.cursor() as cursor:
-            cursor.execute(_user_sql(connection.vendor), {"pk": pk, "group": EXPERTS_GROUP})
-            row = cursor.fetchone()
-        if row is None:
-            return None
-        reader = RowReader(row)
-        user = reader.model(columns(user_model, "u"))
-        user.in_experts_group = bool(reader.value())
         return user if self.user_can_authenticate(user) else None
-
-
-@lru_cache(maxsize=None)
-def _user_sql(vendor: str) -> str:
-    user_model = get_user_model()
-    groups = user_model.groups.field
-    user_column, group_column = groups.m2m_column_name(), groups.m2m_reverse_name()
-    pk = connection.ops.quote_name(user_model._meta.pk.column)
-    return (
-        f"SELECT {columns(user_model, 'u').sql}, EXISTS (SELECT 1 FROM {table(groups.remote_field.through)} ug "
-        f"INNER JOIN {table(Group)} g ON g.id = ug.{group_column} "
-        f"WHERE ug.{user_column} = u.{pk} AND g.name = %(group)s) "
-        f"FROM {table(user_model)} u WHERE u.{pk} = %(pk)s"
-    )
 
 
 def is_expert(user) -> bool:

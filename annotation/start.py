@@ -17,7 +17,7 @@ from .tasks import export_dataset_task, generate_profiles_task, judge_comparison
 def start_ping() -> Job:
     """A job any worker answers with its name: proves that workers run and share our database."""
     job = create_job(JobKind.PING)
-    ping_task.delay(job.pk)
+    ping_task.delay_on_commit(job.pk)
     return job
 
 

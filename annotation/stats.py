@@ -1,13 +1,6 @@
-"""Agreement and ranking statistics for judges, experts and generators.
-
-The original compared judge and experts only through aggregate rates. Here agreement is per item (raw
-agreement, Cohen's κ, Krippendorff's α, confusion matrices) with bootstrap confidence intervals, and
-generators are ranked with Elo and Bradley–Terry with intervals. The statistics come from kept libraries
-(scikit-learn, scipy, krippendorff); what is written here is the glue and the degenerate cases.
-
-Degenerate input never raises: a statistic that is undefined (no items, a single class, too few units)
-is NaN, and an interval that cannot be computed is (NaN, NaN). Invalid input (sequences of different
-lengths, unknown labels, impossible counts) raises ValueError.
+"""Agreement and ranking statistics on plain lists: raw agreement, Cohen's κ, Krippendorff's α, confusion
+matrices, bootstrap and Wilson intervals, Elo and Bradley–Terry; the libraries (scikit-learn, scipy,
+krippendorff) do the work. Undefined statistics are NaN, never an exception; invalid input raises ValueError.
 """
 
 from __future__ import annotations

@@ -32,8 +32,9 @@ def home(request: HttpRequest) -> HttpResponse:
 
 def _database_ok() -> tuple[bool, str]:
     try:
-        with connection.cursor() as cursor:
-            cursor.execute("SELECT 1")
+        connection.ensure_connection()
+        if not connection.is_usable():  # a connection opened earlier that no longer answers
+            return False, "the database connection does not answer"
         return True, connection.vendor
     except Exception as exc:  # a health check reports any failure rather than raising it
         return False, f"{type(exc).__name__}: {exc}"

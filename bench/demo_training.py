@@ -240,7 +240,7 @@ def print_training(run) -> None:
           f"of the last {tail} {statistics.mean(accuracies[-tail:]):.2f}; reward margin last {tail} "
           f"{statistics.mean(margins[-tail:]):.3f}")
     if elapsed:
-        print(f"train() took {elapsed:.0f} s = {elapsed / max(1, run.step):.1f} s per step (model load included)")
+        print(f"train() took {elapsed:.0f} s = {elapsed / max(1, run.done):.1f} s per step (model load included)")
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -65,7 +65,7 @@ def main() -> int:
 
         torch.set_num_threads(args.threads)
 
-    from annotation.profile_format import parse_profile
+    from annotation.profiles.format import parse_profile
     from annotation.prompts import build_extraction_messages
     from training.ml.generate import DecodingSettings, generate_batch
     from training.ml.models import get_model

@@ -172,7 +172,7 @@ def ab_verdicts(pairs: list[Pair], abstracts, dtype: str) -> tuple[list[Verdict]
     django.setup()
     from annotation.judging import answer_probabilities, local_outcome
     from annotation.prompts import build_judge_messages
-    from annotation.verdicts import combine_canonical, to_canonical
+    from annotation.judging.verdicts import combine_canonical, to_canonical
     from training.ml.models import load_model
 
     model, tokenizer = load_model("default", cache_root(), dtype=dtype)

@@ -139,7 +139,7 @@ def compx_run(data_dir: Path, hp: dict, name: str) -> tuple[float, int]:
     run.refresh_from_db()
     if status != "succeeded":
         raise SystemExit(f"CompX run failed: {run.error}")
-    return run.log_entries.order_by("-step").first().loss, run.step
+    return run.log_entries.order_by("-step").first().loss, run.done
 
 
 def main() -> int:

@@ -1,10 +1,6 @@
-"""A request whose database connection broke (server restarted, connection killed, network gone) answers
-503 with a page that says what happened, instead of a bare "Server Error (500)".
-
-Every write the expert screens make is one transaction (see annotation.review.assignments), so when the database
-fails mid-request the transaction is rolled back: the page can truthfully say that nothing was saved. The
-next pair is loaded after that transaction committed; a view marks ``request.answer_saved`` once it has,
-so a failure while loading the next pair says the answer was kept.
+"""A request whose database connection broke answers 503 with a page that says what happened, instead of a
+bare "Server Error (500)". Every expert write is one transaction, so the page can say that nothing was saved,
+or, once a view has set ``request.answer_saved``, that the answer was kept.
 """
 
 from __future__ import annotations

@@ -91,8 +91,8 @@ DATABASES = {
     )
 }
 # PostgreSQL gets the parameters apart from the SQL text, so psycopg prepares a statement after its 5th use on
-# a connection: the review round trip's queries are then planned once, not on every vote (PostgreSQL CPU per
-# vote 5.0 → 3.7 ms, bench/review_load.py). Behind PgBouncer in transaction mode set DB_PREPARED_STATEMENTS=0.
+# a connection: the review round trip's queries are then planned once, not on every vote (bench/review_load.py
+# shows the PostgreSQL CPU per vote). Behind PgBouncer in transaction mode set DB_PREPARED_STATEMENTS=0.
 if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql" and env_bool("DB_PREPARED_STATEMENTS", True):
     DATABASES["default"].setdefault("OPTIONS", {}).update(server_side_binding=True, prepare_threshold=5)
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
@@ -134,13 +134,17 @@ MODEL_CACHE_DIR = Path(os.environ.get("COMPX_MODEL_CACHE", VAR_DIR / "models"))
 # With a cache server (in production the Redis that already brokers the jobs) sessions are read from it and
 # written through to the database: every review round trip reads the session, and Redis answers it for a
 # fraction of what a database query costs. Without one, sessions stay in the database alone.
+CACHES = {
+    "default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"},
+    # What each process may keep to itself for a moment (a review campaign's totals): no round trip to Redis.
+    "process": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache", "LOCATION": "compx-process"},
+}
 if os.environ.get("CACHE_URL"):
-    CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache",
-                          "LOCATION": os.environ["CACHE_URL"]}}
+    CACHES["default"] = {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": os.environ["CACHE_URL"]}
     SESSION_ENGINE = "django.contrib.sessions.backends.cached_db"
-# How long a review campaign's totals (its judgments needed and taken) are reused between requests. Counting
-# them reads every item of the campaign (2 ms of PostgreSQL time per vote at 10,000 pairs, growing with the
-# queue); the bar may lag other experts' claims by this long. 0 counts them on every request.
+# How long a review campaign's totals (its judgments needed and taken) are reused between requests, in each
+# process. Counting them reads every item of the campaign, a cost that grows with the queue; the bar may lag
+# other experts' claims by this long. 0 counts them on every request.
 REVIEW_PROGRESS_CACHE_SECONDS = float(os.environ.get("REVIEW_PROGRESS_CACHE_SECONDS", "1"))
 
 SESSION_COOKIE_SECURE = env_bool("SECURE_COOKIES", not DEBUG and bool(CSRF_TRUSTED_ORIGINS))

@@ -35,7 +35,7 @@ def trained_run(tmp_path, model_dir) -> TrainingRun:
     peft = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"],
                                             task_type="CAUSAL_LM"))
     peft.save_pretrained(run.output_dir)
-    TrainingRun.objects.filter(pk=run.pk).update(status=JobStatus.SUCCEEDED, step=1, total_steps=1)
+    TrainingRun.objects.filter(pk=run.pk).update(status=JobStatus.SUCCEEDED, done=1, total=1)
     run.refresh_from_db()
     return run
 

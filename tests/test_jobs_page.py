@@ -51,11 +51,19 @@ def test_anonymous_users_are_sent_to_login(client, job):
     assert client.get(f"/jobs/{job.pk}/")["Location"].startswith("/accounts/login/")
 
 
-def test_cancel_asks_the_job_to_stop_and_the_task_obeys(client_for, admin_user, job):
+def test_cancel_asks_a_running_job_to_stop_and_the_task_obeys(client_for, admin_user, job):
+    Job.objects.filter(pk=job.pk).update(status=JobStatus.RUNNING, started_at=timezone.now())
     client_for(admin_user).post(f"/jobs/{job.pk}/cancel")
     progress = JobProgress(Job.objects.get(pk=job.pk))
     with pytest.raises(JobCancelled):
         progress.advance(1)
+
+
+def test_cancel_ends_a_queued_job_at_once(client_for, admin_user, job):
+    client_for(admin_user).post(f"/jobs/{job.pk}/cancel")
+    job.refresh_from_db()
+    assert job.status == JobStatus.CANCELLED and job.message == "cancelled before it started"
+    assert Job.claim(job.pk, "w@h") is None  # a worker that gets the message later runs nothing
 
 
 def test_run_job_records_failure_with_the_error(job):

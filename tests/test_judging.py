@@ -10,7 +10,7 @@ import pytest
 
 from annotation.judging import strategies
 from annotation.judging.backends import local_outcome
-from annotation.judging.combined import combined_verdicts, panel_verdict
+from annotation.judging.panels import panel_verdict
 from annotation.judging.figures import JudgeFigures, judge_figures
 from annotation.judging.rankings import judge_matches, panel_matches, rank_generators
 from annotation.judging.session import Session, verdict_row
@@ -177,7 +177,7 @@ def test_unparseable_answers_are_stored_as_invalid_with_raw_text_and_never_count
     for v in JudgeVerdict.objects.all():
         assert not v.is_valid and v.preferred == "" and v.raw_text == output and error in v.error
     assert judge_matches(judge, Comparison.objects.all()) == []
-    assert combined_verdicts(Comparison.objects.all()) == {(Comparison.objects.get().pk, judge.pk): "invalid"}
+    assert JudgeVerdict.objects.combined() == {(Comparison.objects.get().pk, judge.pk): "invalid"}
     figures = judge_figures(judge)
     assert figures.invalid_rate == 1.0 and figures.flip_rate is None and figures.first_position_rate is None
 
@@ -199,7 +199,7 @@ def test_a_judge_that_prefers_the_first_position_flips_on_every_comparison(serve
     make_profiles(make_sample(), [1, 2, 3])
     judge = http_judge(server)
     judge_in_process(judge)
-    assert set(combined_verdicts(Comparison.objects.all()).values()) == {"inconsistent"}
+    assert set(JudgeVerdict.objects.combined().values()) == {"inconsistent"}
     figures = judge_figures(judge)
     assert (figures.pairs, figures.flips, figures.flip_rate, figures.first_position_rate) == (3, 3, 1.0, 1.0)
 
@@ -214,7 +214,7 @@ def test_order_flip_accounting_on_a_judge_that_flips_on_one_comparison(server):
     make_profiles(make_sample(), [1, 2, 3])
     judge = http_judge(server)
     judge_in_process(judge)
-    assert sorted(combined_verdicts(Comparison.objects.all()).values()) == ["b", "b", "inconsistent"]
+    assert sorted(JudgeVerdict.objects.combined().values()) == ["b", "b", "inconsistent"]
     figures = judge_figures(judge)
     assert (figures.pairs, figures.flips) == (3, 1) and figures.flip_rate == pytest.approx(1 / 3)
     # Consistent comparisons pick the first shown in one order of two; the flipping one in both: 4 of 6.
@@ -238,7 +238,7 @@ def test_order_flips_are_counted_per_comparison_with_both_orders_valid():
     assert figures.flip_rate == pytest.approx(2 / 3)
     # Decisive: ab a,a,b → shown first twice (a in ab); ba a,b,a → b in ba is first once. 4 of 6.
     assert (figures.decisive, figures.first) == (6, 3)
-    assert [combined_verdicts(Comparison.objects.all())[(c.pk, judge.pk)] for c in comparisons] == [
+    assert [JudgeVerdict.objects.combined()[(c.pk, judge.pk)] for c in comparisons] == [
         "a", "inconsistent", "inconsistent", "invalid"]
 
 

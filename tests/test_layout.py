@@ -76,3 +76,20 @@ def test_logic_never_imports_the_tasks_that_run_it():
     starters = {"annotation.start", "training.start", "annotation.demo", "annotation.tasks", "training.tasks"}
     importers = {name for name, imported in graph.items() if imported & {"annotation.tasks", "training.tasks"}}
     assert importers - starters == set()
+
+
+def test_training_uses_annotation_only_through_its_public_names():
+    from annotation import PUBLIC
+
+    reached = set()
+    for name, path in product_modules().items():
+        if not name.startswith("training."):
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("annotation"):
+                allowed = PUBLIC.get(node.module, set())
+                reached |= {f"{name}: {node.module}.{alias.name}" for alias in node.names
+                            if allowed != "*" and alias.name not in allowed}
+            elif isinstance(node, ast.Import):
+                reached |= {f"{name}: {alias.name}" for alias in node.names if alias.name.startswith("annotation")}
+    assert reached == set(), "training reaches into annotation:\n" + "\n".join(sorted(reached))

@@ -18,9 +18,9 @@ def review(alice):
     campaign = make_campaign([alice], pairs=3, judge_display="reveal", judge=judge)
     for item in campaign.items.all():
         add_verdicts(item.comparison, judge, "a", "a")
-    voted, _ = assignments.claim(alice, campaign)
+    voted = assignments.claim(alice, campaign)
     vote = assignments.record_vote(voted, choice="a", rationale="", flags={})
-    open_one, _ = assignments.claim(alice, campaign)
+    open_one = assignments.claim(alice, campaign)
     return SimpleNamespace(campaign=campaign, voted=voted, vote=vote, open=open_one)
 
 

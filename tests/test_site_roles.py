@@ -95,6 +95,15 @@ def test_healthz_reports_a_broken_broker_as_503(client, settings):
     assert response.json()["broker"]["ok"] is False
 
 
+def test_healthz_reports_a_database_that_does_not_answer_as_503(client, monkeypatch):
+    from django.db import connection
+
+    monkeypatch.setattr(connection, "is_usable", lambda: False)
+    response = client.get("/healthz")
+    assert response.status_code == 503
+    assert response.json()["database"] == {"ok": False, "detail": "the database connection does not answer"}
+
+
 def test_every_page_has_an_icon(client):
     assert 'rel="icon" href="/static/favicon.svg"' in client.get("/accounts/login/").content.decode()
     response = client.get("/favicon.ico", follow=True)

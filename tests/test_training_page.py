@@ -15,7 +15,7 @@ from django.utils import timezone
 from annotation.models import Generator, JobStatus
 from tests.training_factory import make_export
 from training.models import TrainingLogEntry, TrainingRun
-from training.runs import RunProgress, build_config, create_run, request_cancel
+from training.runs import RunProgress, build_config, create_run
 
 pytestmark = [pytest.mark.django_db, pytest.mark.urls("tests.training_factory")]
 
@@ -31,7 +31,7 @@ def running(run: TrainingRun, step: int = 4, **fields) -> TrainingRun:
     now = timezone.now()
     fields = {"heartbeat_at": now, **fields}
     TrainingRun.objects.filter(pk=run.pk).update(
-        status=JobStatus.RUNNING, step=step, total_steps=10, started_at=now - timedelta(seconds=40), worker="w1@host", latest_metrics={"loss": 0.61, "rewards/accuracies": 0.75, "rewards/margins": 0.2,
+        status=JobStatus.RUNNING, done=step, total=10, started_at=now - timedelta(seconds=40), worker="w1@host", latest_metrics={"loss": 0.61, "rewards/accuracies": 0.75, "rewards/margins": 0.2,
                                           "learning_rate": 4e-5, "epoch": 0.4, "eta_s": 60}, **fields)
     TrainingLogEntry.objects.bulk_create([
         TrainingLogEntry(run=run, step=s, loss=0.69 - 0.02 * s, reward_accuracy=0.5 + 0.05 * s, reward_margin=0.01 * s,
@@ -67,7 +67,7 @@ def test_polling_stops_when_the_run_ends(client_for, admin_user, run):
     client = client_for(admin_user)
     running(run)
     assert client.get(f"/training/runs/{run.pk}/", headers={"HX-Request": "true"}).status_code == 200
-    TrainingRun.objects.filter(pk=run.pk).update(status=JobStatus.SUCCEEDED, step=10, finished_at=timezone.now())
+    TrainingRun.objects.filter(pk=run.pk).update(status=JobStatus.SUCCEEDED, done=10, finished_at=timezone.now())
     response = client.get(f"/training/runs/{run.pk}/", headers={"HX-Request": "true"})
     assert response.status_code == 286 and "hx-trigger" not in response.content.decode()
     assert 'style="width: 100%"' in response.content.decode()
@@ -85,11 +85,11 @@ def test_progress_is_written_at_most_every_few_seconds(run, monkeypatch):
         progress.on_log({"kind": "train", "step": step, "total_steps": 10, "loss": 0.6, "rewards/accuracies": 0.5,
                          "rewards/margins": 0.1, "learning_rate": 1e-5, "epoch": 0.1, "elapsed_s": step, "eta_s": 9})
     assert TrainingLogEntry.objects.filter(run=run).count() == 1
-    assert TrainingRun.objects.get(pk=run.pk).step == 1
+    assert TrainingRun.objects.get(pk=run.pk).done == 1
     clock[0] += runs.PROGRESS_EVERY_S
     progress.on_log({"kind": "train", "step": 6, "total_steps": 10, "loss": 0.5})
     assert TrainingLogEntry.objects.filter(run=run).count() == 6
-    assert TrainingRun.objects.get(pk=run.pk).step == 6
+    assert TrainingRun.objects.get(pk=run.pk).done == 6
 
 
 def test_a_run_marked_failed_behind_the_workers_back_stops_it_and_stays_failed(run):
@@ -125,7 +125,7 @@ def test_cancel_a_queued_run_at_once_and_a_running_one_after_its_step(client_for
 
     other = create_run(run.export, build_config(run.export, {}), "other")
     running(other)
-    assert request_cancel(other).startswith("asked to stop")
+    assert other.request_cancel().startswith("asked to stop")
     other.refresh_from_db()
     assert other.status == JobStatus.RUNNING and other.cancel_requested
 
@@ -146,7 +146,7 @@ def test_resume_starts_a_new_run_from_the_last_complete_checkpoint(client_for, a
     assert response["Location"] == f"/training/runs/{new.pk}/" and len(callbacks) == 1
     assert new.name == "page run · resumed" and new.status == JobStatus.QUEUED
     assert new.config["resume_from_checkpoint"] == str(checkpoints / "checkpoint-5")
-    assert new.output_dir != run.output_dir and new.step == 5
+    assert new.output_dir != run.output_dir and new.done == 5
     assert list(new.log_entries.values_list("step", flat=True)) == [1, 2, 3, 4, 5]
     assert TrainingRun.objects.get(pk=run.pk).status == JobStatus.FAILED  # the record of what happened stays
 
@@ -158,7 +158,7 @@ def test_only_failed_or_cancelled_runs_can_be_resumed(client_for, admin_user, ru
 
 
 def test_artefacts_are_listed_and_downloaded(client_for, admin_user, run):
-    TrainingRun.objects.filter(pk=run.pk).update(status=JobStatus.SUCCEEDED, step=10, total_steps=10)
+    TrainingRun.objects.filter(pk=run.pk).update(status=JobStatus.SUCCEEDED, done=10, total=10)
     write_adapter(run)
     (Path(run.output_dir) / "merged").mkdir()
     (Path(run.output_dir) / "merged" / "model.safetensors").write_bytes(b"merged")

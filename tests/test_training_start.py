@@ -42,7 +42,7 @@ def test_posting_the_form_queues_a_run_with_the_whole_config(client_for, admin_u
     assert response["Location"] == f"/training/runs/{run.pk}/"
     assert len(callbacks) == 1  # the task is sent once the run row is committed
     assert run.name == "ipo try" and run.status == JobStatus.QUEUED and run.created_by == admin_user
-    assert run.total_steps == 3 and run.base_model == "default"
+    assert run.total == 3 and run.base_model == "default"
     config = run.config
     assert config["loss_type"] == "ipo" and config["beta"] == 0.3 and config["max_steps"] == 3
     assert config["dataset_path"].endswith("export/train.jsonl")

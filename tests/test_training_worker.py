@@ -58,7 +58,7 @@ def test_a_run_started_from_the_admin_trains_in_the_worker(celery_worker_process
 
     run = finished(run)
     assert run.status == JobStatus.SUCCEEDED, run.error
-    assert run.step == run.total_steps == 2
+    assert run.done == run.total == 2
     assert run.message.startswith("finished 2 steps")
     assert run.worker.startswith(f"test-{os.getpid()}@")
     assert run.heartbeat_at and run.started_at <= run.finished_at
@@ -88,10 +88,10 @@ def test_cancel_stops_the_run_after_the_current_step(celery_worker_process, clie
     client.post(f"/training/runs/{run.pk}/cancel")
     run = finished(run, timeout=SLOW)
     assert run.status == JobStatus.CANCELLED
-    assert run.message.startswith(f"cancelled by an admin after step {run.step} of 20")
-    assert run.step < 20 and run.error == ""
+    assert run.message.startswith(f"cancelled by an admin after step {run.done} of 20")
+    assert run.done < 20 and run.error == ""
     # The stop step is checkpointed even between save_steps, so the run can be resumed from there.
-    assert last_complete_checkpoint(run).name == f"checkpoint-{run.step}"
+    assert last_complete_checkpoint(run).name == f"checkpoint-{run.done}"
 
 
 def test_a_run_that_crashes_is_failed_with_its_error(celery_worker_process, client_for, admin_user, export):
@@ -108,7 +108,7 @@ def test_a_killed_worker_leaves_a_failed_run_that_resumes_from_its_checkpoint(
         celery_worker_process, client_for, admin_user, export):
     client = client_for(admin_user)
     run = post_start(client, export, max_steps=5, save_steps=1)
-    wait_for(lambda: (r := TrainingRun.objects.get(pk=run.pk)).step >= 2 and last_complete_checkpoint(r),
+    wait_for(lambda: (r := TrainingRun.objects.get(pk=run.pk)).done >= 2 and last_complete_checkpoint(r),
              timeout=SLOW, what="two steps and a checkpoint")
 
     celery_worker_process.send_signal(signal.SIGKILL)  # no goodbye: the run stays "running"
@@ -131,7 +131,7 @@ def test_a_killed_worker_leaves_a_failed_run_that_resumes_from_its_checkpoint(
 
         resumed = finished(resumed)
         assert resumed.status == JobStatus.SUCCEEDED, resumed.error
-        assert resumed.step == resumed.total_steps == 5
+        assert resumed.done == resumed.total == 5
         # The curve is whole: steps up to the checkpoint come from the first run, the rest were trained again.
         assert list(resumed.log_entries.order_by("step").values_list("step", flat=True)) == [1, 2, 3, 4, 5]
         assert (Path(resumed.output_dir) / "adapter_model.safetensors").is_file()

@@ -1,13 +1,10 @@
-import math
-
 import pytest
 
+from annotation.judging.figures import JudgeTally, tally_verdict
 from annotation.judging.verdicts import (
     Verdict,
     combine_canonical,
     combine_orders,
-    first_position_rate,
-    flip_rate,
     panel_consensus,
     parse_verdict,
     to_canonical,
@@ -183,6 +180,15 @@ def test_panel_refuses_presentation_labels():
         panel_consensus(["A", "a"], 1.0)
 
 
+def _tally(pairs) -> JudgeTally:
+    """One judge's presentation verdicts (first: a shown first, second: b shown first), counted as stored."""
+    tally = JudgeTally("j")
+    for first, second in pairs:
+        ab, ba = to_canonical(first, "ab"), to_canonical(second, "ba")
+        tally_verdict(tally, ab, ba, n=2, n_invalid=(ab is None) + (ba is None))
+    return tally
+
+
 def test_order_flip_accounting():
     # One judge over six comparisons, each judged in both orders (first: a shown first).
     pairs = [
@@ -193,15 +199,16 @@ def test_order_flip_accounting():
         ("A", "tie"),  # flip to tie
         (None, "A"),  # invalid: not counted
     ]
+    tally = _tally(pairs)
     # 5 valid pairs, 2 of them changed with the order.
-    assert flip_rate(pairs) == pytest.approx(2 / 5)
+    assert (tally.flips, tally.both_orders_valid) == (2, 5)
     # Decisive single verdicts: A,B,B,A,A,A,A,A (ties and None left out) → 6 of 8 chose the first shown.
-    verdicts = [v for pair in pairs for v in pair]
-    assert first_position_rate(verdicts) == pytest.approx(6 / 8)
+    assert (tally.first_position, tally.decisive) == (6, 8)
+    assert (tally.invalid, tally.verdicts) == (1, 12)
 
 
 def test_flip_accounting_degenerate():
-    assert math.isnan(flip_rate([]))
-    assert math.isnan(flip_rate([(None, "A")]))
-    assert math.isnan(first_position_rate(["tie", None]))
-    assert flip_rate([("A", "B")]) == 0.0
+    assert _tally([]).both_orders_valid == 0
+    assert _tally([(None, "A")]).both_orders_valid == 0
+    assert _tally([("tie", None)]).decisive == 0
+    assert _tally([("A", "B")]).flips == 0

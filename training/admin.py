@@ -1,18 +1,17 @@
+"""The admin of training runs and evaluations: "Add" opens the start form, actions cancel and resume."""
+
 from django.contrib import admin, messages
 from django.shortcuts import redirect
 from django.template.response import TemplateResponse
 from django.urls import reverse
 from django.utils.html import format_html
 
+from annotation.jobs.liveness import mark_stale
+
 from .forms import EvaluationForm, StartTrainingForm
-from .liveness import mark_stale
 from .models import EvaluationRun, TrainingLogEntry, TrainingRun
-from .runs import TrainingError, request_cancel
+from .runs import TrainingError
 from .start import resume_training, start_evaluation, start_training
-
-# training.evaluation pulls in openai, numpy, scipy and scikit-learn (through annotation.judging and .stats); every
-# web process loads this module at start-up, so the evaluation views below import it when used.
-
 
 class TrainingLogInline(admin.TabularInline):
     model = TrainingLogEntry
@@ -30,7 +29,7 @@ class TrainingRunAdmin(admin.ModelAdmin):
     list_display = ["name", "live_page", "export", "base_model", "status", "progress", "created_at", "finished_at"]
     list_filter = ["status"]
     search_fields = ["name", "base_model"]
-    readonly_fields = ["live_page", "export", "base_model", "config", "status", "step", "total_steps",
+    readonly_fields = ["live_page", "export", "base_model", "config", "status", "done", "total",
                        "latest_metrics", "output_dir", "message", "error", "cancel_requested", "resumed_from",
                        "worker", "heartbeat_at", "created_by", "started_at", "finished_at"]
     fields = ["name", *readonly_fields]
@@ -43,7 +42,7 @@ class TrainingRunAdmin(admin.ModelAdmin):
 
     @admin.display(description="Progress")
     def progress(self, obj: TrainingRun) -> str:
-        return f"{obj.step}/{obj.total_steps or '?'} ({obj.percent}%)"
+        return f"{obj.done}/{obj.total or '?'} ({obj.percent}%)"
 
     def changelist_view(self, request, extra_context=None):
         mark_stale()  # a dead worker's run shows as failed, not running, in the list
@@ -71,7 +70,7 @@ class TrainingRunAdmin(admin.ModelAdmin):
     @admin.action(description="Cancel the selected runs")
     def cancel_runs(self, request, queryset):
         for run in queryset.active():
-            self.message_user(request, f"{run.name}: {request_cancel(run)}.")
+            self.message_user(request, f"{run.name}: {run.request_cancel()}.")
 
     @admin.action(description="Resume the selected runs from their last checkpoint")
     def resume_runs(self, request, queryset):
@@ -126,7 +125,5 @@ class EvaluationRunAdmin(admin.ModelAdmin):
 
     @admin.action(description="Cancel the selected evaluations")
     def cancel_evaluations(self, request, queryset):
-        from .evaluation import request_cancel as cancel_evaluation
-
         for evaluation in queryset.active():
-            self.message_user(request, f"{evaluation.name}: {cancel_evaluation(evaluation)}.")
+            self.message_user(request, f"{evaluation.name}: {evaluation.request_cancel()}.")

@@ -1,20 +1,9 @@
 """Evaluating a tuned model: tuned vs base (and optionally a third model) on held-out samples.
 
-One evaluation, run by ``evaluate_task`` on the training queue (it needs the same machine as training):
-
-1. Generate: each model writes ``candidates`` profiles for each of the first ``sample_limit`` held-out
-   samples (``annotation.profiles.generation.run_generation``, one visible generation job per model; profiles that
-   exist already are reused, so a re-run only fills gaps).
-2. Pair: profile *i* of the tuned model meets profile *i* of each other model on the same sample. When
-   both are valid they become an evaluation comparison; when one is invalid it loses without a judge (a
-   *forfeit*); two invalid profiles tie.
-3. Judge: every comparison in both orders (``annotation.judging.session.Session``); a verdict that flips with the
-   order counts as a tie, an invalid one is left out and counted.
-4. Report: wins / ties / losses, the win rate (ties count half) with a Wilson 95% interval — over the
-   judged pairs, and over all pairs with forfeits — and each model's valid-profile rate with its interval.
-
-"Send to experts" then puts a random sample of the judged tuned-vs-base pairs into a blind campaign;
-``expert_figures`` reads their votes back so the evaluation page can put judge and expert side by side.
+An evaluation (``run_evaluation``, on the training queue) generates each model's profiles, pairs profile *i*
+of the tuned model with profile *i* of each other one (an invalid profile loses without a judge: a forfeit),
+judges the pairs in both orders, and reports win rates with Wilson intervals. "Send to experts" puts a sample
+of the judged pairs into a blind campaign; ``expert_figures`` reads the votes back beside the judge's.
 """
 
 from __future__ import annotations
@@ -28,18 +17,16 @@ from typing import Any
 from django.db import transaction
 from django.utils import timezone
 
-from annotation.jobs.lifecycle import JobProgress, create_job, run_job
-from annotation.judging.combined import combined_verdicts
-from annotation.judging.session import Session
-from annotation.judging.strategies import add_to_campaign, ensure_comparisons
+from annotation.jobs.lifecycle import create_job, run_job
+from annotation.jobs.liveness import Heartbeat
+from annotation.judging.strategies import run_judging
 from annotation.models import (
-    Backend, Campaign, Comparison, Generator, Job, JobKind, JobStatus, JudgeDisplay, PairingSource, Profile, Sample,
-    Vote,
+    Backend, Campaign, Comparison, Generator, Job, JobKind, JobStatus, JudgeDisplay, JudgeVerdict, PairingSource,
+    Profile, Sample, Vote,
 )
 from annotation.profiles.generation import run_generation
 from annotation.stats import win_rate, wilson_interval
 
-from .liveness import Heartbeat
 from .models import EvaluationRun
 from .runs import TrainingError, tuned_generator, unique_name
 
@@ -114,26 +101,6 @@ def _num(value: float) -> float | None:
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Cancelling
-
-
-def request_cancel(evaluation: EvaluationRun) -> str:
-    now = timezone.now()
-    if EvaluationRun.objects.filter(pk=evaluation.pk, status=JobStatus.QUEUED).update(
-            status=JobStatus.CANCELLED, cancel_requested=True, finished_at=now, message="cancelled before it started"):
-        return "cancelled before it started"
-    if EvaluationRun.objects.filter(pk=evaluation.pk, status=JobStatus.RUNNING).update(cancel_requested=True):
-        # The generation or judging job in progress stops after its current batch.
-        sub_jobs(evaluation).active().update(cancel_requested=True)
-        return "asked to stop after the current batch"
-    return f"already {evaluation.get_status_display().lower()}"
-
-
-def sub_jobs(evaluation: EvaluationRun):
-    return Job.objects.filter(params__evaluation_id=evaluation.pk)
-
-
-# ---------------------------------------------------------------------------------------------------------
 # Running (the task)
 
 
@@ -145,9 +112,8 @@ class _Runner:
         self.results: dict[str, Any] = {"candidates": self.k, "samples": len(self.samples), "jobs": []}
 
     def say(self, message: str) -> None:
-        updated = EvaluationRun.objects.filter(pk=self.evaluation.pk, status=JobStatus.RUNNING).update(
-            message=message, heartbeat_at=timezone.now(), results=self.results)
-        if not updated or EvaluationRun.objects.filter(pk=self.evaluation.pk, cancel_requested=True).exists():
+        if not self.evaluation.save_progress(message=message, heartbeat_at=timezone.now(), results=self.results) \
+                or self.evaluation.cancel_wanted():
             raise EvaluationCancelled
 
     def run_job(self, kind: str, params: dict, work) -> Job:
@@ -181,22 +147,14 @@ class _Runner:
                 forfeits.append(forfeit)
             else:
                 to_judge.append((own, other))
-        comparisons = ensure_comparisons([(a.sample_id, a.pk, b.pk) for a, b in to_judge],
-                                                 PairingSource.EVALUATION)
+        comparisons = Comparison.objects.ensure([(a.sample_id, a.pk, b.pk) for a, b in to_judge],
+                                                PairingSource.EVALUATION)
         return [(c, c.profile_a_id == own.pk) for c, (own, _) in zip(comparisons, to_judge)], forfeits
 
     def judge(self, comparisons: list[Comparison]) -> None:
         judge = self.evaluation.judge
-
-        def work(job: Job, progress: JobProgress) -> str:
-            progress.start(total=2 * len(comparisons))
-            session = Session(judge, report=lambda t: progress.advance(
-                t.done, f"{t.done} of {2 * len(comparisons)} judgements", **t.stats()))
-            session.judge_comparisons(comparisons)
-            return f"{judge.name}: {session.tally.summary()}"
-
-        self.run_job(JobKind.JUDGE, {"judge_id": judge.pk, "judge": judge.name, "pairing": "evaluation",
-                                     "comparison_ids": [c.pk for c in comparisons]}, work)
+        self.run_job(JobKind.JUDGE, {"judge_id": judge.pk, "judge": judge.name, "pairing": "existing",
+                                     "comparison_ids": [c.pk for c in comparisons]}, run_judging)
 
     def run(self) -> str:
         ev = self.evaluation
@@ -214,7 +172,7 @@ class _Runner:
         everything = [c for judged, _ in pairs.values() for c, _ in judged]
         if everything:
             self.judge(everything)
-        combined = combined_verdicts([c.pk for c in everything], [ev.judge])
+        combined = JudgeVerdict.objects.filter(comparison__in=[c.pk for c in everything], judge=ev.judge).combined()
         self.results["versus"] = {}
         for role, (judged, forfeits) in pairs.items():
             outcomes = [judged_outcome(combined.get((c.pk, ev.judge_id), "invalid"), a) for c, a in judged]
@@ -246,26 +204,11 @@ def _ci(ci: list) -> str:
     return "" if ci[0] is None else f"[{100 * ci[0]:.0f}–{100 * ci[1]:.0f}%]"
 
 
-def claim(evaluation_id: int, worker: str) -> EvaluationRun | None:
-    now = timezone.now()
-    claimed = EvaluationRun.objects.filter(pk=evaluation_id, status=JobStatus.QUEUED, cancel_requested=False).update(
-        status=JobStatus.RUNNING, started_at=now, heartbeat_at=now, worker=worker, message="starting")
-    return EvaluationRun.objects.select_related("candidate", "baseline", "third", "judge").get(pk=evaluation_id) \
-        if claimed else None
-
-
-def _finish(evaluation: EvaluationRun, status: str, message: str, error: str = "", results=None) -> None:
-    fields = dict(status=status, message=message, error=error, finished_at=timezone.now())
-    if results is not None:
-        fields["results"] = results
-    EvaluationRun.objects.filter(pk=evaluation.pk, status=JobStatus.RUNNING).update(**fields)
-
-
 def run_evaluation(evaluation_id: int, worker: str = "") -> str:
     """Generate, pair, judge and report one queued evaluation; returns its final status."""
     from training.ml.models import clear_model_cache
 
-    evaluation = claim(evaluation_id, worker)
+    evaluation = EvaluationRun.claim(evaluation_id, worker, message="starting")
     if evaluation is None:
         logger.info("evaluation %s is not queued: nothing to do", evaluation_id)
         return "skipped"
@@ -274,17 +217,16 @@ def run_evaluation(evaluation_id: int, worker: str = "") -> str:
         try:
             message = runner.run()
         except EvaluationCancelled:
-            _finish(evaluation, JobStatus.CANCELLED, "cancelled by an admin", results=runner.results)
+            evaluation.finish(JobStatus.CANCELLED, "cancelled by an admin", results=runner.results)
             return JobStatus.CANCELLED
         except Exception as exc:
             logger.exception("evaluation %s failed", evaluation.pk)
-            _finish(evaluation, JobStatus.FAILED, "failed", error=f"{type(exc).__name__}: {exc}",
-                    results=runner.results)
+            evaluation.finish(JobStatus.FAILED, "failed", error=f"{type(exc).__name__}: {exc}", results=runner.results)
             return JobStatus.FAILED
         finally:
             # The training worker needs the memory back for the next run.
             clear_model_cache()
-    _finish(evaluation, JobStatus.SUCCEEDED, message, results=runner.results)
+    evaluation.finish(JobStatus.SUCCEEDED, message, results=runner.results)
     return JobStatus.SUCCEEDED
 
 
@@ -313,7 +255,7 @@ def send_to_experts(evaluation: EvaluationRun, experts, size: int, overlap: int 
             judge_display=JudgeDisplay.HIDDEN, judge=evaluation.judge, overlap=overlap,
         )
         campaign.experts.set(experts)
-        add_to_campaign(campaign, Comparison.objects.filter(pk__in=chosen))
+        campaign.add_comparisons(Comparison.objects.filter(pk__in=chosen))
         evaluation.expert_campaign = campaign
         evaluation.save(update_fields=["expert_campaign"])
     return campaign
@@ -331,7 +273,7 @@ def expert_figures(evaluation: EvaluationRun) -> dict[str, Any] | None:
         votes.setdefault(comparison_id, []).append(choice)
     candidate_is_a = {pk: c.profile_a.generator_id == evaluation.candidate_id for pk, c in comparisons.items()}
     voted = sorted(votes)
-    combined = combined_verdicts(voted, [evaluation.judge_id])
+    combined = JudgeVerdict.objects.filter(comparison__in=voted, judge=evaluation.judge_id).combined()
     return {
         "campaign": campaign,
         "items": len(comparisons),

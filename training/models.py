@@ -1,54 +1,34 @@
-"""Fine-tuning runs and evaluations. The training code itself lives in training/ml and knows no Django."""
+"""Fine-tuning runs, their logged steps, and evaluations. The training code itself lives in training/ml and knows
+no Django."""
 
 from __future__ import annotations
 
-from django.conf import settings
 from django.db import models
 from django.db.models import Q
-from django.utils import timezone
 
-from annotation.models import FINISHED_STATUSES, Campaign, DatasetExport, Generator, Judge, JobQuerySet, JobStatus
-
-
-class LivenessQuerySet(JobQuerySet):
-    """Shared by training and evaluation runs: both are long tasks watched through a heartbeat, like jobs
-    (``active()``, ``stale()``; annotation.jobs.liveness)."""
+from annotation.models import Campaign, DatasetExport, Generator, Job, JobStatus, Judge, Work
 
 
-class TrainingRun(models.Model):
+class TrainingRun(Work):
+    """A DPO + LoRA run on an export snapshot; ``done`` of ``total`` are optimiser steps."""
+
     name = models.CharField(max_length=100, unique=True)
     export = models.ForeignKey(DatasetExport, on_delete=models.PROTECT, related_name="training_runs")
     base_model = models.CharField(max_length=300, default="default")
     # The run's config as `python -m training.ml.dpo --config` reads it, saved as submitted so it can be run again.
     config = models.JSONField(default=dict)
-    status = models.CharField(max_length=10, choices=JobStatus.choices, default=JobStatus.QUEUED)
-    step = models.PositiveIntegerField(default=0)
-    total_steps = models.PositiveIntegerField(default=0)
     latest_metrics = models.JSONField(default=dict, blank=True)
     output_dir = models.CharField(max_length=500, blank=True)
-    # One line on where the run stands ("step 40 of 200", "cancelled after step 3 …"); error holds failures.
-    message = models.TextField(blank=True)
-    error = models.TextField(blank=True)
-    cancel_requested = models.BooleanField(default=False)
     # A resumed run is a new row that starts from the last checkpoint of this one (which keeps its error).
     resumed_from = models.ForeignKey("self", null=True, blank=True, on_delete=models.SET_NULL,
                                      related_name="resumptions")
-    # The Celery worker (hostname) running it: a worker that restarts fails the runs it left behind.
-    worker = models.CharField(max_length=200, blank=True)
-    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
-    created_at = models.DateTimeField(auto_now_add=True)
-    started_at = models.DateTimeField(null=True, blank=True)
-    finished_at = models.DateTimeField(null=True, blank=True)
-    # A live worker touches this every few seconds; a stale one means the worker died.
-    heartbeat_at = models.DateTimeField(null=True, blank=True)
 
-    objects = LivenessQuerySet.as_manager()
+    stops_when = "after the current step, with a checkpoint"
 
-    class Meta:
-        ordering = ["-created_at"]
+    class Meta(Work.Meta):
         constraints = [
-            models.CheckConstraint(condition=Q(status__in=JobStatus.values), name="training_status_valid"),
-            models.CheckConstraint(condition=Q(step__lte=models.F("total_steps")) | Q(total_steps=0),
+            *Work.Meta.constraints,
+            models.CheckConstraint(condition=Q(done__lte=models.F("total")) | Q(total=0),
                                    name="training_step_within_total"),
         ]
 
@@ -56,23 +36,14 @@ class TrainingRun(models.Model):
         return self.name
 
     @property
-    def is_finished(self) -> bool:
-        return self.status in FINISHED_STATUSES
-
-    @property
-    def percent(self) -> int:
-        if self.status == JobStatus.SUCCEEDED:
-            return 100
-        return int(100 * self.step / self.total_steps) if self.total_steps else 0
-
-    @property
     def is_resumable(self) -> bool:
         return self.status in (JobStatus.FAILED, JobStatus.CANCELLED)
 
-    def elapsed_seconds(self) -> float:
-        if not self.started_at:
-            return 0.0
-        return ((self.finished_at or timezone.now()) - self.started_at).total_seconds()
+    def where(self) -> str:
+        return f" at step {self.done} of {self.total}"
+
+    def retry_hint(self) -> str:
+        return "Resume the run to continue from its last checkpoint."
 
 
 class TrainingLogEntry(models.Model):
@@ -93,7 +64,7 @@ class TrainingLogEntry(models.Model):
         constraints = [models.UniqueConstraint(fields=["run", "step"], name="training_log_step_unique")]
 
 
-class EvaluationRun(models.Model):
+class EvaluationRun(Work):
     """Tuned vs base (and optionally a third model) on held-out samples, judged in both orders."""
 
     name = models.CharField(max_length=100, unique=True)
@@ -106,33 +77,31 @@ class EvaluationRun(models.Model):
     sample_limit = models.PositiveIntegerField(default=20)
     # Profiles per held-out sample and model; profile i of the tuned model meets profile i of the others.
     candidates = models.PositiveSmallIntegerField(default=1)
-    status = models.CharField(max_length=10, choices=JobStatus.choices, default=JobStatus.QUEUED)
     # {"baseline": {"wins":..,"ties":..,"losses":..,"win_rate":..,"ci":[lo,hi]}, "valid_rate": {...}}
     results = models.JSONField(default=dict, blank=True)
     expert_campaign = models.ForeignKey(Campaign, null=True, blank=True, on_delete=models.SET_NULL)
-    message = models.TextField(blank=True)
-    error = models.TextField(blank=True)
-    cancel_requested = models.BooleanField(default=False)
-    worker = models.CharField(max_length=200, blank=True)
-    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
-    created_at = models.DateTimeField(auto_now_add=True)
-    started_at = models.DateTimeField(null=True, blank=True)
-    finished_at = models.DateTimeField(null=True, blank=True)
-    heartbeat_at = models.DateTimeField(null=True, blank=True)
 
-    objects = LivenessQuerySet.as_manager()
+    stops_when = "after the current batch"
 
-    class Meta:
-        ordering = ["-created_at"]
+    class Meta(Work.Meta):
         constraints = [
+            *Work.Meta.constraints,
             models.CheckConstraint(condition=~Q(candidate=models.F("baseline")), name="evaluation_distinct_models"),
-            models.CheckConstraint(condition=Q(status__in=JobStatus.values), name="evaluation_status_valid"),
             models.CheckConstraint(condition=Q(candidates__gte=1), name="evaluation_candidates_positive"),
         ]
 
     def __str__(self) -> str:
         return self.name
 
-    @property
-    def is_finished(self) -> bool:
-        return self.status in FINISHED_STATUSES
+    def sub_jobs(self):
+        """The generation and judging jobs it ran, each visible on the jobs page."""
+        return Job.objects.filter(params__evaluation_id=self.pk)
+
+    def request_cancel(self) -> str:
+        said = super().request_cancel()
+        # The generation or judging job in progress stops after its current batch.
+        self.sub_jobs().active().update(cancel_requested=True)
+        return said
+
+    def retry_hint(self) -> str:
+        return "Start it again: generation fills in only what is missing."

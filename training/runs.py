@@ -1,19 +1,6 @@
-"""Fine-tuning runs: start one on an export snapshot, run it in a worker, cancel it, resume it.
-
-The training itself is ``training.ml.dpo.train`` (no Django). This module is the glue around it:
-
-- ``start_training`` validates the config, creates the run and enqueues ``run_training_task`` on the
-  ``training`` queue after the transaction commits. The admin form and ``manage.py start_training`` both
-  call it.
-- ``run_training`` (what the task calls) claims the run, trains with ``on_log`` / ``should_stop`` bound to
-  the database, and records how it ended. Progress reaches the database at most every
-  ``PROGRESS_EVERY_S``; a separate heartbeat thread proves the worker is alive even during a long step or
-  while the model loads.
-- A run whose worker died keeps "running" with a stale heartbeat; ``training.liveness`` marks it failed
-  (watchdog in every worker, the run pages, and the next start of the same worker).
-- ``resume_training`` makes a *new* run (``resumed_from`` → the old one) that starts from the old run's
-  last complete checkpoint. The failed or cancelled run keeps its status and error as the record of what
-  happened; the new one carries the loss history up to the checkpoint, so its curve is whole.
+"""Fine-tuning runs: the worker side of a run (``run_training``: train with progress, cancel and heartbeat bound to
+the row), resuming one as a new run from its last checkpoint, and a finished run's artefacts. The training
+itself is ``training.ml.dpo.train``, which knows no Django.
 """
 
 from __future__ import annotations
@@ -31,10 +18,10 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
+from annotation.jobs.liveness import Heartbeat
 from annotation.models import DatasetExport, Generator, JobStatus
 from training.ml.dpo import CONFIG_FILE, METRICS_FILE, check, last_checkpoint, load_config, train
 
-from .liveness import Heartbeat
 from .models import TrainingLogEntry, TrainingRun
 
 logger = logging.getLogger(__name__)
@@ -49,8 +36,8 @@ ADAPTER_FILES = ("adapter_model.safetensors", "adapter_config.json")
 MERGED_DIR = "merged"
 
 # What the admin form starts from (DPOConfig and ModelConfig fields): works on two CPU cores with the default
-# 135M model and the demo's ~1,500-token prompts; a GPU box simply runs it faster. Precision is left to the
-# worker's machine (training.ml.dpo.machine_defaults: fp32 on CPU, bf16 on a bf16-capable GPU).
+# 135M model and the demo's long prompts (README, step 5); a GPU box simply runs it faster. Precision is left to
+# the worker's machine (training.ml.dpo.machine_defaults: fp32 on CPU, bf16 on a bf16-capable GPU).
 CPU_DEFAULTS: dict[str, Any] = {
     "model_name_or_path": "default",
     "lora_r": 16,
@@ -63,10 +50,10 @@ CPU_DEFAULTS: dict[str, Any] = {
     "learning_rate": 5e-5,  # DPOConfig's 1e-6 barely moves a LoRA adapter
     "num_train_epochs": 1.0,
     "max_steps": -1,
-    "per_device_train_batch_size": 1,  # long prompts: batch 1 keeps memory near 3 GB on CPU
+    "per_device_train_batch_size": 1,  # long prompts: batch 1 keeps memory low on CPU
     "gradient_accumulation_steps": 2,
-    "max_length": 2048,  # demo prompts are ~1,500 tokens; pairs whose prompt fills max_length are dropped
-    "activation_checkpointing": True,  # trades ~30% speed for half the activation memory at this length
+    "max_length": 2048,  # longer than the demo's prompts; pairs whose prompt fills max_length are dropped
+    "activation_checkpointing": True,  # trades some speed for much less activation memory at this length
     "seed": 42,
     "logging_steps": 1,
     "save_steps": 10,
@@ -137,23 +124,12 @@ def create_run(export: DatasetExport, config: dict[str, Any], name: str = "", us
     run = TrainingRun.objects.create(
         name=unique_name(name or f"{export.name} · {Path(base_model).name} · {timezone.now():%Y-%m-%d %H:%M}"),
         export=export, base_model=base_model, config={}, created_by=user, resumed_from=resumed_from,
-        total_steps=max(config.get("max_steps", -1), 0), message="waiting for a training worker",
+        total=max(config.get("max_steps", -1), 0), message="waiting for a training worker",
     )
     run.output_dir = str(runs_root() / f"run-{run.pk}")
     run.config = {**config, "output_dir": run.output_dir}
     run.save(update_fields=["output_dir", "config"])
     return run
-
-
-def request_cancel(run: TrainingRun) -> str:
-    """A queued run is cancelled at once; a running one stops after its current step."""
-    now = timezone.now()
-    if TrainingRun.objects.filter(pk=run.pk, status=JobStatus.QUEUED).update(
-            status=JobStatus.CANCELLED, cancel_requested=True, finished_at=now, message="cancelled before it started"):
-        return "cancelled before it started"
-    if TrainingRun.objects.filter(pk=run.pk, status=JobStatus.RUNNING).update(cancel_requested=True):
-        return "asked to stop: it checkpoints and stops after the current step"
-    return f"already {run.get_status_display().lower()}"
 
 
 def last_complete_checkpoint(run: TrainingRun) -> Path | None:
@@ -186,11 +162,11 @@ def resumption(run: TrainingRun, user=None) -> TrainingRun:
                              reward_margin=e.reward_margin, learning_rate=e.learning_rate, elapsed_s=e.elapsed_s)
             for e in entries
         ])
-        new.step = step
-        new.total_steps = max(new.total_steps, step)
+        new.done = step
+        new.total = max(new.total, step)
         new.message = (f"waiting for a training worker; resumes from step {step}" if checkpoint
                        else "waiting for a training worker; no checkpoint was saved, so it starts from step 0")
-        new.save(update_fields=["step", "total_steps", "message"])
+        new.save(update_fields=["done", "total", "message"])
         return new
 
 
@@ -200,14 +176,6 @@ def resumption(run: TrainingRun, user=None) -> TrainingRun:
 
 def _worker_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
-
-
-def claim(run_id: int, worker: str) -> TrainingRun | None:
-    """queued → running, atomically: a redelivered or duplicate message finds nothing to do."""
-    now = timezone.now()
-    claimed = TrainingRun.objects.filter(pk=run_id, status=JobStatus.QUEUED, cancel_requested=False).update(
-        status=JobStatus.RUNNING, started_at=now, heartbeat_at=now, worker=worker, message="loading the model")
-    return TrainingRun.objects.get(pk=run_id) if claimed else None
 
 
 def _metrics_from(entry: dict[str, Any]) -> dict[str, Any]:
@@ -229,8 +197,8 @@ class RunProgress:
         self.log = log or logger
         self.pending: list[TrainingLogEntry] = []
         self.latest: dict[str, Any] = {}
-        self.step = run.step
-        self.total = run.total_steps
+        self.step = run.done
+        self.total = run.total
         self.last_write = 0.0
         self.last_poll = 0.0
         self.stop = False
@@ -259,8 +227,8 @@ class RunProgress:
         self.last_write = time.monotonic()
         fields.setdefault("message", f"step {self.step} of {self.total}")
         with transaction.atomic():
-            updated = TrainingRun.objects.filter(pk=self.run.pk, status=JobStatus.RUNNING).update(
-                step=min(self.step, self.total) if self.total else self.step, total_steps=self.total,
+            updated = self.run.save_progress(
+                done=min(self.step, self.total) if self.total else self.step, total=self.total,
                 latest_metrics=self.latest, heartbeat_at=timezone.now(), **fields)
             if updated and self.pending:
                 # update_conflicts: a step logged twice (a cancel forces a log at the stop step) keeps the last.
@@ -311,7 +279,7 @@ def run_log(run: TrainingRun):
 
 def run_training(run_id: int, worker: str = "") -> str:
     """Train one queued run to its end and record how it ended; returns the final status."""
-    run = claim(run_id, worker or _worker_name())
+    run = TrainingRun.claim(run_id, worker or _worker_name(), message="loading the model")
     if run is None:
         status = TrainingRun.objects.filter(pk=run_id).values_list("status", flat=True).first()
         logger.info("training run %s is %s, not queued: nothing to do", run_id, status or "gone")

@@ -43,7 +43,7 @@ def resume_training(run: TrainingRun, user=None) -> TrainingRun:
 
 def start_merge(run: TrainingRun) -> None:
     """Write base model + adapter as one standalone model, in a training worker."""
-    merge_adapter_task.delay(run.pk)
+    merge_adapter_task.delay_on_commit(run.pk)
 
 
 def start_evaluation(judge: Judge, *, training_run: TrainingRun | None = None, candidate: Generator | None = None,

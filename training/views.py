@@ -14,6 +14,7 @@ from django.urls import reverse
 from django.utils import timezone
 from django.views.decorators.http import require_GET, require_POST
 
+from annotation.jobs.liveness import mark_stale
 from annotation.jobs.views import live_page
 from annotation.models import Sample, Split
 from annotation.roles import admin_required
@@ -22,7 +23,6 @@ from annotation.start import start_generation
 from . import runs
 from .charts import line_chart
 from .forms import SendToExpertsForm
-from .liveness import mark_stale
 from .models import EvaluationRun, TrainingRun
 from .start import resume_training, start_merge
 
@@ -32,7 +32,7 @@ LOG_TAIL_LINES = 80
 
 
 def _get_run(pk: int) -> TrainingRun:
-    # Opening a page is one of the moments a dead worker's run gets noticed (see training.liveness).
+    # Opening a page is one of the moments a dead worker's run gets noticed (annotation.jobs.liveness).
     mark_stale()
     return get_object_or_404(TrainingRun.objects.select_related("export", "resumed_from", "created_by"), pk=pk)
 
@@ -88,7 +88,7 @@ def run_detail(request: HttpRequest, pk: int) -> HttpResponse:
 @require_POST
 def run_cancel(request: HttpRequest, pk: int) -> HttpResponse:
     run = _get_run(pk)
-    messages.info(request, f"{run.name}: {runs.request_cancel(run)}.")
+    messages.info(request, f"{run.name}: {run.request_cancel()}.")
     return redirect("training:run", pk=pk)
 
 
@@ -188,7 +188,7 @@ def _evaluation_context(evaluation: EvaluationRun, form: SendToExpertsForm | Non
         "valid_rows": [(g, v) for role, g in roles if g is not None and (v := results.get("valid", {}).get(role))],
         "versus": [(role, results.get("versus", {}).get(role)) for role in ("baseline", "third")
                    if results.get("versus", {}).get(role)],
-        "jobs": evaluations.sub_jobs(evaluation).order_by("pk"),
+        "jobs": evaluation.sub_jobs().order_by("pk"),
         "experts": experts,
         "experts_rows": [("Judge, all judged pairs", judged), ("Judge, the same pairs", experts["judge_same_pairs"]),
                          ("Experts", experts["experts"])] if experts and judged else [],
@@ -209,10 +209,8 @@ def evaluation_detail(request: HttpRequest, pk: int) -> HttpResponse:
 @admin_required
 @require_POST
 def evaluation_cancel(request: HttpRequest, pk: int) -> HttpResponse:
-    from . import evaluation as evaluations
-
     evaluation = _get_evaluation(pk)
-    messages.info(request, f"{evaluation.name}: {evaluations.request_cancel(evaluation)}.")
+    messages.info(request, f"{evaluation.name}: {evaluation.request_cancel()}.")
     return redirect("training:evaluation", pk=pk)
 
 

@@ -19,7 +19,7 @@ from django.views.decorators.http import require_GET
 from ..models import Campaign, DatasetExport
 from ..roles import admin_required
 
-# agreement and stats pull in numpy, scipy and scikit-learn (~150 MB): the URLconf imports this module in every
+# agreement and stats pull in numpy, scipy and scikit-learn: the URLconf imports this module in every
 # web process, so the views below import them when a staff member opens the dashboard.
 if TYPE_CHECKING:
     from . import figures as agreement

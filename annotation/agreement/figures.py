@@ -40,7 +40,8 @@ from django.db.models import Count, Exists, F, Max, OuterRef, Q
 from .. import stats
 from ..models import Campaign, Comparison, Generator, Judge, JudgeDisplay, JudgeVerdict, TournamentPreference, Vote
 from ..judging.rankings import ELO_K, GeneratorRank, rank_generators
-from ..judging.verdicts import INCONSISTENT, INVALID, combine_asked
+from ..judging.figures import JudgeTally, score, tally_verdict
+from ..judging.verdicts import INCONSISTENT, INVALID
 
 FOUR_WAY = ["a", "b", "tie", "both_bad"]
 COLLAPSED = ["a", "b", "neither"]
@@ -124,24 +125,6 @@ def group_of(generator: str, attributes: dict, group_by: str | None) -> str:
 
 
 @dataclass
-class JudgeTally:
-    """What one judge did, accumulated verdict by verdict."""
-
-    name: str
-    verdicts: int = 0
-    invalid: int = 0
-    comparisons: int = 0
-    both_orders_valid: int = 0
-    one_order: int = 0  # comparisons asked in one order only: their verdicts count, their flips are not measured
-    flips: int = 0
-    decisive: int = 0
-    first_position: int = 0
-    on_invalid: int = 0  # comparisons with a profile stored as invalid: in the behaviour figures, not in κ or rankings
-    # (generator x, generator y, score of x) → count, for the rankings; pairs with an invalid profile left out.
-    matches: Counter = field(default_factory=Counter)
-
-
-@dataclass
 class Labels:
     scope: Scope
     votes: list[VoteRow]
@@ -214,19 +197,12 @@ def verdict_pairs(queryset) -> Iterator[tuple]:
     both profiles of the comparison are.
     """
     grouped = (
-        queryset.order_by()
-        .values("comparison_id", "judge_id")
-        .annotate(
-            ab=Max("preferred", filter=Q(order="ab", is_valid=True)),
-            ba=Max("preferred", filter=Q(order="ba", is_valid=True)),
-            n=Count("id"),
-            n_invalid=Count("id", filter=Q(is_valid=False)),
-            generator_a=F("comparison__profile_a__generator_id"),
-            generator_b=F("comparison__profile_b__generator_id"),
-            valid_a=F("comparison__profile_a__is_valid"),
-            valid_b=F("comparison__profile_b__is_valid"),
-        )
-        .values_list("comparison_id", "judge_id", "ab", "ba", "n", "n_invalid", "generator_a", "generator_b",
+        queryset.per_pair()
+        .annotate(generator_a=F("comparison__profile_a__generator_id"),
+                  generator_b=F("comparison__profile_b__generator_id"),
+                  valid_a=F("comparison__profile_a__is_valid"),
+                  valid_b=F("comparison__profile_b__is_valid"))
+        .values_list("comparison_id", "judge_id", "ab", "ba", "answered", "invalid", "generator_a", "generator_b",
                      "valid_a", "valid_b")
     )
     return grouped.iterator(chunk_size=STREAM_CHUNK)
@@ -241,36 +217,11 @@ def _tally_verdicts(scope: Scope, kept: set[int]) -> tuple[dict[int, JudgeTally]
         tally = tallies.get(judge_id) or tallies.setdefault(judge_id, JudgeTally(names[judge_id]))
         valid = valid_a and valid_b
         tally.on_invalid += not valid
-        combined = tally_verdict(tally, ab or None, ba or None, n, n_invalid, (gen_a, gen_b) if valid else None)
+        combined = tally_verdict(tally, ab, ba, n, n_invalid, (gen_a, gen_b) if valid else None)
         if comparison_id in kept:
             labels[judge_id][comparison_id] = combined
     ordered = dict(sorted(tallies.items(), key=lambda item: item[1].name))
     return ordered, dict(labels)
-
-
-def tally_verdict(tally: JudgeTally, ab: str | None, ba: str | None, n: int, n_invalid: int,
-                  generators: tuple[int, int] | None = None) -> str:
-    """Count one judge's verdicts on one comparison; returns its combined label."""
-    tally.verdicts += n
-    tally.invalid += n_invalid
-    tally.comparisons += 1
-    # First position: in order "ab" canonical a was shown first, in "ba" canonical b.
-    for label, shown_first in ((ab, "a"), (ba, "b")):
-        if label in ("a", "b"):
-            tally.decisive += 1
-            tally.first_position += label == shown_first
-    combined = combine_asked(ab, ba, n)
-    tally.one_order += n == 1
-    if ab is not None and ba is not None:
-        tally.both_orders_valid += 1
-        tally.flips += combined == INCONSISTENT
-    if generators and combined != INVALID and generators[0] != generators[1]:
-        tally.matches[(*generators, _score(combined))] += 1
-    return combined
-
-
-def _score(label: str) -> float:
-    return {"a": 1.0, "b": 0.0}.get(label, 0.5)
 
 
 # --- labels ------------------------------------------------------------------------------------------
@@ -372,9 +323,9 @@ def folded(matrix: Sequence[Sequence[int]]) -> np.ndarray:
 
 
 # --- fast bootstrap intervals ------------------------------------------------------------------------
-# The same percentile bootstrap over items as stats.bootstrap_ci, drawn in one go with numpy. Calling
-# scikit-learn per resample costs ~5 ms of input checking: 1000 resamples for every κ on the dashboard
-# took half a minute. Resampling items with replacement is exactly a multinomial draw of the confusion
+# The same percentile bootstrap over items as stats.bootstrap_ci (tests/test_agreement.py checks they agree),
+# drawn in one go with numpy: calling scikit-learn per resample spends its time checking its input, too slow
+# for every κ on the dashboard. Resampling items with replacement is exactly a multinomial draw of the confusion
 # matrix (and of the units' label counts for α), so the resamples are drawn that way; replicates where the
 # statistic is undefined are left out, as in stats.
 
@@ -676,10 +627,10 @@ class Rankings:
     votes_on_invalid: int = 0
 
 
-def oriented(x: str, y: str, score: float) -> stats.Match:
+def oriented(x: str, y: str, points: float) -> stats.Match:
     """A match written with its players in name order: the same match whichever profile was stored as a, so
     order-dependent ratings (Elo) do not depend on storage either."""
-    return (x, y, score) if x <= y else (y, x, 1 - score)
+    return (x, y, points) if x <= y else (y, x, 1 - points)
 
 
 def expert_matches(labels: Labels, group_by: str | None = None, implied: bool = False) -> MatchSet:
@@ -700,7 +651,7 @@ def expert_matches(labels: Labels, group_by: str | None = None, implied: bool = 
         elif vote.first_choice == "both_bad":
             both_bad += 1
         else:
-            matches.append(oriented(x, y, _score(vote.first_choice)))
+            matches.append(oriented(x, y, score(vote.first_choice)))
     implied_matches, implied_same = _implied_matches(labels, group_by) if implied else ([], 0)
     return MatchSet(matches + implied_matches, same + implied_same, both_bad, len(implied_matches),
                     len(matches) + len(implied_matches))
@@ -733,12 +684,12 @@ def judge_matches(labels: Labels, judge_id: int | None, group_by: str | None = N
         id__in={g for key in counts for g in key[:2]}).values_list("id", "name", "attributes")}
     grouped: Counter = Counter()
     same = 0
-    for (gen_x, gen_y, score), count in counts.items():
+    for (gen_x, gen_y, points), count in counts.items():
         x, y = group_of(*generators[gen_x], group_by), group_of(*generators[gen_y], group_by)
         if x == y:
             same += count
         else:
-            grouped[oriented(x, y, score)] += count
+            grouped[oriented(x, y, points)] += count
     total = sum(grouped.values())
     scale = min(1.0, limit / total) if total else 1.0
     matches = []

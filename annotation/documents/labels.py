@@ -1,19 +1,8 @@
-"""Import profiles and preference labels made elsewhere (another tool, an earlier study), all-or-nothing.
-
-Profiles, one JSON object a line ("attributes" optional: the generator's, e.g. model and method):
-    {"sample": "<sample name>", "generator": "<name>", "candidate": 0, "text": "Domain: ...",
-     "attributes": {"model": "phi-3", "method": "few-shot"}}
-Votes and judge verdicts, one JSON object a line; "a" and "b" name two imported profiles of one sample:
-    {"sample": "s", "a": {"generator": "g1", "candidate": 0}, "b": {"generator": "g2", "candidate": 0},
-     "expert": "<name>", "choice": "a" | "b" | "tie" | "both_bad", "rationale": "..."}
-    {"sample": "s", "a": {...}, "b": {...}, "judge": "<name>", "order": "ab" | "ba",
-     "preferred": "a" | "b" | "tie", "reasoning": "..."}
-"a"/"b" refer to the file's own a and b; CompX stores pairs canonically and translates. Knockout trees have
-their own format (``annotation.documents.tournaments``).
-
-What a file brings in is counted and said: profiles stored as invalid, and why; votes and verdicts on pairs
-with an invalid profile (stored as given, left out of every figure); expert names that had to be made into
-usernames (the name as written is kept as the user's display name).
+"""Import profiles and preference labels made elsewhere (another tool, an earlier study): all-or-nothing and
+idempotent like the document import. The file formats are in the README ("Profiles and preference labels made
+elsewhere"); a file's "a" and "b" are translated to CompX's canonical pair; knockout trees have their own
+format (``annotation.documents.tournaments``). What a file brings in is counted and said: profiles stored as
+invalid and why, labels on pairs with an invalid profile, names that had to become usernames.
 """
 
 from __future__ import annotations

@@ -50,7 +50,7 @@ from typing import Protocol
 import orjson
 from django.conf import settings
 from django.db import connection, connections
-from django.db.models import Count, Exists, Max, OuterRef, Q
+from django.db.models import Exists, OuterRef, Q
 from django.utils import timezone
 from django.utils.text import slugify
 
@@ -335,13 +335,8 @@ def _votes(source: Source, in_batch: Q) -> dict[int, list[VoteTuple]]:
 
 def _verdicts(in_batch: Q) -> dict[int, VerdictKey]:
     """Each comparison's verdicts, one (judge, ab, ba, rows) entry per judge, grouped by the database."""
-    per_judge = (
-        JudgeVerdict.objects.filter(in_batch).order_by("comparison_id", "judge_id")
-        .values("comparison_id", "judge_id")
-        .annotate(ab=Max("preferred", filter=Q(order="ab", is_valid=True)),
-                  ba=Max("preferred", filter=Q(order="ba", is_valid=True)), n=Count("id"))
-        .values_list("comparison_id", "judge_id", "ab", "ba", "n")
-    )
+    per_judge = (JudgeVerdict.objects.filter(in_batch).per_pair().order_by("comparison_id", "judge_id")
+                 .values_list("comparison_id", "judge_id", "ab", "ba", "answered"))
     result: dict[int, VerdictKey] = {}
     single: dict = {}  # entry → the key of a comparison with only that entry, made once: a handful in all
     previous = None

@@ -5,8 +5,10 @@ from __future__ import annotations
 from django.conf import settings
 from django.db import models
 from django.db.models import Q
+from django.dispatch import receiver
+from django.utils import timezone
 
-from ..jobs.models import JobStatus
+from ..jobs.models import Job, JobKind, JobStatus, work_failed
 from ..judging.models import JudgePanel
 from ..review.models import Campaign
 
@@ -57,3 +59,10 @@ class DatasetExport(models.Model):
     def __str__(self) -> str:
         return self.name
 
+
+@receiver(work_failed, sender=Job)
+def fail_with_its_job(sender, row: Job, error: str, **kwargs) -> None:
+    """An export's own row says "running" too while its job runs: when the job's worker dies, it fails with it."""
+    if row.kind == JobKind.EXPORT and row.params.get("export_id"):
+        DatasetExport.objects.filter(pk=row.params["export_id"], status=JobStatus.RUNNING).update(
+            status=JobStatus.FAILED, error=error, finished_at=timezone.now())

@@ -12,8 +12,8 @@ import logging
 
 from django.utils import timezone
 
-from ..models import FINISHED_STATUSES, Job, JobStatus
-from .liveness import Heartbeat, job_hint
+from ..models import Job, JobStatus
+from .liveness import Heartbeat
 
 logger = logging.getLogger(__name__)
 
@@ -49,24 +49,17 @@ class JobProgress:
         if stats:
             fields["stats"] = {**self.job.stats, **stats}
         self._update(**fields)
-        if Job.objects.filter(pk=self.job.pk, cancel_requested=True).exists():
+        if self.job.cancel_wanted():
             raise JobCancelled
 
     def finish(self, status: str, message: str = "", error: str = "") -> None:
-        if not self._update(status=status, message=message, error=error, finished_at=timezone.now(), check=False):
+        if not self.job.finish(status, message, error):
             logger.warning("job %s had already ended (%s) when it finished as %s", self.job.pk,
                            Job.objects.filter(pk=self.job.pk).values_list("status", flat=True).first(), status)
 
-    def _update(self, check: bool = True, **fields) -> int:
-        # Never over a job that has ended: a job the watchdog failed stays failed, with its reason.
-        updated = Job.objects.filter(pk=self.job.pk).exclude(status__in=FINISHED_STATUSES).update(**fields)
-        if not updated:
-            if check:
-                raise JobLost(f"job {self.job.pk} was marked failed (or deleted) while this worker was running it")
-            return 0
-        for name, value in fields.items():
-            setattr(self.job, name, value)
-        return updated
+    def _update(self, **fields) -> None:
+        if not self.job.save_progress(**fields):
+            raise JobLost(f"job {self.job.pk} was marked failed (or deleted) while this worker was running it")
 
 
 def _current_worker() -> str:
@@ -77,23 +70,12 @@ def _current_worker() -> str:
     return getattr(request, "hostname", None) or ""
 
 
-def claim(job_id: int, worker: str) -> Job | None:
-    """queued → running, atomically: a redelivered or duplicate message finds nothing to do."""
-    now = timezone.now()
-    if Job.objects.filter(pk=job_id, status=JobStatus.QUEUED, cancel_requested=True).update(
-            status=JobStatus.CANCELLED, message="cancelled before it started", finished_at=now, worker=worker):
-        return None
-    claimed = Job.objects.filter(pk=job_id, status=JobStatus.QUEUED).update(
-        status=JobStatus.RUNNING, started_at=now, heartbeat_at=now, worker=worker)
-    return Job.objects.get(pk=job_id) if claimed else None
-
-
 def run_job(job_id: int, work, worker: str = "") -> None:
     """Claim the job, run work(job, progress) with a heartbeat, and record how it ended.
 
     A job that is not queued (finished, cancelled, or running in some worker, alive or dead) is left alone.
     """
-    job = claim(job_id, worker or _current_worker())
+    job = Job.claim(job_id, worker or _current_worker())
     if job is None:
         status = Job.objects.filter(pk=job_id).values_list("status", flat=True).first()
         logger.info("job %s is %s, not queued: nothing to do", job_id, status or "gone")
@@ -112,7 +94,7 @@ def run_job(job_id: int, work, worker: str = "") -> None:
             raise
         except BaseException as exc:  # the worker is shutting down mid-job: say so, then let it go
             progress.finish(JobStatus.FAILED, "the worker stopped",
-                            error=f"The worker stopped during the job ({type(exc).__name__}). {job_hint(job)}")
+                            error=f"The worker stopped during the job ({type(exc).__name__}). {job.retry_hint()}")
             raise
         else:
             progress.finish(JobStatus.SUCCEEDED, message)

@@ -1,42 +1,22 @@
-"""Knowing when a worker died: heartbeats while a task is alive, and three ways to notice it stopped.
+"""Knowing when a worker died: a heartbeat while the work runs, and the watchdog that fails what it left.
 
-A worker killed mid-task (SIGKILL, out of memory, machine gone) cannot record anything, so its row would say
-"running" forever (or until the broker hands the message out again, an hour later with Redis). Instead:
-
-- ``Heartbeat`` touches the row every ``WORKER_HEARTBEAT_S`` from a thread, so a long generation batch, a
-  slow step or a model load never looks like death;
-- ``mark_stale`` fails running rows whose heartbeat is older than ``WORKER_STALE_AFTER_S``. It runs in a
-  watchdog thread of every Celery worker (every ``WORKER_WATCHDOG_S``, so a dead worker is noticed by any
-  other worker within a minute), whenever an admin opens a job or run page or list, and from
-  ``manage.py check_training_runs`` (cron);
-- ``mark_worker_restarted`` fails, at once, the rows a worker of the same name left behind when it starts
-  again (the ``worker_ready`` signal), even when nothing else is running to notice.
-
-Every model with ``status``, ``worker``, ``heartbeat_at``, ``started_at``, ``finished_at``, ``message``,
-``error`` and a ``JobQuerySet`` manager (its ``stale()``) can be watched: ``watch(model, where=..., hint=...)``
-registers it. Jobs are registered here; training runs and evaluations in ``training.liveness`` (imported by
-the training app on start). The error a failed row gets says what happened and what to do next; a failed
-export job fails its DatasetExport too.
-
-A message the broker delivers again later (``acks_late``: the dead worker never acknowledged it) finds the
-row failed, or still running if nobody noticed yet, and does nothing: only a queued row is ever claimed
-(``annotation.jobs.lifecycle.run_job``, ``training.runs.claim``), so a task never runs twice at once and a failed row is
-never flipped back. The admin starts the work again, which fills in only what is missing.
+``Heartbeat`` touches the row every ``WORKER_HEARTBEAT_S``; ``mark_stale`` fails running rows whose heartbeat
+is older than ``WORKER_STALE_AFTER_S`` (a watchdog thread in every worker, the staff pages, ``manage.py
+check_training_runs``), and ``mark_worker_restarted`` what a restarted worker left behind. Every ``Work``
+model is watched; the error says what happened, where, and what to do next.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
-from dataclasses import dataclass
 
+from django.apps import apps
 from django.conf import settings
 from django.db import close_old_connections, connection
 from django.utils import timezone
 
-from ..models import DatasetExport, Job, JobKind, JobStatus
-from .models import stale_after_s
+from .models import JobStatus, Work, stale_after_s, work_failed
 
 logger = logging.getLogger(__name__)
 
@@ -51,26 +31,9 @@ def watchdog_s() -> float:
     return float(getattr(settings, "WORKER_WATCHDOG_S", 15))
 
 
-# --- which models are watched ----------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Watched:
-    model: type
-    where: Callable  # row -> " at step 4 of 10", or ""
-    hint: Callable  # row -> what to do now, one sentence
-    after_fail: Callable | None = None  # (row, error) -> None: rows that depend on this one
-
-
-_WATCHED: dict[type, Watched] = {}
-
-
-def watch(model, *, hint: Callable, where: Callable = lambda row: "", after_fail: Callable | None = None) -> None:
-    _WATCHED[model] = Watched(model, where, hint, after_fail)
-
-
-def watched_models() -> list[type]:
-    return list(_WATCHED)
+def watched_models() -> list[type[Work]]:
+    """Every concrete ``Work`` model of the installed apps."""
+    return [model for model in apps.get_models() if issubclass(model, Work)]
 
 
 # --- the heartbeat -------------------------------------------------------------------------------------
@@ -118,18 +81,16 @@ def _when(moment) -> str:
 def _fail(queryset, reason: str) -> int:
     """Fail each row of ``queryset`` that is still running with the same heartbeat; the update re-checks both,
     so a race with the worker (a late beat, its own finish) or another watchdog is harmless."""
-    watched = _WATCHED[queryset.model]
     failed = 0
     for row in queryset:
         what = reason.format(worker=row.worker or "its worker", heartbeat=_when(row.heartbeat_at))
-        error = f"{what}{watched.where(row)}. {watched.hint(row)}"
+        error = f"{what}{row.where()}. {row.retry_hint()}"
         updated = queryset.model.objects.filter(pk=row.pk, status=JobStatus.RUNNING).filter(
             heartbeat_at=row.heartbeat_at).update(status=JobStatus.FAILED, error=error, finished_at=timezone.now(),
                                                   message=WORKER_DIED)
         if updated:
             logger.warning("%s %s marked failed: %s", queryset.model.__name__, row.pk, error)
-            if watched.after_fail:
-                watched.after_fail(row, error)
+            work_failed.send(sender=queryset.model, row=row, error=error)
         failed += updated
     return failed
 
@@ -184,32 +145,3 @@ def on_worker_ready(hostname: str) -> None:
     except Exception:  # a worker that cannot reach the database now still starts; the watchdog retries
         logger.exception("could not fail the jobs %s left behind", hostname)
     start_watchdog()
-
-
-# --- jobs ----------------------------------------------------------------------------------------------
-
-
-def _job_where(job: Job) -> str:
-    return f" with {job.done} of {job.total} done" if job.total else ""
-
-
-def job_hint(job: Job) -> str:
-    evaluation = job.params.get("evaluation_id")
-    if evaluation:
-        return (f"It ran inside evaluation #{evaluation}, which failed with it: start that evaluation again "
-                "(generation and judging fill in only what is missing).")
-    return {
-        JobKind.GENERATE: "Start it again: generation fills in only what is missing.",
-        JobKind.JUDGE: "Start it again: judging fills in only what is missing (stored verdicts are reused).",
-        JobKind.EXPORT: "No snapshot was recorded: export again (“Export again as a new snapshot” in the export list).",
-    }.get(job.kind, "Start it again.")
-
-
-def _job_failed(job: Job, error: str) -> None:
-    """An export's own row says "running" too: it fails with its job."""
-    if job.kind == JobKind.EXPORT and job.params.get("export_id"):
-        DatasetExport.objects.filter(pk=job.params["export_id"], status=JobStatus.RUNNING).update(
-            status=JobStatus.FAILED, error=error, finished_at=timezone.now())
-
-
-watch(Job, where=_job_where, hint=job_hint, after_fail=_job_failed)

@@ -1,4 +1,4 @@
-"""Background jobs (generation, judging, export) and their states, watched through a heartbeat."""
+"""Work a worker runs and an admin watches live (``Work``, the one lifecycle), and the background job."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from datetime import timedelta
 from django.conf import settings
 from django.db import models
 from django.db.models import Q
+from django.dispatch import Signal
 from django.utils import timezone
 
 
@@ -19,6 +20,11 @@ class JobStatus(models.TextChoices):
 
 
 FINISHED_STATUSES = (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED)
+
+
+# Sent when the watchdog has failed a row whose worker died (sender: its model; ``row``, ``error``): what
+# depends on the row fails with it.
+work_failed = Signal()
 
 
 def stale_after_s() -> float:
@@ -38,9 +44,7 @@ class JobKind(models.TextChoices):
     PING = "ping", "Worker check"
 
 
-class JobQuerySet(models.QuerySet):
-    """Shared by jobs, training runs and evaluations: work a worker runs, watched through a heartbeat."""
-
+class WorkQuerySet(models.QuerySet):
     def active(self):
         return self.filter(status__in=[JobStatus.QUEUED, JobStatus.RUNNING])
 
@@ -52,38 +56,90 @@ class JobQuerySet(models.QuerySet):
         )
 
 
-class Job(models.Model):
-    """A long piece of work run by a Celery worker, with progress the admin watches live."""
+class Work(models.Model):
+    """Work a Celery worker runs and an admin watches live: a job, a training run, an evaluation.
 
-    kind = models.CharField(max_length=10, choices=JobKind.choices)
+    queued → running, claimed by one worker only (``claim``) → succeeded, failed or cancelled. While it runs,
+    the worker's heartbeat keeps ``heartbeat_at`` fresh; a row that has ended is never written again
+    (``save_progress``), so a row the watchdog failed stays failed, with its reason.
+    """
+
     status = models.CharField(max_length=10, choices=JobStatus.choices, default=JobStatus.QUEUED)
-    params = models.JSONField(default=dict, blank=True)
+    # Progress in the row's own units: samples, judgements, comparisons, training steps.
     done = models.PositiveIntegerField(default=0)
     total = models.PositiveIntegerField(default=0)
+    # One line on where it stands; ``error`` says what went wrong.
     message = models.TextField(blank=True)
-    # Rates the progress page shows, e.g. {"tokens": 1234} for generation.
-    stats = models.JSONField(default=dict, blank=True)
     error = models.TextField(blank=True)
     cancel_requested = models.BooleanField(default=False)
+    # The Celery worker (hostname) running it: a worker that restarts fails the rows it left behind.
+    worker = models.CharField(max_length=200, blank=True)
     created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
     created_at = models.DateTimeField(auto_now_add=True)
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
     # A live worker touches this every few seconds (annotation.jobs.liveness); a stale one means the worker died.
     heartbeat_at = models.DateTimeField(null=True, blank=True)
-    # The Celery worker (hostname) running it: a worker that restarts fails the jobs it left behind.
-    worker = models.CharField(max_length=200, blank=True)
 
-    objects = JobQuerySet.as_manager()
+    objects = WorkQuerySet.as_manager()
 
     class Meta:
+        abstract = True
         ordering = ["-created_at"]
         constraints = [
-            models.CheckConstraint(condition=Q(status__in=JobStatus.values), name="job_status_valid"),
+            models.CheckConstraint(condition=Q(status__in=JobStatus.values),
+                                   name="%(app_label)s_%(class)s_status_valid"),
         ]
 
-    def __str__(self) -> str:
-        return f"{self.get_kind_display()} #{self.pk} ({self.status})"
+    @classmethod
+    def claim(cls, pk: int, worker: str, message: str = "") -> Work | None:
+        """queued → running, atomically: a duplicate or redelivered message finds nothing to do, and a row asked
+        to stop before it started ends as cancelled."""
+        now = timezone.now()
+        queued = cls.objects.filter(pk=pk, status=JobStatus.QUEUED)
+        if queued.filter(cancel_requested=True).update(status=JobStatus.CANCELLED, finished_at=now, worker=worker,
+                                                      message="cancelled before it started"):
+            return None
+        claimed = queued.update(status=JobStatus.RUNNING, started_at=now, heartbeat_at=now, worker=worker,
+                                message=message)
+        return cls.objects.get(pk=pk) if claimed else None
+
+    def request_cancel(self) -> str:
+        """A queued row is cancelled at once; a running one is asked to stop and stops at its next check."""
+        rows = type(self).objects.filter(pk=self.pk)
+        if rows.filter(status=JobStatus.QUEUED).update(status=JobStatus.CANCELLED, cancel_requested=True,
+                                                       finished_at=timezone.now(),
+                                                       message="cancelled before it started"):
+            return "cancelled before it started"
+        if rows.filter(status=JobStatus.RUNNING).update(cancel_requested=True):
+            return f"asked to stop {self.stops_when}"
+        return f"already {self.get_status_display().lower()}"
+
+    def cancel_wanted(self) -> bool:
+        """Whether an admin has asked it to stop (read afresh: the admin asks from another process)."""
+        return type(self).objects.filter(pk=self.pk, cancel_requested=True).exists()
+
+    def save_progress(self, **fields) -> bool:
+        """Write ``fields`` unless the row has ended (or is gone); False then, and the work should stop."""
+        if not type(self).objects.filter(pk=self.pk).exclude(status__in=FINISHED_STATUSES).update(**fields):
+            return False
+        for name, value in fields.items():
+            setattr(self, name, value)
+        return True
+
+    def finish(self, status: str, message: str = "", error: str = "", **fields) -> bool:
+        return self.save_progress(status=status, message=message, error=error, finished_at=timezone.now(), **fields)
+
+    # When a running row stops after it was asked to (request_cancel says so).
+    stops_when = "after the current step"
+
+    def where(self) -> str:
+        """Where it was when its worker died, for the error: " with 3 of 10 done"."""
+        return f" with {self.done} of {self.total} done" if self.total else ""
+
+    def retry_hint(self) -> str:
+        """What to do now that it failed, one sentence."""
+        return "Start it again."
 
     @property
     def is_finished(self) -> bool:
@@ -91,7 +147,9 @@ class Job(models.Model):
 
     @property
     def percent(self) -> int:
-        return int(100 * self.done / self.total) if self.total else (100 if self.is_finished else 0)
+        if self.status == JobStatus.SUCCEEDED:
+            return 100
+        return int(100 * self.done / self.total) if self.total else 0
 
     def elapsed_seconds(self) -> float:
         if not self.started_at:
@@ -102,10 +160,35 @@ class Job(models.Model):
         """Remaining time at the rate so far; None until there is a rate to go on."""
         if self.is_finished or not self.done or not self.total:
             return None
-        return self.elapsed_seconds() / self.done * (self.total - self.done)
+        return self.elapsed_seconds() / self.done * max(0, self.total - self.done)
+
+
+class Job(Work):
+    """Generation, judging, an export or a worker check, with progress the admin watches live."""
+
+    kind = models.CharField(max_length=10, choices=JobKind.choices)
+    params = models.JSONField(default=dict, blank=True)
+    # Rates the progress page shows, e.g. {"tokens": 1234} for generation.
+    stats = models.JSONField(default=dict, blank=True)
+
+    stops_when = "after the current batch"
+
+    def __str__(self) -> str:
+        return f"{self.get_kind_display()} #{self.pk} ({self.status})"
 
     def tokens_per_second(self) -> float | None:
         elapsed = self.elapsed_seconds()
         tokens = self.stats.get("tokens")
         return tokens / elapsed if tokens and elapsed > 0 else None
 
+    def retry_hint(self) -> str:
+        evaluation = self.params.get("evaluation_id")
+        if evaluation:
+            return (f"It ran inside evaluation #{evaluation}, which failed with it: start that evaluation again "
+                    "(generation and judging fill in only what is missing).")
+        return {
+            JobKind.GENERATE: "Start it again: generation fills in only what is missing.",
+            JobKind.JUDGE: "Start it again: judging fills in only what is missing (stored verdicts are reused).",
+            JobKind.EXPORT: "No snapshot was recorded: export again (“Export again as a new snapshot” in the export "
+                            "list).",
+        }.get(self.kind, "Start it again.")

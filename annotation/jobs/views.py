@@ -54,7 +54,5 @@ def live_page(request: HttpRequest, template: str, partial: str, context: dict, 
 @require_POST
 def job_cancel(request: HttpRequest, pk: int) -> HttpResponse:
     job = get_object_or_404(Job, pk=pk)
-    if not job.is_finished:
-        Job.objects.filter(pk=pk).update(cancel_requested=True)
-        messages.info(request, f"Asked job #{pk} to stop; it stops after the current step.")
+    messages.info(request, f"Job #{pk}: {job.request_cancel()}.")
     return redirect("job_detail", pk=pk)

@@ -1,38 +1,65 @@
-"""How each judge behaves over all its verdicts: invalid output, order flips, first-position bias, tokens, cost."""
+"""How each judge behaves: invalid output, order flips, first-position bias, tokens and cost.
+
+``tally_verdict`` is the one place these are counted: the admin's judge pages, the agreement dashboard and the
+dataset card all add up the same per-comparison rows (``JudgeVerdict.objects.per_pair()``) with it.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 from decimal import Decimal
 
-from django.db.models import Avg, Count, F, OuterRef, Q, QuerySet, Subquery, Sum
+from django.db.models import Count, Sum
 
 from ..models import Judge, JudgeVerdict
+from .verdicts import INCONSISTENT, INVALID, combine_asked
 
 
-def with_figures(judges: QuerySet) -> QuerySet:
-    """Annotate judges with their verdict figures in the same query (admin list and detail).
+@dataclass
+class JudgeTally:
+    """What one judge did, accumulated comparison by comparison."""
 
-    Order flips are counted on comparisons with both orders valid: a correlated subquery pairs each "ab"
-    verdict with its "ba" partner, and canonical labels that differ are a flip.
-    """
-    partner = JudgeVerdict.objects.filter(comparison=OuterRef("comparison"), judge=OuterRef("judge"), order="ba",
-                                          is_valid=True).values("preferred")[:1]
-    pairs = (JudgeVerdict.objects.filter(judge=OuterRef("pk"), order="ab", is_valid=True)
-             .annotate(partner=Subquery(partner)).filter(partner__isnull=False).order_by().values("judge"))
-    first_shown = Q(verdicts__order="ab", verdicts__preferred="a") | Q(verdicts__order="ba", verdicts__preferred="b")
-    return judges.annotate(
-        n_verdicts=Count("verdicts"),
-        n_invalid=Count("verdicts", filter=Q(verdicts__is_valid=False)),
-        n_decisive=Count("verdicts", filter=Q(verdicts__preferred__in=["a", "b"])),
-        n_first=Count("verdicts", filter=first_shown),
-        prompt_tokens=Sum("verdicts__prompt_tokens"),
-        completion_tokens=Sum("verdicts__completion_tokens"),
-        mean_latency_ms=Avg("verdicts__latency_ms"),
-        total_cost=Sum("verdicts__cost_usd"),
-        n_pairs=Subquery(pairs.annotate(n=Count("pk")).values("n")),
-        n_flips=Subquery(pairs.annotate(n=Count("pk", filter=~Q(partner=F("preferred")))).values("n")),
-    )
+    name: str
+    verdicts: int = 0
+    invalid: int = 0
+    comparisons: int = 0
+    both_orders_valid: int = 0
+    one_order: int = 0  # comparisons asked in one order only: their verdicts count, their flips are not measured
+    flips: int = 0
+    decisive: int = 0  # valid verdicts naming a profile (not tie)
+    first_position: int = 0  # of those, naming the profile shown first
+    on_invalid: int = 0  # comparisons with a profile stored as invalid: in the behaviour figures, not in κ or rankings
+    # (generator x, generator y, score of x) → count, for the rankings; pairs with an invalid profile left out.
+    matches: Counter = field(default_factory=Counter)
+
+
+def tally_verdict(tally: JudgeTally, ab: str | None, ba: str | None, n: int, n_invalid: int,
+                  generators: tuple[int, int] | None = None) -> str:
+    """Count one judge's verdicts on one comparison (its canonical label per order, ``n`` verdicts stored,
+    ``n_invalid`` of them invalid); returns its combined label."""
+    tally.verdicts += n
+    tally.invalid += n_invalid
+    tally.comparisons += 1
+    # First position: in order "ab" canonical a was shown first, in "ba" canonical b.
+    for label, shown_first in ((ab, "a"), (ba, "b")):
+        if label in ("a", "b"):
+            tally.decisive += 1
+            tally.first_position += label == shown_first
+    combined = combine_asked(ab, ba, n)
+    tally.one_order += n == 1
+    if ab is not None and ba is not None:
+        tally.both_orders_valid += 1
+        tally.flips += combined == INCONSISTENT
+    if generators and combined != INVALID and generators[0] != generators[1]:
+        tally.matches[(*generators, score(combined))] += 1
+    return combined
+
+
+def score(label: str) -> float:
+    """A combined verdict as the score of profile a: a tie or an order flip says "no better one"."""
+    return {"a": 1.0, "b": 0.0}.get(label, 0.5)
 
 
 @dataclass(frozen=True)
@@ -41,19 +68,12 @@ class JudgeFigures:
     invalid: int
     pairs: int  # comparisons with both orders valid
     flips: int
-    decisive: int  # valid verdicts naming a profile (not tie)
-    first: int  # of those, naming the profile shown first
+    decisive: int
+    first: int
     prompt_tokens: int
     completion_tokens: int
     mean_latency_ms: float | None
     cost_usd: Decimal
-
-    @classmethod
-    def of(cls, judge: Judge) -> "JudgeFigures":
-        """From a judge annotated by ``with_figures``."""
-        return cls(judge.n_verdicts, judge.n_invalid, judge.n_pairs or 0, judge.n_flips or 0, judge.n_decisive,
-                   judge.n_first, judge.prompt_tokens or 0, judge.completion_tokens or 0, judge.mean_latency_ms,
-                   judge.total_cost or Decimal(0))
 
     @property
     def invalid_rate(self) -> float | None:
@@ -69,5 +89,21 @@ class JudgeFigures:
         return self.first / self.decisive if self.decisive else None
 
 
+def judges_figures(judges: Iterable[Judge]) -> dict[int, JudgeFigures]:
+    """Each judge's figures over all its verdicts, from one grouped query."""
+    tallies = {judge.pk: JudgeTally(judge.name) for judge in judges}
+    usage = {pk: Counter() for pk in tallies}
+    sums = {"prompt": Sum("prompt_tokens"), "completion": Sum("completion_tokens"), "latency": Sum("latency_ms"),
+            "timed": Count("latency_ms"), "cost": Sum("cost_usd")}
+    for row in JudgeVerdict.objects.filter(judge__in=list(tallies)).per_pair().annotate(**sums).iterator():
+        tally_verdict(tallies[row["judge_id"]], row["ab"], row["ba"], row["answered"], row["invalid"])
+        usage[row["judge_id"]].update({name: row[name] or 0 for name in sums})
+    return {pk: JudgeFigures(t.verdicts, t.invalid, t.both_orders_valid, t.flips, t.decisive, t.first_position,
+                             usage[pk]["prompt"], usage[pk]["completion"],
+                             usage[pk]["latency"] / usage[pk]["timed"] if usage[pk]["timed"] else None,
+                             Decimal(usage[pk]["cost"]))
+            for pk, t in tallies.items()}
+
+
 def judge_figures(judge: Judge) -> JudgeFigures:
-    return JudgeFigures.of(with_figures(Judge.objects.filter(pk=judge.pk)).get())
+    return judges_figures([judge])[judge.pk]

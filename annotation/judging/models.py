@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 
 from django.conf import settings
 from django.db import models
-from django.db.models import F, Q
+from django.db.models import Count, F, Max, Q
 
 from ..documents.models import Sample
 from ..profiles.models import Backend, Profile
+from .verdicts import combine_asked
 
 
 # How a judging job picks the comparisons it judges (annotation.judging.strategies).
@@ -24,6 +26,18 @@ class PairingSource(models.TextChoices):
     IMPORTED = "imported", "Imported"
 
 
+class ComparisonQuerySet(models.QuerySet):
+    def ensure(self, pairs: Sequence[tuple[int, int, int]], source: str) -> list[Comparison]:
+        """The comparison of each (sample id, profile id, profile id), created where missing (existing ones keep
+        their source); in the order of ``pairs``, profiles loaded."""
+        keys = [(s, min(p, q), max(p, q)) for s, p, q in pairs]
+        self.bulk_create([Comparison(sample_id=s, profile_a_id=a, profile_b_id=b, source=source) for s, a, b in keys],
+                         ignore_conflicts=True)
+        found = self.filter(profile_a_id__in={a for _, a, _ in keys}, profile_b_id__in={b for *_, b in keys})
+        by_pair = {(c.profile_a_id, c.profile_b_id): c for c in found.select_related("profile_a", "profile_b")}
+        return [by_pair[(a, b)] for _, a, b in keys]
+
+
 class Comparison(models.Model):
     """An unordered pair of profiles of one sample; stored canonically with profile_a.id < profile_b.id."""
 
@@ -32,6 +46,8 @@ class Comparison(models.Model):
     profile_b = models.ForeignKey(Profile, on_delete=models.CASCADE, related_name="+")
     source = models.CharField(max_length=12, choices=PairingSource.choices, default=PairingSource.ALL)
     created_at = models.DateTimeField(auto_now_add=True)
+
+    objects = ComparisonQuerySet.as_manager()
 
     class Meta:
         ordering = ["id"]
@@ -110,6 +126,26 @@ class Preferred(models.TextChoices):
     TIE = "tie", "Tie"
 
 
+class JudgeVerdictQuerySet(models.QuerySet):
+    def per_pair(self):
+        """One row per (comparison, judge), grouped by the database: the canonical label of each order (``ab``,
+        ``ba``; None where that order is invalid or not asked), the verdicts stored (``answered``) and how many
+        of them are invalid (``invalid``)."""
+        return self.order_by().values("comparison_id", "judge_id").annotate(
+            ab=Max("preferred", filter=Q(order=Order.AB, is_valid=True)),
+            ba=Max("preferred", filter=Q(order=Order.BA, is_valid=True)),
+            answered=Count("pk"),
+            invalid=Count("pk", filter=Q(is_valid=False)),
+        )
+
+    def combined(self) -> dict[tuple[int, int], str]:
+        """(comparison id, judge id) → the verdict over the orders asked: "a", "b", "tie", "inconsistent" or
+        "invalid" (``verdicts.combine_asked``: one order asked gives that order's verdict); pairs never judged
+        are absent."""
+        return {(row["comparison_id"], row["judge_id"]): combine_asked(row["ab"], row["ba"], row["answered"])
+                for row in self.per_pair()}
+
+
 class JudgeVerdict(models.Model):
     comparison = models.ForeignKey(Comparison, on_delete=models.CASCADE, related_name="verdicts")
     judge = models.ForeignKey(Judge, on_delete=models.CASCADE, related_name="verdicts")
@@ -127,6 +163,8 @@ class JudgeVerdict(models.Model):
     latency_ms = models.PositiveIntegerField(null=True, blank=True)
     cost_usd = models.DecimalField(max_digits=12, decimal_places=6, default=0)
     created_at = models.DateTimeField(auto_now_add=True)
+
+    objects = JudgeVerdictQuerySet.as_manager()
 
     class Meta:
         ordering = ["comparison", "judge", "order"]

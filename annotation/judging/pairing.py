@@ -1,10 +1,6 @@
-"""Which pairs of a sample's valid candidates to compare.
-
-Three strategies: every pair (``all_pairs``), the knockout tournament of the original thesis
-(``Tournament``: n candidates → n − 1 judged matches, more preference pairs by transitivity), and the pairs
-the judges are least sure about (``active_pairs``). Ids are whatever the caller uses (profile pks); they
-must be hashable, unique and not None. Nothing here calls a judge: the caller judges each match (in both orders,
-with ``verdicts.combine_orders``) and reports the outcome.
+"""Which pairs of a sample's valid candidates to compare: every pair (``all_pairs``), the knockout tournament of
+the original thesis (``Tournament``: n − 1 matches, more preferences by transitivity), or the pairs the judges
+are least sure about (``active_pairs``). Plain Python on ids: the caller judges each match.
 """
 
 from __future__ import annotations

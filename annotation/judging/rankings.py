@@ -6,26 +6,15 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from django.db.models import Count, F, Max, Q, QuerySet
+from django.db.models import F, QuerySet
 
 from .. import stats
 from ..models import Comparison, Judge, JudgePanel, JudgeVerdict
-from .combined import panel_verdicts
-from .verdicts import INCONSISTENT, INVALID, combine_asked
+from .figures import score
+from .panels import panel_verdicts
+from .verdicts import INVALID, NO_CONSENSUS, combine_asked
 
 ELO_K = 16
-# A tie or an order flip says "no better one": half a point each way.
-_SCORES = {"a": 1.0, "b": 0.0, "tie": 0.5, INCONSISTENT: 0.5}
-
-
-def _named_pairs(verdicts: QuerySet) -> QuerySet:
-    return verdicts.order_by().values("comparison_id").annotate(
-        ab=Max("preferred", filter=Q(order="ab", is_valid=True)),
-        ba=Max("preferred", filter=Q(order="ba", is_valid=True)),
-        asked=Count("id"),
-        gen_a=F("comparison__profile_a__generator__name"),
-        gen_b=F("comparison__profile_b__generator__name"),
-    ).order_by("comparison_id")
 
 
 def judge_matches(judge: Judge, comparisons: QuerySet | Iterable[int]) -> list[stats.Match]:
@@ -36,10 +25,12 @@ def judge_matches(judge: Judge, comparisons: QuerySet | Iterable[int]) -> list[s
     which Elo depends on. One query.
     """
     matches = []
-    for row in _named_pairs(JudgeVerdict.objects.filter(judge=judge, comparison__in=comparisons)):
-        combined = combine_asked(row["ab"] or None, row["ba"] or None, row["asked"])
+    pairs = JudgeVerdict.objects.filter(judge=judge, comparison__in=comparisons).per_pair().annotate(
+        gen_a=F("comparison__profile_a__generator__name"), gen_b=F("comparison__profile_b__generator__name"))
+    for row in pairs.order_by("comparison_id"):
+        combined = combine_asked(row["ab"], row["ba"], row["answered"])
         if combined != INVALID and row["gen_a"] != row["gen_b"]:
-            matches.append((row["gen_a"], row["gen_b"], _SCORES[combined]))
+            matches.append((row["gen_a"], row["gen_b"], score(combined)))
     return matches
 
 
@@ -49,8 +40,8 @@ def panel_matches(panel: JudgePanel, comparisons: QuerySet | Iterable[int]) -> l
     verdicts = panel_verdicts(panel, ids)
     names = {c: (ga, gb) for c, ga, gb in Comparison.objects.filter(pk__in=ids).order_by("pk").values_list(
         "pk", "profile_a__generator__name", "profile_b__generator__name")}
-    return [(ga, gb, _SCORES[verdicts[c]]) for c, (ga, gb) in names.items()
-            if verdicts[c] in _SCORES and ga != gb]
+    return [(ga, gb, score(verdicts[c])) for c, (ga, gb) in names.items()
+            if verdicts[c] != NO_CONSENSUS and ga != gb]
 
 
 @dataclass(frozen=True)
@@ -71,9 +62,9 @@ def rank_generators(matches: Sequence[stats.Match], k: float = ELO_K, n_boot: in
     bt = stats.bootstrap_rankings(matches, "bradley_terry", n_boot=n_boot, seed=seed)
     wins: Counter = Counter()
     played: Counter = Counter()
-    for x, y, score in matches:
-        wins[x] += score
-        wins[y] += 1 - score
+    for x, y, points in matches:
+        wins[x] += points
+        wins[y] += 1 - points
         played[x] += 1
         played[y] += 1
     ranks = [GeneratorRank(name, elo[name], bt[name], wins[name], played[name]) for name in bt]

@@ -17,12 +17,11 @@ from django.db.models import Avg, QuerySet
 from ..jobs.lifecycle import JobProgress
 from ..llm_client import EndpointError
 from ..models import (
-    Campaign, CampaignItem, Comparison, Job, Judge, JudgeVerdict, PairingSource, Profile, Sample, TournamentPreference,
+    Campaign, Comparison, Job, Judge, JudgeVerdict, PairingSource, Profile, Sample, TournamentPreference,
 )
-from .combined import pair_verdicts
 from .pairing import PairStats, Tournament, active_pairs, all_pairs
 from .session import Session
-from .verdicts import INCONSISTENT
+from .verdicts import INCONSISTENT, combine_asked
 
 # Samples per step of the "all" strategy and comparisons per step of "existing"/"active": bounds the
 # size of each query and of each batch of prompts held in memory.
@@ -41,28 +40,6 @@ def pairable_by_sample(sample_ids: Iterable[int]) -> dict[int, list[int]]:
     return found
 
 
-def ensure_comparisons(pairs: Sequence[tuple[int, int, int]], source: str) -> list[Comparison]:
-    """The canonical comparison of each (sample id, profile id, profile id), created where missing.
-
-    Existing comparisons keep their source. Returned in the order of ``pairs``, profiles loaded.
-    """
-    keys = [(s, min(p, q), max(p, q)) for s, p, q in pairs]
-    Comparison.objects.bulk_create(
-        [Comparison(sample_id=s, profile_a_id=a, profile_b_id=b, source=source) for s, a, b in keys],
-        ignore_conflicts=True,
-    )
-    found = (Comparison.objects.filter(profile_a_id__in={a for _, a, _ in keys}, profile_b_id__in={b for *_, b in keys})
-             .select_related("profile_a", "profile_b"))
-    by_pair = {(c.profile_a_id, c.profile_b_id): c for c in found}
-    return [by_pair[(a, b)] for _, a, b in keys]
-
-
-def add_to_campaign(campaign: Campaign | None, comparisons: Iterable[Comparison]) -> None:
-    if campaign is not None:
-        CampaignItem.objects.bulk_create([CampaignItem(campaign=campaign, comparison=c) for c in comparisons],
-                                         ignore_conflicts=True)
-
-
 def seeded(profile_ids: list[int], sample_id: int) -> list[int]:
     """The bracket order: shuffled so seeding does not follow generation order, yet fixed per sample, so a
     re-run plays the same matches and reuses their stored verdicts."""
@@ -77,8 +54,9 @@ def judge_all_pairs(session: Session, sample_ids: Sequence[int], campaign: Campa
     for start in range(0, len(samples), SAMPLES_PER_STEP):
         step = samples[start:start + SAMPLES_PER_STEP]
         pairs = [(s, p, q) for s in step for p, q in all_pairs(pairable[s])]
-        comparisons = ensure_comparisons(pairs, PairingSource.ALL)
-        add_to_campaign(campaign, comparisons)
+        comparisons = Comparison.objects.ensure(pairs, PairingSource.ALL)
+        if campaign:
+            campaign.add_comparisons(comparisons)
         session.judge_comparisons(comparisons)
     return f"all pairs of {len(samples)} samples"
 
@@ -121,18 +99,20 @@ def run_tournaments(session: Session, sample_ids: Sequence[int], campaign: Campa
 
 def _play_round(session: Session, playing: list[Bracket], campaign: Campaign | None) -> None:
     matches = [(b, a, c) for b in playing for a, c in b.tournament.next_matches()]
-    comparisons = ensure_comparisons([(b.sample_id, a, c) for b, a, c in matches], PairingSource.TOURNAMENT)
-    add_to_campaign(campaign, comparisons)
+    comparisons = Comparison.objects.ensure([(b.sample_id, a, c) for b, a, c in matches], PairingSource.TOURNAMENT)
+    if campaign:
+        campaign.add_comparisons(comparisons)
     session.judge_comparisons(comparisons)
-    verdicts = {c: pv for c, _, pv in pair_verdicts(JudgeVerdict.objects.filter(
-        judge=session.judge, comparison__in=[c.pk for c in comparisons]))}
+    verdicts = {row["comparison_id"]: row for row in JudgeVerdict.objects.filter(
+        judge=session.judge, comparison__in=[c.pk for c in comparisons]).per_pair()}
     for (bracket, first, second), comparison in zip(matches, comparisons):
         bracket.comparisons[(comparison.profile_a_id, comparison.profile_b_id)] = comparison
         found = verdicts.get(comparison.pk)
-        if found is None or found.answered < session.judge.orders_asked:
+        if found is None or found["answered"] < session.judge.orders_asked:
             bracket.incomplete = True
             continue
-        winner = {"a": comparison.profile_a_id, "b": comparison.profile_b_id}.get(found.combined)
+        combined = combine_asked(found["ab"], found["ba"], found["answered"])
+        winner = {"a": comparison.profile_a_id, "b": comparison.profile_b_id}.get(combined)
         if not bracket.incomplete:
             bracket.tournament.record(first, second, winner)
 
@@ -172,8 +152,8 @@ def pair_stats(comparisons: QuerySet) -> list[PairStats]:
     ids = list(comparisons.order_by("pk").values_list("pk", flat=True))
     verdicts = JudgeVerdict.objects.filter(comparison__in=comparisons.values("pk"))
     counts: dict[int, Counter] = defaultdict(Counter)
-    for comparison_id, _, pv in pair_verdicts(verdicts):
-        counts[comparison_id][pv.combined] += 1
+    for (comparison_id, _), combined in verdicts.combined().items():
+        counts[comparison_id][combined] += 1
     confidence = dict(verdicts.filter(is_valid=True, confidence__isnull=False).order_by().values("comparison_id")
                       .annotate(c=Avg("confidence")).values_list("comparison_id", "c"))
     return [PairStats(pair=(c,), a=counts[c]["a"], b=counts[c]["b"], tie=counts[c]["tie"],
@@ -191,7 +171,7 @@ def select_active(session: Session, candidates: QuerySet, campaign: Campaign, li
     judge_existing(session, candidates)
     scored = pair_stats(candidates)
     chosen = [s.pair[0] for s in active_pairs(scored, limit)]
-    add_to_campaign(campaign, Comparison.objects.filter(pk__in=chosen))
+    campaign.add_comparisons(Comparison.objects.filter(pk__in=chosen))
     return f"{len(chosen)} most uncertain of {len(scored)} comparisons added to {campaign.name}"
 
 
@@ -206,16 +186,21 @@ def _scope(params: dict) -> tuple[list[int], Campaign | None, int]:
     return list(samples.with_abstracts().values_list("pk", flat=True)), campaign, left_out
 
 
-def _existing_scope(campaign: Campaign | None, sample_ids: list[int], limit: int | None) -> QuerySet:
-    comparisons = (campaign.comparisons.filter(sample_id__in=sample_ids) if campaign
-                   else Comparison.objects.filter(sample_id__in=sample_ids))
+def _existing_scope(params: dict, campaign: Campaign | None, sample_ids: list[int], limit: int | None) -> QuerySet:
+    if params.get("comparison_ids") is not None:
+        comparisons = Comparison.objects.filter(pk__in=params["comparison_ids"], sample_id__in=sample_ids)
+    elif campaign:
+        comparisons = campaign.comparisons.filter(sample_id__in=sample_ids)
+    else:
+        comparisons = Comparison.objects.filter(sample_id__in=sample_ids)
     if limit:
         comparisons = Comparison.objects.filter(pk__in=list(comparisons.order_by("pk").values_list("pk", flat=True)[:limit]))
     return comparisons
 
 
 def run_judging(job: Job, progress: JobProgress) -> str:
-    """The judging job: ``job.params`` names the judge, the pairing, and the samples or campaign."""
+    """The judging job: ``job.params`` names the judge, the pairing, and the samples, the campaign or (pairing
+    "existing") the comparisons."""
     params = job.params
     judge = Judge.objects.get(pk=params["judge_id"])
     pairing = params.get("pairing", "tournament")
@@ -238,7 +223,7 @@ def run_judging(job: Job, progress: JobProgress) -> str:
         progress.start(total=judge.orders_asked * candidates.exclude(campaign_items__campaign=campaign).count())
         what = select_active(session, candidates, campaign, limit or ACTIVE_DEFAULT_LIMIT)
     else:
-        comparisons = _existing_scope(campaign, sample_ids, limit)
+        comparisons = _existing_scope(params, campaign, sample_ids, limit)
         progress.start(total=judge.orders_asked * comparisons.count())
         what = judge_existing(session, comparisons)
     tally = session.tally

@@ -1,29 +1,13 @@
 """Strict parsing of judge output, and turning per-order verdicts into canonical ones.
 
-The original took "the last digit in the text" as the verdict: 15–20% of evaluations crashed and faulty
-results still reached the training data. Here a verdict is valid only when the output is exactly one JSON
-object — the whole text, or the content of exactly one fenced code block (prose around the fence is
-allowed) — with a ``preferred`` of "A", "B" or "tie". Anything else is invalid with a precise ``error``,
-and an invalid verdict is stored but never counted.
-
-Decisions:
-- ``preferred`` is matched case-insensitively ("a", "Tie" are fine): strictness is about structure, and
-  case carries no ambiguity. Surrounding spaces or any other wording ("Profile A") are invalid.
-- ``reasoning`` may be missing (it is then ""), but when present it must be a string. It is kept
-  verbatim, HTML included: escaping is the template's job.
-- Extra keys are allowed (a judge may add "confidence"); a duplicated key is not, because JSON parsers
-  silently keep the last one — the same "take the last" trap as the original.
-
-Labels. A judge answers in *presentation* terms: "A" is whichever profile was shown first. Verdicts are
-stored and compared in *canonical* terms: "a" is the comparison's ``profile_a``, "b" its ``profile_b``.
-Order "ab" means canonical a was shown first (as "A"); order "ba" means canonical b was shown first, so
-there "A" means b and "B" means a.
+A judge answers in *presentation* terms ("A" is whichever profile was shown first); verdicts are stored in
+*canonical* terms ("a" is the comparison's ``profile_a``). Order "ab" means canonical a was shown first,
+order "ba" that b was, so there "A" means b.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import re
 from collections import Counter
 from collections.abc import Iterable
@@ -55,7 +39,14 @@ class _Invalid(Exception):
 
 
 def parse_verdict(text: str | None) -> Verdict:
-    """Parse one judge output; never raises on bad input."""
+    """Parse one judge output; never raises on bad input.
+
+    Valid only when the output is exactly one JSON object (the whole text, or the content of exactly one
+    fenced code block, prose around it allowed) with a ``preferred`` of "A", "B" or "tie", matched
+    case-insensitively; anything else is invalid with a precise ``error``, stored but never counted. A
+    ``reasoning``, when present, must be a string and is kept verbatim (escaping is the template's job). Extra
+    keys are allowed; a duplicated key is not, since JSON parsers silently keep the last one.
+    """
     try:
         obj = _the_one_object(text or "")
         return _verdict_from(obj)
@@ -242,26 +233,3 @@ def panel_consensus(verdicts: Iterable[str], threshold: float) -> str:
     label, count = votes.most_common(1)[0]
     # The small tolerance keeps e.g. 2 of 3 votes at threshold 2/3 a pass despite float rounding.
     return label if count / total >= threshold - 1e-9 else NO_CONSENSUS
-
-
-def flip_rate(pairs: Iterable[tuple[str | None, str | None]]) -> float:
-    """Share of order pairs (first, second), as for ``combine_orders``, whose verdict changed with the order.
-
-    Only pairs with both verdicts valid count. NaN when there are none.
-    """
-    combined = [combine_orders(first, second) for first, second in pairs]
-    valid = [c for c in combined if c != INVALID]
-    if not valid:
-        return math.nan
-    return sum(c == INCONSISTENT for c in valid) / len(valid)
-
-
-def first_position_rate(verdicts: Iterable[str | None]) -> float:
-    """Share of decisive presentation verdicts ("A"/"B") that chose the profile shown first ("A").
-
-    Ties and invalid verdicts are left out; 0.5 means no position bias. NaN when nothing is decisive.
-    """
-    decisive = [v for v in verdicts if v in ("A", "B")]
-    if not decisive:
-        return math.nan
-    return sum(v == "A" for v in decisive) / len(decisive)

@@ -1,4 +1,4 @@
-"""Parse, validate, format and compare competency profiles.
+"""Parse, validate, format and compare competency profiles (plain Python, no Django).
 
 The format (SPEC, "Profile format")::
 
@@ -6,16 +6,6 @@ The format (SPEC, "Profile format")::
 
     Competencies:
     - <Competency name>: <one or two sentences on how the abstracts show it>
-
-The original system let profiles with 20 competencies, code and junk lines reach experts and training.
-So the parser is strict about *structure* (one domain, one list of 3–8 named and described competencies,
-nothing else that it cannot safely cut) and tolerant of *harmless noise* that small instruction models add:
-markdown bold/italic/heading markers, numbered or ``*``/``•`` bullets, quotes around the domain or names,
-a missing or differently cased "Competencies:" header, one preamble line ("Here is the profile:"), a
-whole-output code fence, descriptions wrapped onto following lines, and trailing notes after the list.
-When a text is rejected, ``ParsedProfile.reason`` says why in words an admin can act on.
-
-Nothing here imports Django.
 """
 
 from __future__ import annotations
@@ -117,7 +107,14 @@ class _Item:
 
 
 def parse_profile(text: str) -> ParsedProfile:
-    """Parse and validate one profile; never raises on bad input."""
+    """Parse and validate one profile; never raises on bad input.
+
+    Strict about structure (one domain, one list of 3–8 named and described competencies, nothing else it
+    cannot safely cut) and tolerant of the harmless noise small models add: markdown markers, numbered or
+    ``*``/``•`` bullets, quotes, a missing or differently cased "Competencies:" header, one preamble line, a
+    whole-output code fence, wrapped descriptions, trailing notes. A rejected text's ``reason`` says why in
+    words an admin can act on.
+    """
     result = ParsedProfile(valid=False)
     try:
         _parse_into(text or "", result)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from django.conf import settings
 from django.db import models
-from django.db.models import Q
+from django.db.models import Exists, F, OuterRef, Q
 
 from ..judging.models import Comparison, Judge
 
@@ -45,12 +47,27 @@ class Campaign(models.Model):
     def __str__(self) -> str:
         return self.name
 
+    def add_comparisons(self, comparisons: Iterable[Comparison]) -> None:
+        """Put the comparisons in the campaign's queue; those already there stay as they are."""
+        CampaignItem.objects.bulk_create([CampaignItem(campaign=self, comparison=c) for c in comparisons],
+                                         ignore_conflicts=True)
+
 
 class Choice(models.TextChoices):
     A = "a", "A"
     B = "b", "B"
     TIE = "tie", "Tie"
     BOTH_BAD = "both_bad", "Both bad"
+
+
+class CampaignItemQuerySet(models.QuerySet):
+    def claimable_for(self, expert, campaign: Campaign):
+        """What the expert may be given next in the campaign, least reviewed first: never a comparison they
+        already have, in any campaign (a vote is unique per expert and comparison), and never an item whose
+        overlap is met; gold items go to every expert, uncapped."""
+        theirs = Assignment.objects.filter(expert=expert, item__comparison=OuterRef("comparison"))
+        open_slot = Q(assignment_count__lt=campaign.overlap) | ~Q(gold_answer="")
+        return self.filter(open_slot, ~Exists(theirs), campaign=campaign).order_by("assignment_count", "id")
 
 
 class CampaignItem(models.Model):
@@ -62,6 +79,8 @@ class CampaignItem(models.Model):
     # expert, never count). Denormalised so "least reviewed first" is one indexed ORDER BY, not a join.
     assignment_count = models.PositiveSmallIntegerField(default=0)
 
+    objects = CampaignItemQuerySet.as_manager()
+
     class Meta:
         ordering = ["campaign", "id"]
         constraints = [
@@ -71,6 +90,33 @@ class CampaignItem(models.Model):
 
     def __str__(self) -> str:
         return f"{self.campaign} · {self.comparison}"
+
+    def take_slot(self, overlap: int) -> bool:
+        """Count one more expert on the item unless ``overlap`` are already on it. A conditional UPDATE: of
+        two requests for the last slot only one changes the row, on SQLite (no row locks) too."""
+        taken = CampaignItem.objects.filter(pk=self.pk, assignment_count__lt=overlap).update(
+            assignment_count=F("assignment_count") + 1
+        )
+        return taken == 1
+
+    def give_back_slot(self) -> None:
+        CampaignItem.objects.filter(pk=self.pk, assignment_count__gt=0).update(
+            assignment_count=F("assignment_count") - 1
+        )
+
+
+class AssignmentQuerySet(models.QuerySet):
+    def waiting(self):
+        """Neither voted on nor skipped (a vote always sets ``voted_at``)."""
+        return self.filter(voted_at__isnull=True, skipped_at__isnull=True)
+
+    def waiting_for(self, expert):
+        """The expert's pairs still waiting for an answer: a handful, found by the index of waiting pairs."""
+        return self.waiting().filter(expert=expert)
+
+    def of_expert(self, expert):
+        """The expert's own assignments, in the active campaigns they still review in."""
+        return self.filter(expert=expert, item__campaign__is_active=True, item__campaign__experts=expert)
 
 
 class Assignment(models.Model):
@@ -85,6 +131,8 @@ class Assignment(models.Model):
     # submit, a stale page or a skip from another tab can never add a second answer (on SQLite too).
     voted_at = models.DateTimeField(null=True, blank=True)
 
+    objects = AssignmentQuerySet.as_manager()
+
     class Meta:
         ordering = ["created_at"]
         constraints = [
@@ -97,10 +145,19 @@ class Assignment(models.Model):
     def __str__(self) -> str:
         return f"{self.expert} · {self.item}"
 
+    def mark_answered(self, field: str, when) -> bool:
+        """Set ``voted_at`` or ``skipped_at`` while neither is set: a conditional UPDATE, so of a double
+        submit, a stale page and a skip from another tab only one request wins, on SQLite too."""
+        return Assignment.objects.filter(pk=self.pk).waiting().update(**{field: when}) == 1
+
 
 class VoteQuerySet(models.QuerySet):
     def in_campaign(self, campaign: Campaign):
         return self.filter(campaign=campaign)
+
+    def latest_first(self):
+        """Newest first: the latest is the one with the highest id (what undo and revise take back)."""
+        return self.order_by("-pk")
 
 
 class Vote(models.Model):

@@ -12,7 +12,7 @@ from time import perf_counter, process_time
 from django import forms
 from django.contrib import messages
 from django.db import connection
-from django.http import Http404, HttpRequest, HttpResponse, QueryDict
+from django.http import HttpRequest, HttpResponse, QueryDict
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_GET, require_POST
 
@@ -73,10 +73,10 @@ def _get_campaign_for_expert(request: HttpRequest, pk: int) -> Campaign:
 
 
 def _get_assignment_for_expert(request: HttpRequest, pk: int, *, screen: bool = True) -> Assignment:
-    assignment = assignments.assignment_for(request.user, pk, screen=screen)
-    if assignment is None:
-        raise Http404("No such pair among yours.")
-    return assignment
+    """The expert's own assignment ``pk`` in one of their active campaigns, else 404. ``screen=False``: as an
+    answer needs it, without what showing the pair again needs (assignments.for_answer, for_screen)."""
+    mine = assignments.for_screen(request.user) if screen else assignments.for_answer(request.user)
+    return get_object_or_404(mine, pk=pk)
 
 
 def _with_pair(assignment: Assignment) -> Assignment:
@@ -89,6 +89,10 @@ def _with_pair(assignment: Assignment) -> Assignment:
 
 def _vote_of(assignment: Assignment) -> Vote | None:
     return getattr(assignment, "vote", None)
+
+
+def _is_answered(assignment: Assignment) -> bool:
+    return assignment.voted_at is not None or assignment.skipped_at is not None
 
 
 def _is_revisable(assignment: Assignment) -> bool:
@@ -169,7 +173,7 @@ def assignment_detail(request: HttpRequest, pk: int) -> HttpResponse:
     """One pair: open for a vote, or revealed for revision right after a reveal-after-vote vote."""
     assignment = _get_assignment_for_expert(request, pk)
     campaign = assignment.item.campaign
-    open_ = _vote_of(assignment) is None and assignment.skipped_at is None
+    open_ = not _is_answered(assignment)
     if not open_ and not _is_revisable(assignment):
         return redirect("annotation:campaign", campaign.pk)
     progress = assignments.campaign_progress(campaign, request.user)
@@ -182,7 +186,7 @@ def assignment_detail(request: HttpRequest, pk: int) -> HttpResponse:
 def vote(request: HttpRequest, pk: int) -> HttpResponse:
     assignment = _get_assignment_for_expert(request, pk, screen=False)
     campaign = assignment.item.campaign
-    if _vote_of(assignment) is not None or assignment.skipped_at is not None:
+    if _is_answered(assignment):
         return _next(request, campaign, notice=ALREADY_ANSWERED, may_have_open=assignment.others_open)
     form = VoteForm(request.POST)
     if not form.is_valid():

@@ -299,7 +299,7 @@ def test_the_whole_loop_in_the_browser(browser, page, live_server, log_in, admin
         page.wait_for_url("**/training/runs/*/")
         wait_until_finished(page, "#run-live", "the training run")
         run = TrainingRun.objects.get()
-        assert run.step == run.total_steps == 2, (run.step, run.total_steps, run.message)
+        assert run.done == run.total == 2, (run.done, run.total, run.message)
         assert run.log_entries.count() == 2
         assert page.get_by_role("link", name="adapter.zip").is_visible()
         page.screenshot(path=str(shots / "4-training-run.png"), full_page=True)

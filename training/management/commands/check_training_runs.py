@@ -3,7 +3,7 @@ to notice)."""
 
 from django.core.management.base import BaseCommand
 
-from training.liveness import mark_stale
+from annotation.jobs.liveness import mark_stale
 
 
 class Command(BaseCommand):
