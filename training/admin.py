@@ -88,9 +88,10 @@ class EvaluationRunAdmin(admin.ModelAdmin):
     list_display = ["name", "live_page", "candidate", "baseline", "judge", "status", "message", "created_at"]
     list_filter = ["status", "judge"]
     search_fields = ["name"]
-    readonly_fields = ["live_page", "training_run", "candidate", "baseline", "third", "judge", "sample_limit",
-                       "candidates", "status", "message", "results", "expert_campaign", "error", "worker",
-                       "heartbeat_at", "created_by", "started_at", "finished_at"]
+    readonly_fields = ["live_page", "training_run", "candidate", "baseline", "third", "judge", "labels_source",
+                       "labelling_judges", "same_judge_allowed", "sample_limit", "candidates", "status", "message",
+                       "results", "expert_campaign", "error", "worker", "heartbeat_at", "created_by", "started_at",
+                       "finished_at"]
     fields = ["name", *readonly_fields]
     actions = ["cancel_evaluations"]
 
@@ -113,7 +114,8 @@ class EvaluationRunAdmin(admin.ModelAdmin):
                 evaluation = start_evaluation(
                     data["judge"], training_run=data["training_run"], candidate=data["candidate"],
                     baseline=data["baseline"], third=data["third"], sample_limit=data["sample_limit"],
-                    candidates=data["candidates"], name=data["name"], user=request.user)
+                    candidates=data["candidates"], name=data["name"], allow_same_judge=data["allow_same_judge"],
+                    user=request.user)
             except TrainingError as exc:
                 form.add_error(None, str(exc))
             else:

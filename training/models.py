@@ -80,6 +80,12 @@ class EvaluationRun(Work):
     # {"baseline": {"wins":..,"ties":..,"losses":..,"win_rate":..,"ci":[lo,hi]}, "valid_rate": {...}}
     results = models.JSONField(default=dict, blank=True)
     expert_campaign = models.ForeignKey(Campaign, null=True, blank=True, on_delete=models.SET_NULL)
+    # Who labelled the training data (training.provenance), recorded when the evaluation is created: "experts",
+    # "judges", "experts and judges" or "unknown". The labelling judges also grade, reported apart.
+    labels_source = models.CharField(max_length=20, blank=True)
+    labelling_judges = models.ManyToManyField(Judge, blank=True, related_name="+")
+    # Graded by a judge that labelled the training data, on purpose: the page warns that it is not independent.
+    same_judge_allowed = models.BooleanField(default=False)
 
     stops_when = "after the current batch"
 
@@ -105,3 +111,7 @@ class EvaluationRun(Work):
 
     def retry_hint(self) -> str:
         return "Start it again: generation fills in only what is missing."
+
+    @property
+    def graded_by_labelling_judge(self) -> bool:
+        return self.labelling_judges.filter(pk=self.judge_id).exists()

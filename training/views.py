@@ -193,6 +193,12 @@ def _evaluation_context(evaluation: EvaluationRun, form: SendToExpertsForm | Non
         "experts_rows": [("Judge, all judged pairs", judged), ("Judge, the same pairs", experts["judge_same_pairs"]),
                          ("Experts", experts["experts"])] if experts and judged else [],
         "judged_pairs": judged_pairs,
+        "labelling_judges": list(evaluation.labelling_judges.all()),
+        "same_judge": evaluation.graded_by_labelling_judge,
+        # Only the figures there are: an evaluation from before these were measured has none.
+        "profile_rows": [(g, p) for role, g in roles if g is not None and (p := results.get("profiles", {}).get(role))],
+        "judge_rows": [(j, role, j["versus"][role]) for j in results.get("judges", []) for role in ("baseline", "third")
+                       if role in j["versus"]],
         # All of them when there are fewer than the usual 20.
         "send_form": form or SendToExpertsForm(initial={"size": min(20, judged_pairs) or 20}),
     }
