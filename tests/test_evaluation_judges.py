@@ -10,7 +10,7 @@ from tests.labels_factory import World, profile_text
 from tests.training_factory import make_export
 from training.evaluation import mean_interval, profile_figures, run_evaluation, summarise
 from training.models import EvaluationRun
-from training.provenance import provenance
+from training.grading import provenance
 from training.runs import TrainingError, build_config, create_run
 from training.start import start_evaluation
 

@@ -5,7 +5,7 @@ of the tuned model with profile *i* of each other one (an invalid profile loses 
 judges the pairs in both orders, and reports win rates with Wilson intervals. "Send to experts" puts a sample
 of the judged pairs into a blind campaign; ``expert_figures`` reads the votes back beside the judge's.
 
-The evaluation's judge should not be one that labelled the training data (``training.provenance``): the task
+The evaluation's judge should not be one that labelled the training data (``training.grading``): the task
 refuses it unless the evaluation was created with the override. The labelling judges grade the same pairs
 too, reported apart (``results["judges"]``), so the distance between "the judge it was tuned towards" and
 "an independent judge" is on the page. So is what a win could have been bought with
@@ -36,7 +36,7 @@ from annotation.stats import win_rate, wilson_interval
 from training.ml.copying import COPY_SPAN_WORDS, copy_share, words
 
 from .models import EvaluationRun
-from .provenance import Provenance, check_grader, provenance
+from .grading import Provenance, check_grader, provenance
 from .runs import TrainingError, tuned_generator, unique_name
 
 logger = logging.getLogger(__name__)

@@ -13,7 +13,7 @@ from annotation.roles import EXPERTS_GROUP
 from training.ml.dpo import PRECISIONS
 
 from .models import TrainingRun
-from .provenance import check_grader, independent_judge, provenance
+from .grading import check_grader, independent_judge, provenance
 from .runs import CPU_DEFAULTS, TrainingError, build_config, export_files
 
 # A hub id ("org/name"); anything else that is not "default" must be a local model folder.
@@ -194,3 +194,20 @@ class SendToExpertsForm(forms.Form):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.fields["experts"].queryset = experts_queryset()
+
+
+class RoundForm(forms.Form):
+    preset = forms.ChoiceField(choices=[("cpu", "cpu: ≤ 60 minutes on two CPU cores"), ("gpu", "gpu: one GPU"),
+                                        ("tiny", "tiny: every step at toy sizes (minutes)")], initial="cpu")
+    generator = forms.ModelChoiceField(
+        queryset=Generator.objects.filter(backend=Backend.LOCAL), required=False,
+        help_text="Empty: the base model, decoding as the preset says. The tuned model decodes as this one.")
+    policy = forms.ChoiceField(choices=[("high_margin", "High margin: pairs the labelling judge decides clearly"),
+                                        ("agree", "Two judges agree: pairs two scoring judges decide alike")],
+                               initial="high_margin")
+    name = forms.CharField(max_length=90, required=False)
+
+    def preset(self):
+        from .round import PRESETS  # the round's sizes; loaded only when a round is started
+
+        return PRESETS[self.cleaned_data["preset"]].with_changes(policy=self.cleaned_data["policy"])

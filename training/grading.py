@@ -15,9 +15,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from annotation.models import DatasetExport, ExportPolicy, Judge
+from django.db import transaction
+from django.utils import timezone
 
-from .runs import TrainingError
+from annotation.models import DatasetExport, ExportPolicy, Generator, Judge, Sample
+
+from .models import EvaluationRun, TrainingRun
+from .runs import TrainingError, base_generator, tuned_generator, unique_name
 
 SCORING = "scoring"  # Judge.backend of the PMI scoring judge
 
@@ -83,3 +87,41 @@ def check_grader(judge: Judge, labelled_by: Provenance, allow_same_judge: bool) 
             "measures how well training fitted it, not whether the model got better. Choose an independent judge "
             "(leave the judge empty for the default), or tick \"grade with the labelling judge anyway\" to do it "
             "on purpose; the page will then warn that the figure is not independent.")
+
+
+def create_evaluation(judge: Judge | None = None, *, training_run: TrainingRun | None = None,
+                      candidate: Generator | None = None, baseline: Generator | None = None,
+                      third: Generator | None = None, sample_limit: int = 20, candidates: int = 1, name: str = "",
+                      allow_same_judge: bool = False, user=None) -> EvaluationRun:
+    """The evaluation row (making the tuned and base generators of a run if not given), with who labelled the
+    training data. ``judge=None`` grades with the independent judge; a labelling judge is refused unless
+    ``allow_same_judge``."""
+    if not Sample.objects.heldout()[:sample_limit].exists():
+        raise TrainingError("there are no held-out samples to evaluate on; import documents with a held-out fraction")
+    if candidate is None and training_run is None:
+        raise TrainingError("choose a training run or a candidate generator")
+    if baseline is None:
+        if training_run is None:
+            raise TrainingError("choose a baseline generator")
+        baseline = base_generator(training_run)
+    if candidate is None:
+        # The tuned model decodes exactly as the baseline does, so the adapter is the only difference.
+        candidate = tuned_generator(training_run, like=baseline)
+    training_run = training_run or candidate.source_run
+    labelled_by = provenance(training_run)
+    judge = judge or independent_judge(labelled_by)
+    check_grader(judge, labelled_by, allow_same_judge)
+    models = [candidate, baseline] + ([third] if third else [])
+    if len({g.pk for g in models}) != len(models):
+        raise TrainingError("the candidate, baseline and third model must be three different generators")
+    with transaction.atomic():
+        evaluation = EvaluationRun.objects.create(
+            name=unique_name(name or f"{candidate.name} vs {baseline.name} · {timezone.now():%Y-%m-%d %H:%M}",
+                             EvaluationRun),
+            training_run=training_run, candidate=candidate, baseline=baseline, third=third,
+            judge=judge, sample_limit=sample_limit, candidates=candidates, created_by=user,
+            labels_source=labelled_by.source, same_judge_allowed=allow_same_judge,
+            message="waiting for a training worker",
+        )
+        evaluation.labelling_judges.set(labelled_by.judges)
+    return evaluation
