@@ -152,3 +152,25 @@ def test_the_page_shows_every_judge_and_what_a_win_could_be_bought_with(world_wi
     assert "at least 8 consecutive words" in page
     assert "Win rate per judge" in page and "yes: not independent" in page and "(this evaluation's judge)" in page
     assert "90%" in page and "100%" in page
+
+
+def scoring(name: str, model: str):
+    from annotation.models import Judge, JudgeBackend, JudgeOrders
+
+    return Judge.objects.create(name=name, backend=JudgeBackend.SCORING, model=model, orders=JudgeOrders.NONE)
+
+
+def test_the_default_grader_is_a_scoring_judge_that_did_not_label_on_another_model(world_with_run, tmp_path):
+    world, run, labeller, other, base, tuned = world_with_run
+    smollm_labeller = scoring("smollm pmi", "default")
+    smollm_other = scoring("smollm pmi, other settings", "default")
+    gemma = scoring("gemma pmi", "gemma")
+    export = run.export
+    export.counts = {**export.counts, "judges_used": ["smollm pmi"]}
+    export.save()
+    evaluation = start_evaluation(None, candidate=tuned, baseline=base, queue=False)
+    # Not the labeller; of the others, the one on another model than the labeller's.
+    assert evaluation.judge == gemma and list(evaluation.labelling_judges.all()) == [smollm_labeller]
+    gemma.backend, gemma.orders = "local", "both"  # no scoring judge on another model left
+    gemma.save()
+    assert start_evaluation(None, candidate=tuned, baseline=base, queue=False).judge == smollm_other

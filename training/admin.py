@@ -157,7 +157,7 @@ class RoundAdmin(admin.ModelAdmin):
         form = RoundForm(request.POST or None)
         if request.method == "POST" and form.is_valid():
             try:
-                row = start_round(form.preset(), form.cleaned_data["generator"], name=form.cleaned_data["name"],
+                row = start_round(form.chosen_preset(), form.cleaned_data["generator"], name=form.cleaned_data["name"],
                                   user=request.user)
             except TrainingError as exc:
                 form.add_error(None, str(exc))

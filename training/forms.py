@@ -207,7 +207,7 @@ class RoundForm(forms.Form):
                                initial="high_margin")
     name = forms.CharField(max_length=90, required=False)
 
-    def preset(self):
+    def chosen_preset(self):
         from .round import PRESETS  # the round's sizes; loaded only when a round is started
 
         return PRESETS[self.cleaned_data["preset"]].with_changes(policy=self.cleaned_data["policy"])

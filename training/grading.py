@@ -18,12 +18,11 @@ from dataclasses import dataclass
 from django.db import transaction
 from django.utils import timezone
 
-from annotation.models import DatasetExport, ExportPolicy, Generator, Judge, Sample
+from annotation.models import DatasetExport, ExportPolicy, Generator, Judge, JudgeBackend, Sample
 
 from .models import EvaluationRun, TrainingRun
 from .runs import TrainingError, base_generator, tuned_generator, unique_name
 
-SCORING = "scoring"  # Judge.backend of the PMI scoring judge
 
 
 @dataclass(frozen=True)
@@ -69,7 +68,8 @@ def independent_judge(labelled_by: Provenance) -> Judge:
     """The default grader: a scoring judge that did not label the data, on another model when there is one."""
     excluded = {j.pk for j in labelled_by.judges}
     models = {j.model for j in labelled_by.judges}
-    candidates = [j for j in Judge.objects.filter(backend=SCORING).order_by("pk") if j.pk not in excluded]
+    scoring = Judge.objects.filter(backend=JudgeBackend.SCORING).order_by("pk")
+    candidates = [j for j in scoring if j.pk not in excluded]
     if not candidates:
         raise TrainingError(
             "no independent judge: every scoring judge labelled this run's training data (or there is none). "

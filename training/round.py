@@ -38,15 +38,15 @@ from annotation.jobs.lifecycle import create_job, run_job
 from annotation.jobs.liveness import Heartbeat
 from annotation.judging.strategies import run_judging
 from annotation.models import (
-    DatasetExport, ExportFormat, ExportPolicy, Generator, Job, JobKind, JobStatus, Judge, JudgePanel, Sample,
-    Split,
+    DatasetExport, ExportFormat, ExportPolicy, Generator, Job, JobKind, JobStatus, Judge, JudgeBackend, JudgeOrders,
+    JudgePanel, Sample, Split,
 )
 from annotation.profiles.generation import run_generation
 from training.ml.scoring import SCORER_PROMPT_VERSION
 
 from .evaluation import run_evaluation
 from .models import EvaluationRun, Round, TrainingRun
-from .grading import SCORING, create_evaluation
+from .grading import create_evaluation
 from .runs import TrainingError, build_config, create_run, run_training, unique_name
 
 logger = logging.getLogger(__name__)
@@ -125,10 +125,10 @@ class RoundCancelled(Exception):
 def scoring_judge(name: str, model: str, margin: float, baseline: str = "other") -> Judge:
     """A scoring judge with these settings, made once (a judge's verdicts are only comparable under one set)."""
     judge, created = Judge.objects.get_or_create(name=name, defaults={
-        "backend": SCORING, "model": model, "orders": "none", "prompt_version": SCORER_PROMPT_VERSION,
-        "score_margin": margin, "score_baseline": baseline})
+        "backend": JudgeBackend.SCORING, "model": model, "orders": JudgeOrders.NONE,
+        "prompt_version": SCORER_PROMPT_VERSION, "score_margin": margin, "score_baseline": baseline})
     if not created and (judge.backend, judge.model, judge.score_margin, judge.score_baseline) != (
-            SCORING, model, margin, baseline):
+            JudgeBackend.SCORING, model, margin, baseline):
         raise TrainingError(f"judge {name!r} exists with other settings ({judge.backend}, {judge.model}, margin "
                             f"{judge.score_margin}, baseline {judge.score_baseline}); rename it or use other ones")
     return judge
