@@ -3,6 +3,7 @@
     .venv/bin/python bench/export.py                        # 10k, 100k and 1M preference pairs
     .venv/bin/python bench/export.py --sizes 10000,100000   # quicker
     .venv/bin/python bench/export.py --format parquet
+    .venv/bin/python bench/export.py --sizes 100000 --against main   # before/after: main's export on the same data
     .venv/bin/python bench/export.py --smoke                # CI: 240 pairs in each format, the checks only
 
 For each size it creates a throwaway database (``compx_bench``, from a migrated template) and fills it
@@ -12,7 +13,9 @@ knockout tournament of 8), one judge's answers in both orders as the judging ses
 flips, invalid answers), and expert votes in a campaign on 5% of the comparisons — then runs the export in
 a fresh process (so its peak RSS is its own) with the expert-overrides-judge policy, and drops the database.
 Needs PostgreSQL on BENCH_PG (default postgres://postgres@127.0.0.1:5432) with a superuser; BENCH_DB names
-the throwaway database (default compx_bench; the template is its name + "_template").
+the throwaway database (default compx_bench; the template is its name + "_template"). With ``--against
+REF`` the same data is exported twice, first by the export code of git ref REF (its tree unpacked into a
+temporary folder), then by this checkout's, and the ratio of their times is printed.
 
 Checks, for every size (exit 1 when one fails): every comparison was read, the snapshot's files match
 their recorded hashes, every row reads back (JSONL: as JSON; Parquet / hf: with pyarrow / datasets) with
@@ -66,6 +69,7 @@ def main() -> None:
     parser.add_argument("--sizes", default="10000,100000,1000000", help="comma-separated numbers of comparisons")
     parser.add_argument("--format", default="jsonl", choices=FORMATS)
     parser.add_argument("--smoke", action="store_true", help=f"CI size: {SMOKE_SIZE} pairs in each format")
+    parser.add_argument("--against", metavar="GIT_REF", help="also export the same data with this ref's code")
     parser.add_argument("--child", choices=["build", "export"], help=argparse.SUPPRESS)
     parser.add_argument("--size", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
@@ -78,19 +82,23 @@ def main() -> None:
             [(int(size), args.format) for size in args.sizes.split(",")])
     print(f"export benchmark · PostgreSQL · policy expert_overrides · {os.cpu_count()} cores · "
           f"load average {os.getloadavg()[0]:.1f} at start")
-    print(f"{'comparisons':>12} {'format':>7} {'rows':>10} {'build s':>8} {'export s':>9} {'rows/s':>9} {'MB':>8} "
+    print(f"{'comparisons':>12} {'format':>7} {'code':>8} {'rows':>10} {'build s':>8} {'export s':>9} {'rows/s':>9} {'MB':>8} "
           f"{'MB/s':>7} {'peak RSS MB':>12} {'export CPU s':>13} {'data sha256':>12}  checks")
     _make_template()
+    trees = {"this": REPO}
     failed = 0
     try:
+        if args.against:
+            trees = {args.against[:8]: _unpack(args.against), **trees}
         for size, fmt in runs:
-            line, problems = _run_size(size, fmt)
-            print(line, "ok" if not problems else "FAILED: " + "; ".join(problems), flush=True)
-            failed += bool(problems)
+            failed += _run_size(size, fmt, trees)
         print(f"load average {os.getloadavg()[0]:.1f} at the end")
     finally:
         _psql(f"DROP DATABASE IF EXISTS {DATABASE}")
         _psql(f"DROP DATABASE IF EXISTS {TEMPLATE}")
+        for tree in trees.values():
+            if tree != REPO:
+                shutil.rmtree(tree.parent, ignore_errors=True)
     return 1 if failed else 0
 
 
@@ -98,26 +106,46 @@ FORMATS = ["jsonl", "parquet", "hf"]
 SMOKE_SIZE = 240  # 20 samples: every kind of row and drop, in seconds
 
 
-def _run_size(size: int, fmt: str) -> tuple[str, list[str]]:
+def _run_size(size: int, fmt: str, trees: dict[str, Path]) -> int:
+    """Build the data, export it with each tree's code, print a line each; the number of failed checks."""
     _psql(f"DROP DATABASE IF EXISTS {DATABASE}")
     _psql(f"CREATE DATABASE {DATABASE} TEMPLATE {TEMPLATE}")
     started = time.monotonic()
     _child("build", "--size", str(size))
     _psql("ANALYZE", DATABASE)  # the planner's statistics for the data just loaded, as autovacuum would make them
     built = time.monotonic() - started
-    out = Path(tempfile.mkdtemp(prefix="compx-bench-")) / "snapshot"
+    failed, seconds = 0, {}
     try:
-        result = json.loads(_child("export", "--format", fmt, "--out", str(out)).strip().splitlines()[-1])
+        for code, tree in trees.items():
+            out = Path(tempfile.mkdtemp(prefix="compx-bench-")) / "snapshot"
+            try:
+                result = json.loads(_child("export", "--format", fmt, "--out", str(out), tree=tree).splitlines()[-1])
+            finally:
+                shutil.rmtree(out.parent, ignore_errors=True)
+            problems = result["problems"]
+            if result["comparisons"] != size:
+                problems.append(f"read {result['comparisons']} comparisons of {size}")
+            mb, seconds[code] = result["bytes"] / 1e6, result["seconds"]
+            print(f"{size:>12,} {fmt:>7} {code:>8} {result['rows']:>10,} {built:>8.1f} {result['seconds']:>9.1f} "
+                  f"{result['rows'] / result['seconds']:>9,.0f} {mb:>8,.1f} {mb / result['seconds']:>7.1f} "
+                  f"{result['peak_rss_mb']:>12.0f} {result['cpu']:>13.1f} {result['data_sha256'][:12]:>12}  "
+                  + ("ok" if not problems else "FAILED: " + "; ".join(problems)), flush=True)
+            failed += bool(problems)
     finally:
-        shutil.rmtree(out.parent, ignore_errors=True)
         _psql(f"DROP DATABASE IF EXISTS {DATABASE}")
-    problems = result["problems"]
-    if result["comparisons"] != size:
-        problems.append(f"read {result['comparisons']} comparisons of {size}")
-    mb = result["bytes"] / 1e6
-    return (f"{size:>12,} {fmt:>7} {result['rows']:>10,} {built:>8.1f} {result['seconds']:>9.1f} "
-            f"{result['rows'] / result['seconds']:>9,.0f} {mb:>8,.1f} {mb / result['seconds']:>7.1f} "
-            f"{result['peak_rss_mb']:>12.0f} {result['cpu']:>13.1f} {result['data_sha256'][:12]:>12}"), problems
+    if len(seconds) == 2:
+        (before, b), (_, a) = seconds.items()
+        print(f"{'':>12} this checkout's export takes {a / b:.2f}x the time of {before}'s")
+    return failed
+
+
+def _unpack(ref: str) -> Path:
+    """The tree of git ref ``ref`` in a temporary folder (only its files: the bench runs its code from there)."""
+    tree = Path(tempfile.mkdtemp(prefix="compx-bench-ref-")) / "tree"
+    tree.mkdir()
+    archive = subprocess.run(["git", "archive", "--format=tar", ref], cwd=REPO, capture_output=True, check=True)
+    subprocess.run(["tar", "-x", "-C", str(tree)], input=archive.stdout, check=True)
+    return tree
 
 
 def _make_template() -> None:
@@ -127,17 +155,18 @@ def _make_template() -> None:
     subprocess.run([sys.executable, "manage.py", "migrate", "-v0"], cwd=REPO, env=_env(TEMPLATE), check=True)
 
 
-def _child(*args: str) -> str:
+def _child(*args: str, tree: Path = REPO) -> str:
+    """This script's child part, run on the code of ``tree`` (the checkout, or another ref's files)."""
     command = [sys.executable, __file__, "--child", *args]
-    done = subprocess.run(command, cwd=REPO, env=_env(DATABASE), capture_output=True, text=True)
+    done = subprocess.run(command, cwd=tree, env=_env(DATABASE, tree), capture_output=True, text=True)
     if done.returncode:
         sys.exit(f"{' '.join(args)} failed:\n{done.stderr[-3000:]}")
     return done.stdout
 
 
-def _env(database: str) -> dict[str, str]:
+def _env(database: str, tree: Path = REPO) -> dict[str, str]:
     return {**os.environ, "DATABASE_URL": f"{SERVER}/{database}", "DJANGO_SETTINGS_MODULE": "compx_site.settings",
-            "PYTHONPATH": str(REPO)}
+            "PYTHONPATH": str(tree)}
 
 
 def _psql(sql: str, database: str = "postgres") -> None:
@@ -293,7 +322,7 @@ def export(fmt: str, out: Path) -> None:
     from annotation.export.dataset import export_dataset, verify_snapshot
     from annotation.models import DatasetExport
 
-    item = DatasetExport.objects.create(name="bench", policy="expert_overrides", format=fmt, test_fraction=0.1)
+    item = DatasetExport.objects.create(name=out.parent.name, policy="expert_overrides", format=fmt, test_fraction=0.1)
     started, cpu = time.monotonic(), time.process_time()
     result = export_dataset(item, out_dir=out)
     seconds, cpu = time.monotonic() - started, time.process_time() - cpu
