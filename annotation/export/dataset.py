@@ -209,9 +209,10 @@ def _samples(sample_ids: list[int], test_fraction: float) -> dict[int, SampleRow
         abstracts[sample_id].append(by_id[document_id])
     result = {}
     for sample_id, name, split in Sample.objects.filter(pk__in=sample_ids).order_by().values_list("id", "name", "split"):
-        if not all(text for _, text in abstracts[sample_id]):
-            continue  # title-only: no prompt to train on; its pairs are dropped as "sample_without_abstracts"
-        prompt = build_extraction_messages(abstracts[sample_id])
+        documents = abstracts.get(sample_id)
+        if not documents or not all(text for _, text in documents):
+            continue  # no abstracts (title-only): no prompt to train on; its pairs drop as "sample_without_abstracts"
+        prompt = build_extraction_messages(documents)
         result[sample_id] = SampleRows(name, prompt, _split_of(split, prompt, test_fraction))
     return result
 
