@@ -4,7 +4,7 @@
     .venv/bin/python bench/export.py --sizes 10000,100000   # quicker
     .venv/bin/python bench/export.py --format parquet
     .venv/bin/python bench/export.py --sizes 100000 --against main   # before/after: main's export on the same data
-    .venv/bin/python bench/export.py --smoke                # CI: 240 pairs in each format, the checks only
+    .venv/bin/python bench/export.py --smoke                # CI: 240 pairs, exported in each format, checks only
 
 For each size it creates a throwaway database (``compx_bench``, from a migrated template) and fills it
 through the product's models — samples of four ~150-word abstracts, eight candidate profiles of 5–8
@@ -78,8 +78,7 @@ def main() -> None:
         return build(args.size)
     if args.child == "export":
         return export(args.format, Path(args.out))
-    runs = ([(SMOKE_SIZE, fmt) for fmt in FORMATS] if args.smoke else
-            [(int(size), args.format) for size in args.sizes.split(",")])
+    sizes, formats = ([SMOKE_SIZE], FORMATS) if args.smoke else ([int(s) for s in args.sizes.split(",")], [args.format])
     print(f"export benchmark · PostgreSQL · policy expert_overrides · {os.cpu_count()} cores · "
           f"load average {os.getloadavg()[0]:.1f} at start")
     print(f"{'comparisons':>12} {'format':>7} {'code':>8} {'rows':>10} {'build s':>8} {'export s':>9} {'rows/s':>9} {'MB':>8} "
@@ -90,8 +89,8 @@ def main() -> None:
     try:
         if args.against:
             trees = {args.against[:8]: _unpack(args.against), **trees}
-        for size, fmt in runs:
-            failed += _run_size(size, fmt, trees)
+        for size in sizes:
+            failed += _run_size(size, formats, trees)
         print(f"load average {os.getloadavg()[0]:.1f} at the end")
     finally:
         _psql(f"DROP DATABASE IF EXISTS {DATABASE}")
@@ -106,17 +105,17 @@ FORMATS = ["jsonl", "parquet", "hf"]
 SMOKE_SIZE = 240  # 20 samples: every kind of row and drop, in seconds
 
 
-def _run_size(size: int, fmt: str, trees: dict[str, Path]) -> int:
-    """Build the data, export it with each tree's code, print a line each; the number of failed checks."""
+def _run_size(size: int, formats: list[str], trees: dict[str, Path]) -> int:
+    """Build the data, export it in each format with each tree's code, print a line each; the failed checks."""
     _psql(f"DROP DATABASE IF EXISTS {DATABASE}")
     _psql(f"CREATE DATABASE {DATABASE} TEMPLATE {TEMPLATE}")
     started = time.monotonic()
     _child("build", "--size", str(size))
     _psql("ANALYZE", DATABASE)  # the planner's statistics for the data just loaded, as autovacuum would make them
     built = time.monotonic() - started
-    failed, seconds = 0, {}
+    failed, seconds = 0, {}  # (format, code) → export seconds
     try:
-        for code, tree in trees.items():
+        for fmt, (code, tree) in ((fmt, item) for fmt in formats for item in trees.items()):
             out = Path(tempfile.mkdtemp(prefix="compx-bench-")) / "snapshot"
             try:
                 result = json.loads(_child("export", "--format", fmt, "--out", str(out), tree=tree).splitlines()[-1])
@@ -125,7 +124,7 @@ def _run_size(size: int, fmt: str, trees: dict[str, Path]) -> int:
             problems = result["problems"]
             if result["comparisons"] != size:
                 problems.append(f"read {result['comparisons']} comparisons of {size}")
-            mb, seconds[code] = result["bytes"] / 1e6, result["seconds"]
+            mb, seconds[fmt, code] = result["bytes"] / 1e6, result["seconds"]
             print(f"{size:>12,} {fmt:>7} {code:>8} {result['rows']:>10,} {built:>8.1f} {result['seconds']:>9.1f} "
                   f"{result['rows'] / result['seconds']:>9,.0f} {mb:>8,.1f} {mb / result['seconds']:>7.1f} "
                   f"{result['peak_rss_mb']:>12.0f} {result['cpu']:>13.1f} {result['data_sha256'][:12]:>12}  "
@@ -133,9 +132,11 @@ def _run_size(size: int, fmt: str, trees: dict[str, Path]) -> int:
             failed += bool(problems)
     finally:
         _psql(f"DROP DATABASE IF EXISTS {DATABASE}")
-    if len(seconds) == 2:
-        (before, b), (_, a) = seconds.items()
-        print(f"{'':>12} this checkout's export takes {a / b:.2f}x the time of {before}'s")
+    if len(trees) == 2:
+        before = next(iter(trees))
+        for fmt in formats:
+            print(f"{'':>12} {fmt}: this checkout's export takes {seconds[fmt, 'this'] / seconds[fmt, before]:.2f}x "
+                  f"the time of {before}'s")
     return failed
 
 
@@ -191,14 +192,14 @@ def build(size: int) -> None:
     from annotation.models import Campaign, Generator, Judge
 
     rng = random.Random(0)
+    samples = math.ceil(size / PAIRS_PER_SAMPLE)
     world = _World(
         generators=[Generator.objects.create(name=name) for name in ("smollm2-base", "smollm2-dpo")],
         judge=Judge.objects.create(name="bench-judge", model="m"),
         experts=[User.objects.create(username=f"expert{i}") for i in range(3)],
-        pools=_Pools(rng),
+        pools=_Pools(rng, samples),
     )
     world.campaign = Campaign.objects.create(name="bench", judge=world.judge)
-    samples = math.ceil(size / PAIRS_PER_SAMPLE)
     made = 0
     for first in range(0, samples, FLUSH_SAMPLES):
         with transaction.atomic():
@@ -216,29 +217,33 @@ class _World:
 
 class _Pools:
     """Texts to cycle through, parsed once each: generating and parsing 300k abstracts and profiles one by one
-    would dominate the run."""
+    would dominate the run. A small run makes only as many as it uses."""
 
-    def __init__(self, rng: random.Random):
+    def __init__(self, rng: random.Random, samples: int):
         from annotation.judging.backends import Outcome
         from annotation.judging.verdicts import parse_verdict
         from annotation.profiles.store import parsed_fields
 
         self.abstracts = [" ".join(rng.choices(WORDS, k=rng.randint(135, 165))).capitalize() + "."
-                          for _ in range(3000)]
+                          for _ in range(min(3000, 4 * samples))]
         self.profiles = []
-        for _ in range(4000):
+        for _ in range(min(4000, CANDIDATES * samples)):
             names = [" ".join(rng.choices(WORDS, k=2)).title() for _ in range(rng.randint(5, 8))]
             body = "\n".join(f"- {name}: {' '.join(rng.choices(WORDS, k=18)).capitalize()}." for name in names)
             text = f'Domain: "{names[0]}"\n\nCompetencies:\n{body}'
             self.profiles.append((text, parsed_fields(text)))
-        reasons = [" ".join(rng.choices(WORDS, k=40)) for _ in range(500)]
+        reasons = [" ".join(rng.choices(WORDS, k=40)) for _ in range(min(500, 20 * samples))]
         # (shown label, reason) → the judge's answer as a backend returns it, parsed by the product's parser.
         self.answers = {
             (shown, i): Outcome(text, parse_verdict(text))
             for shown in ("A", "B", "tie") for i, reason in enumerate(reasons)
             for text in [json.dumps({"reasoning": reason, "preferred": shown})]
         }
+        self.reasons = len(reasons)
         self.garbled = Outcome("garbled", parse_verdict("garbled"))
+
+    def answer(self, shown: str, n: int):
+        return self.answers[shown, n % self.reasons]
 
 
 def _add_samples(world: _World, numbers: range, left: int, rng: random.Random) -> int:
@@ -292,7 +297,7 @@ def _judge_and_vote(world: _World, comparisons: list, rng: random.Random) -> Non
         for order in ("ab", "ba"):
             roll = rng.random()
             label = truth if roll < 0.9 else ("tie" if roll < 0.92 else ("a" if order == "ab" else "b"))
-            answer = pools.answers[SHOWN[order][label], len(verdicts) % 500] if rng.random() > 0.015 else pools.garbled
+            answer = pools.answer(SHOWN[order][label], len(verdicts)) if rng.random() > 0.015 else pools.garbled
             verdicts.append(verdict_row(world.judge, comparison.pk, order, answer))
         if rng.random() < VOTED_SHARE:
             choice = truth if rng.random() < 0.8 else rng.choice(["a", "b", "tie", "both_bad"])
