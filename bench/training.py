@@ -1,7 +1,7 @@
 """Training overhead: the same DPO steps through CompX's worker path and through a bare TRL script.
 
     .venv/bin/python bench/training.py [--steps 8] [--pairs 16] [--repeats 2] [--json out.json]
-    .venv/bin/python bench/training.py --smoke   # CI: 1 step on 2 pairs, each path once, no warm-up
+    .venv/bin/python bench/training.py --smoke   # CI: 1 step on 1 pair, each path once, no warm-up
 
 CompX's path is what a Celery training worker runs: ``training.runs.run_training(run_id)`` — claim the run,
 train through ``training.ml.dpo.train`` with ``on_log`` / ``should_stop`` bound to the database (buffered
@@ -153,10 +153,10 @@ def main() -> int:
     parser.add_argument("--database-url", help="default: a throw-away SQLite file")
     parser.add_argument("--json", type=Path, help="also write the numbers to this JSON file")
     parser.add_argument("--smoke", action="store_true",
-                        help="CI size: --steps 1 --pairs 2 --repeats 1 --max-length 384, no warm-up run")
+                        help="CI size: --steps 1 --pairs 1 --batch-size 1 --repeats 1 --max-length 320, no warm-up")
     args = parser.parse_args()
     if args.smoke:
-        args.steps, args.pairs, args.repeats, args.max_length = 1, 2, 1, 384
+        args.steps, args.pairs, args.batch_size, args.repeats, args.max_length = 1, 1, 1, 1, 320
     sys.stdout.reconfigure(line_buffering=True)
 
     workdir = Path(tempfile.mkdtemp(prefix="compx-bench-training-"))
