@@ -89,7 +89,7 @@ bench: install
 	$(PY) bench/review_load.py
 
 bench-quick: install
-	$(PY) bench/generation.py --prompts 4
+	$(PY) bench/generation.py --samples 2 --candidates 2
 	$(PY) bench/format_guide.py --samples 2 --candidates 2
 	$(PY) bench/judging.py --comparisons 4
 	$(PY) bench/training.py --steps 4 --repeats 1

@@ -21,7 +21,11 @@ distribution, but not the same random draws once rows are dropped.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import contextlib
+import math
+import os
+import time
+from typing import TYPE_CHECKING, Iterator
 
 from transformers.cache_utils import Cache, DynamicLayer
 
@@ -33,6 +37,46 @@ if TYPE_CHECKING:
 
 TOP_P_CANDIDATES = 64  # tokens sorted per row for top-p; rows whose top 64 hold < top_p are sorted in full
 COMPACT_WHEN_DONE = 0.25  # drop finished rows once this share of the batch has finished
+THREADS_ENV = "COMPX_TORCH_THREADS"  # fixes the CPU threads of a decode, e.g. on a machine of its own
+
+_last_run = (0, 0.0)  # (threads, monotonic end) of this process's last CPU decode: its share of the load
+
+
+def cpu_threads() -> int:
+    """Threads for a CPU decode: the cores that the other processes leave free by the load average, >= 1.
+
+    torch's threads wait for one another at every matrix product, so on a shared machine one thread that the
+    scheduler pauses stalls them all: on two cores at load 18, SmolLM2 decoded 3.2 tokens/s with 2 threads
+    and 47.6 with 1. This process's own last decode is taken out of the 1-minute load, as it decays.
+    """
+    fixed = os.environ.get(THREADS_ENV)
+    if fixed:
+        try:
+            return max(1, int(fixed))
+        except ValueError:
+            raise ValueError(f"{THREADS_ENV}: must be a whole number of threads (got {fixed!r})") from None
+    cores = os.cpu_count() or 1
+    threads, ended = _last_run
+    own = threads * math.exp(-(time.monotonic() - ended) / 60) if threads else 0.0
+    others = max(0.0, os.getloadavg()[0] - own)
+    return max(1, min(cores, round(cores - others)))
+
+
+@contextlib.contextmanager
+def _cpu_threads(device: "torch.device") -> Iterator[None]:
+    import torch
+
+    global _last_run
+    if device.type != "cpu":
+        yield
+        return
+    before, threads = torch.get_num_threads(), cpu_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+        _last_run = (threads, time.monotonic())
 
 
 class _BufferLayer(DynamicLayer):
@@ -155,8 +199,15 @@ def decode(
 
     Rows are in generate's order (prompt 0's rows first). A row that ended has its EOS and then ``pad_id``;
     T is the number of steps until every row ended or ``max_new_tokens``. ``temperature == 0`` is greedy.
-    The caller seeds torch's global generator, as for ``generate``.
+    The caller seeds torch's global generator, as for ``generate``. On CPU it runs on :func:`cpu_threads`.
     """
+    with _cpu_threads(input_ids.device):
+        return _decode(model, input_ids, attention_mask, num_return, max_new_tokens, temperature, top_p,
+                       repetition_penalty, eos_ids, pad_id, guide_vocabulary)
+
+
+def _decode(model, input_ids, attention_mask, num_return, max_new_tokens, temperature, top_p, repetition_penalty,
+            eos_ids, pad_id, guide_vocabulary):
     import torch
 
     prompts, prompt_length = input_ids.shape
