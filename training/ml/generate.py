@@ -3,9 +3,14 @@
 Each conversation (system + user messages) is rendered with the model's chat template, the assistant turn
 is prefilled with ``"Domain:"`` (``continue_final_message=True``) so that a small model starts writing a
 profile instead of drifting, and k candidates per conversation are produced. Several conversations'
-k candidates go through one ``model.generate`` call (left padding), which is what makes a CPU or GPU
-busy enough to be fast; :func:`generate_naive` does the same work one prompt and one candidate at a time
-and exists as the benchmark baseline and as a correctness reference (greedy outputs must match).
+k candidates are decoded together (left padding), which is what makes a CPU or GPU busy enough to be
+fast; :func:`generate_naive` does the same work one prompt and one candidate at a time and exists as a
+correctness reference (greedy outputs must match).
+
+Greedy decoding and sampling run on one of two engines (``DecodingSettings.engine``): ``"loop"``, our own
+decoding loop (training/ml/decoding.py), the default, about 10x faster per CPU-second with the format guide
+(bench/generation.py); or ``"generate"``, transformers' ``model.generate`` with the repetition penalty and
+the guide as logits processors, kept as the baseline it is measured and tested against.
 
 Decoding modes, chosen by :class:`DecodingSettings`:
 
