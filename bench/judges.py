@@ -243,21 +243,25 @@ def figures(pairs: list[Pair], verdicts: list[Verdict]) -> dict:
     margins = sorted((v.margin for _, v in both), reverse=True)
     cut = margins[max(0, math.ceil(len(margins) / 3) - 1)] if margins else math.inf
     high = [(label, v) for label, v in both if v.margin >= cut]
+    high_right = sum(label == v.preferred for label, v in high)
     return {
         "n": len(pairs), "reader_decided": len(decided), "judge_decided": len(both),
         "accuracy": right / len(both) if both else math.nan,
         "interval": stats.wilson_interval(right, len(both)) if both else (math.nan, math.nan),
         "kappa": stats.cohen_kappa(labels, said, labels=["a", "b", "tie"]),
-        "high_n": len(high), "high_accuracy": sum(l == v.preferred for l, v in high) / len(high) if high else math.nan,
+        "high_n": len(high), "high_accuracy": high_right / len(high) if high else math.nan,
+        "high_interval": stats.wilson_interval(high_right, len(high)) if high else (math.nan, math.nan),
         "high_cut": cut,
     }
 
 
 def row(name: str, f: dict) -> str:
     low, high = f["interval"]
+    high_low, high_high = f["high_interval"]
     share = f["judge_decided"] / f["reader_decided"] if f["reader_decided"] else math.nan
     return (f"{name:34} {pct(f['accuracy']):>5} [{pct(low)}–{pct(high)}] {f['judge_decided']:>3}/{f['reader_decided']:<3}"
-            f" ({pct(share):>4} decided)  κ {f['kappa']:+.2f}   high {pct(f['high_accuracy']):>4} (n={f['high_n']})")
+            f" ({pct(share):>4} decided)  κ {f['kappa']:+.2f}   high {pct(f['high_accuracy']):>4} "
+            f"[{pct(high_low)}–{pct(high_high)}] (n={f['high_n']})")
 
 
 def pct(x: float) -> str:
@@ -266,7 +270,7 @@ def pct(x: float) -> str:
 
 def table(title: str, pairs: list[Pair], judged: dict[str, list[Verdict]]) -> None:
     print(f"\n{title}  (n = {len(pairs)} pairs)")
-    print(f"{'judge':34} accuracy [Wilson 95%] judge/reader decided         κ       high-margin third")
+    print(f"{'judge':34} accuracy [Wilson 95%] judge/reader decided         κ       high-margin third [Wilson 95%]")
     for name, verdicts in judged.items():
         print(row(name, figures(pairs, verdicts)))
 
