@@ -385,6 +385,16 @@ class JudgeAdmin(admin.ModelAdmin):
     list_filter = ["backend"]
     search_fields = ["name", "model"]
     readonly_fields = ["figures", "ranking"]
+    fieldsets = [
+        (None, {"fields": ["name", "backend", "model"]}),
+        ("A/B judges (local and OpenAI-compatible)", {"fields": [
+            "base_url", "api_key_env", "prompt_version", "temperature", "max_tokens", "concurrency", "orders",
+            "price_prompt_per_mtok", "price_completion_per_mtok"]}),
+        ("Scoring judges", {"fields": ["score_baseline", "score_part", "score_margin"],
+                            "description": "Each profile is scored alone by its PMI with the abstracts; a pair is "
+                                           "decided by the score difference. No presentation order."}),
+        ("Figures", {"fields": ["figures", "ranking"]}),
+    ]
     show_full_result_count = False  # judges are few: the list needs no second count
 
     def get_queryset(self, request):
