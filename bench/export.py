@@ -64,7 +64,7 @@ WORDS = (
 # --- the parent: databases, processes, the report ----------------------------------------------------
 
 
-def main() -> None:
+def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", default="10000,100000,1000000", help="comma-separated numbers of comparisons")
     parser.add_argument("--format", default="jsonl", choices=FORMATS)
@@ -75,9 +75,11 @@ def main() -> None:
     parser.add_argument("--out", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child == "build":
-        return build(args.size)
+        build(args.size)
+        return 0
     if args.child == "export":
-        return export(args.format, Path(args.out))
+        export(args.format, Path(args.out))
+        return 0
     sizes, formats = ([SMOKE_SIZE], FORMATS) if args.smoke else ([int(s) for s in args.sizes.split(",")], [args.format])
     print(f"export benchmark · PostgreSQL · policy expert_overrides · {os.cpu_count()} cores · "
           f"load average {os.getloadavg()[0]:.1f} at start")
