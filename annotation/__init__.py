@@ -11,6 +11,6 @@ PUBLIC = {
     "annotation.profiles.generation": {"run_generation"},  # the generation job's work
     "annotation.judging.strategies": {"run_judging"},  # the judging job's work
     "annotation.start": {"start_generation"},  # queue a generation job
-    "annotation.roles": {"admin_required", "EXPERTS_GROUP"},
+    "annotation.roles": {"staff_permission_required", "require_permission", "EXPERTS_GROUP"},
     "annotation.stats": {"win_rate", "wilson_interval"},
 }

@@ -7,6 +7,7 @@ from pathlib import Path
 from django import forms
 from django.contrib import admin, messages
 from django.contrib.admin.views.main import ChangeList
+from django.core.exceptions import PermissionDenied
 from django.db.models import Count, Prefetch, Q, Sum
 from django.shortcuts import redirect
 from django.template.response import TemplateResponse
@@ -110,7 +111,7 @@ class DocumentAdmin(admin.ModelAdmin):
 
     def import_view(self, request):
         if not self.has_add_permission(request):
-            raise PermissionError
+            raise PermissionDenied("Importing documents needs the permission to add documents.")
         form = ImportDocumentsForm(request.POST or None, request.FILES or None)
         report = ""
         if request.method == "POST" and form.is_valid():
@@ -184,6 +185,13 @@ class JudgeJobForm(forms.Form):
         return data
 
 
+class RunJobsPermission:
+    """For actions that start generation or judging (``permissions=("run_jobs",)``)."""
+
+    def has_run_jobs_permission(self, request) -> bool:
+        return request.user.has_perm("annotation.run_jobs")
+
+
 def judge_action(model_admin, request, queryset, action: str, pairings, scope: dict):
     """An admin action with an intermediate form that starts a judging job and opens its page.
 
@@ -214,7 +222,7 @@ class SampleDocumentInline(admin.TabularInline):
 
 
 @admin.register(Sample)
-class SampleAdmin(admin.ModelAdmin):
+class SampleAdmin(RunJobsPermission, admin.ModelAdmin):
     list_display = ["name", "split", "document_count", "title_only", "profile_count", "valid_profile_count",
                     "created_at"]
     list_filter = ["split", TitleOnlyFilter]
@@ -222,7 +230,7 @@ class SampleAdmin(admin.ModelAdmin):
     inlines = [SampleDocumentInline]
     actions = ["generate_profiles", "judge_profiles"]
 
-    @admin.action(description="Generate profiles for the selected samples…")
+    @admin.action(description="Generate profiles for the selected samples…", permissions=("run_jobs",))
     def generate_profiles(self, request, queryset):
         form = GenerateForm(request.POST if "apply" in request.POST else None)
         if form.is_valid():
@@ -239,7 +247,7 @@ class SampleAdmin(admin.ModelAdmin):
                    "action_checkbox_name": admin.helpers.ACTION_CHECKBOX_NAME}
         return TemplateResponse(request, "admin/annotation/sample/generate.html", context)
 
-    @admin.action(description="Judge the selected samples' profiles…")
+    @admin.action(description="Judge the selected samples' profiles…", permissions=("run_jobs",))
     def judge_profiles(self, request, queryset):
         return judge_action(self, request, queryset, "judge_profiles", SAMPLE_PAIRINGS, {"samples": queryset})
 
@@ -547,7 +555,7 @@ class CampaignItemInline(admin.TabularInline):
 
 
 @admin.register(Campaign)
-class CampaignAdmin(admin.ModelAdmin):
+class CampaignAdmin(RunJobsPermission, admin.ModelAdmin):
     list_display = ["name", "judge_display", "overlap", "item_count", "vote_count", "is_active", "created_at"]
     list_filter = ["judge_display", "is_active"]
     search_fields = ["name", "description"]
@@ -555,7 +563,8 @@ class CampaignAdmin(admin.ModelAdmin):
     inlines = [CampaignItemInline]
     actions = ["judge_campaign"]
 
-    @admin.action(description="Judge the campaign's comparisons, or add active pairs to it…")
+    @admin.action(description="Judge the campaign's comparisons, or add active pairs to it…",
+                  permissions=("run_jobs",))
     def judge_campaign(self, request, queryset):
         if queryset.count() != 1:
             self.message_user(request, "Choose exactly one campaign.", messages.WARNING)
@@ -660,7 +669,8 @@ class DatasetExportAdmin(admin.ModelAdmin):
         self.message_user(request, format_html("Export queued: a worker writes the snapshot ({}).",
                                                _job_link(job) or f"job #{job.pk}"))
 
-    @admin.action(description="Export again as a new snapshot (same settings, current labels)")
+    @admin.action(description="Export again as a new snapshot (same settings, current labels)",
+                  permissions=("add",))
     def export_again(self, request, queryset):
 
 
@@ -710,7 +720,7 @@ def _job_link(job) -> str:
 
 
 @admin.register(Job)
-class JobAdmin(admin.ModelAdmin):
+class JobAdmin(RunJobsPermission, admin.ModelAdmin):
     list_display = ["id", "kind", "status", "done", "total", "message", "worker", "created_at", "finished_at"]
     list_filter = ["kind", "status"]
     readonly_fields = ["kind", "status", "params", "done", "total", "message", "error", "created_by",
@@ -722,7 +732,7 @@ class JobAdmin(admin.ModelAdmin):
         mark_stale(models=[Job])  # a dead worker's job shows as failed, not running, in the list
         return super().changelist_view(request, extra_context)
 
-    @admin.action(description="Cancel the selected jobs")
+    @admin.action(description="Cancel the selected jobs", permissions=("run_jobs",))
     def cancel_jobs(self, request, queryset):
         for job in queryset.active():
             self.message_user(request, f"Job #{job.pk}: {job.request_cancel()}.")

@@ -19,7 +19,7 @@ from .roles import is_admin, is_expert
 def home(request: HttpRequest) -> HttpResponse:
     campaigns = Campaign.objects.filter(experts=request.user, is_active=True) if is_expert(request.user) else []
     jobs = []
-    if is_admin(request.user):
+    if is_admin(request.user) and request.user.has_perm("annotation.view_job"):
         mark_stale(models=[Job])  # a dead worker's job shows as failed, not running
         jobs = Job.objects.select_related("created_by")[:8]
     return render(request, "home.html", {

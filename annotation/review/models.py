@@ -39,6 +39,7 @@ class Campaign(models.Model):
 
     class Meta:
         ordering = ["-created_at"]
+        permissions = [("view_agreement", "Can view agreement")]
         constraints = [
             models.CheckConstraint(condition=Q(overlap__gte=1), name="campaign_overlap_positive"),
             models.CheckConstraint(condition=Q(judge_display__in=JudgeDisplay.values), name="campaign_display_valid"),
