@@ -38,6 +38,7 @@ from .models import (
     Profile,
     Sample,
     SampleDocument,
+    SupersededVote,
     Tournament,
     TournamentMatch,
     TournamentPreference,
@@ -87,6 +88,19 @@ class TitleOnlyFilter(admin.SimpleListFilter):
         if self.value() == "yes":
             return queryset.exclude(abstract="") if queryset.model is Document else queryset.with_abstracts()
         return queryset
+
+
+class ReadOnlyAdmin(admin.ModelAdmin):
+    """Answers and verdicts: shown, never added, edited or deleted here (no user action destroys an answer)."""
+
+    def has_add_permission(self, request, obj=None):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
 
 
 @admin.register(Document)
@@ -469,7 +483,7 @@ class JudgeAdmin(admin.ModelAdmin):
 
 
 @admin.register(JudgeVerdict)
-class JudgeVerdictAdmin(admin.ModelAdmin):
+class JudgeVerdictAdmin(ReadOnlyAdmin):
     list_display = ["comparison", "judge", "order", "preferred", "is_valid", "error", "latency_ms", "cost_usd"]
     list_filter = ["judge", "order", "is_valid", "preferred"]
     search_fields = ["raw_text", "reasoning"]
@@ -548,10 +562,81 @@ class TournamentAdmin(admin.ModelAdmin):
 
 
 class CampaignItemInline(admin.TabularInline):
+    """Ticking Delete on an answered item is refused by Django itself (the votes' PROTECT); such items are
+    withdrawn instead (Admin → Campaign items)."""
+
     model = CampaignItem
     extra = 0
     raw_id_fields = ["comparison"]
-    readonly_fields = ["assignment_count"]
+    fields = ["comparison", "gold_answer", "assignment_count", "withdrawn_at", "history_link"]
+    readonly_fields = ["assignment_count", "withdrawn_at", "history_link"]
+
+    @admin.display(description="History")
+    def history_link(self, obj):
+        if obj.pk is None:
+            return "–"
+        return format_html('<a href="{}">answers</a>', reverse("admin:annotation_campaignitem_change", args=[obj.pk]))
+
+
+@admin.register(CampaignItem)
+class CampaignItemAdmin(admin.ModelAdmin):
+    """An item's full history, and withdrawing items (which keeps them and their votes)."""
+
+    list_display = ["id", "campaign", "comparison", "gold_answer", "assignment_count", "withdrawn_at"]
+    list_filter = ["campaign", ("withdrawn_at", admin.EmptyFieldListFilter)]
+    list_select_related = ["campaign", "comparison__sample"]
+    raw_id_fields = ["comparison"]
+    readonly_fields = ["assignment_count", "withdrawn_at", "history"]
+    actions = ["withdraw", "put_back"]
+
+    @admin.action(description="Withdraw the selected items (kept with their votes, left out of exports and figures)",
+                  permissions=("change",))
+    def withdraw(self, request, queryset):
+        count = queryset.filter(withdrawn_at__isnull=True).update(withdrawn_at=timezone.now())
+        self.message_user(request, f"Withdrew {count} item(s); their votes are kept.", messages.SUCCESS)
+
+    @admin.action(description="Put the selected items back into the campaign", permissions=("change",))
+    def put_back(self, request, queryset):
+        count = queryset.filter(withdrawn_at__isnull=False).update(withdrawn_at=None)
+        self.message_user(request, f"Put {count} item(s) back.", messages.SUCCESS)
+
+    def has_delete_permission(self, request, obj=None):
+        # Answered items are withdrawn, not deleted (the votes' PROTECT refuses it too).
+        if obj is not None and CampaignItem.objects.filter(pk=obj.pk).answered().exists():
+            return False
+        return super().has_delete_permission(request, obj)
+
+    @admin.display(description="History (every answer, oldest first)")
+    def history(self, obj):
+        if obj.pk is None:
+            return "–"
+        rows = answer_history(obj)
+        if not rows:
+            return "No answers yet."
+        body = format_html_join("", "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                                rows)
+        return format_html("<table><tr><th>When</th><th>Expert</th><th>Answer (first → final)</th><th>Rationale</th>"
+                           "<th>Status</th><th>Record</th></tr>{}</table>", body)
+
+
+def answer_history(item: CampaignItem) -> list[tuple]:
+    """Every answer on the item, current and superseded, oldest first, and what replaced each."""
+    current = Vote.objects.filter(assignment__item=item).select_related("expert")
+    old = SupersededVote.objects.filter(assignment__item=item).select_related("expert")
+    entries = [(v.updated_at, v.pk, v, "") for v in current] + [(s.answered_at, s.vote_id, s, s.reason) for s in old]
+    entries.sort(key=lambda e: (e[0], e[1]))
+    rows = []
+    for when, vote_id, answer, reason in entries:
+        status = "current"
+        if reason:
+            replaced = "revised answer" if reason == "revised" else "next answer on the pair"
+            status = f"{answer.get_reason_display()} at {answer.superseded_at:%Y-%m-%d %H:%M:%S}; replaced by the {replaced}"
+        answer_text = answer.get_first_choice_display()
+        if answer.choice != answer.first_choice:
+            answer_text += f" → {answer.get_choice_display()}"
+        rows.append((f"{when:%Y-%m-%d %H:%M:%S}", answer.expert.get_username(), answer_text,
+                     answer.rationale[:200] or "–", status, f"vote #{vote_id}"))
+    return rows
 
 
 @admin.register(Campaign)
@@ -595,12 +680,21 @@ class AssignmentAdmin(admin.ModelAdmin):
 
 
 @admin.register(Vote)
-class VoteAdmin(admin.ModelAdmin):
+class VoteAdmin(ReadOnlyAdmin):
     list_display = ["comparison", "expert", "choice", "first_choice", "revised_after_reveal", "seconds_spent",
                     "created_at"]
     list_filter = ["choice", "revised_after_reveal", "expert", "campaign"]
     search_fields = ["rationale", "expert__username"]
     raw_id_fields = ["assignment", "comparison"]
+    list_select_related = ["expert", "comparison__sample"]
+
+
+@admin.register(SupersededVote)
+class SupersededVoteAdmin(ReadOnlyAdmin):
+    list_display = ["vote_id", "reason", "expert", "comparison", "choice", "first_choice", "answered_at",
+                    "superseded_at"]
+    list_filter = ["reason", "campaign", "expert"]
+    search_fields = ["rationale", "expert__username"]
     list_select_related = ["expert", "comparison__sample"]
 
 

@@ -240,8 +240,8 @@ def _comparison_rows(tables, ids, s, a, b, rng, pools, judge_id, campaign_id, ex
         vid, expert = ids["vote"], experts[cid % len(experts)]
         choice = truth if rng.random() < 0.8 else rng.choice(["a", "b", "tie", "both_bad"])
         tables["campaignitem"].write(f"{vid}\t\t1\t{campaign_id}\t{cid}\n")
-        tables["assignment"].write(f"{vid}\tf\t{NOW}\t{expert}\t{vid}\n")
-        tables["vote"].write(f"{vid}\t{choice}\t{choice}\tf\t\t{{}}\tf\t{rng.uniform(20, 90):.1f}\t{NOW}\t{NOW}\t"
+        tables["assignment"].write(f"{vid}\tf\t\t{NOW}\t{expert}\t{vid}\n")
+        tables["vote"].write(f"{vid}\t{choice}\t{choice}\tf\tf\t\t{{}}\tf\t{rng.uniform(20, 90):.1f}\t{NOW}\t{NOW}\t"
                              f"{vid}\t{cid}\t{expert}\n")
 
 
@@ -255,8 +255,8 @@ COLUMNS = {
     "judgeverdict": 'id, "order", raw_text, reasoning, preferred, is_valid, error, prompt_version, cost_usd, '
                     "created_at, comparison_id, judge_id",
     "campaignitem": "id, gold_answer, assignment_count, campaign_id, comparison_id",
-    "assignment": "id, flipped, created_at, expert_id, item_id",
-    "vote": "id, choice, first_choice, revised_after_reveal, rationale, competency_flags, shown_flipped, "
+    "assignment": "id, flipped, blind_choice, created_at, expert_id, item_id",
+    "vote": "id, choice, first_choice, revised_after_reveal, revealed, rationale, competency_flags, shown_flipped, "
             "seconds_spent, created_at, updated_at, assignment_id, comparison_id, expert_id",
 }
 

@@ -194,25 +194,28 @@ def vote(request: HttpRequest, pk: int) -> HttpResponse:
         return _render(request, campaign, _with_pair(assignment), progress, error=MISSING_CHOICE,
                        posted=request.POST, status=422)
     flags = Pair.of(_with_pair(assignment)).flags_from(request.POST) if has_flags(request.POST) else {}
+    # Read before the vote is stored, so the vote records whether the judge is shown after it (what keeps
+    # its blind answer through an undo); the same one query as reading them after.
+    verdicts = _verdicts(campaign, assignment, revealed=True) if campaign.judge_display == JudgeDisplay.REVEAL else None
+    revealed = bool(verdicts) and any(verdict.is_valid for verdict in verdicts)
     recorded = assignments.record_vote(
         assignment,
         choice=canonical_choice(form.cleaned_data["choice"], flipped=assignment.flipped),
         rationale=form.cleaned_data["rationale"],
         flags=flags,
+        revealed=revealed,
     )
     if recorded is None:
         return _next(request, campaign, notice=ALREADY_ANSWERED, may_have_open=assignment.others_open)
     request.answer_saved = True
-    if campaign.judge_display == JudgeDisplay.REVEAL:
-        return _reveal(request, campaign, assignment, recorded)
+    if revealed:
+        return _reveal(request, campaign, assignment, recorded, verdicts)
     return _next(request, campaign, may_have_open=assignment.others_open)
 
 
-def _reveal(request: HttpRequest, campaign: Campaign, assignment: Assignment, recorded: Vote) -> HttpResponse:
-    """Show the judge's verdict on the pair just voted on, so the expert may revise; straight on if none."""
-    verdicts = _verdicts(campaign, assignment, revealed=True)
-    if not verdicts or not any(verdict.is_valid for verdict in verdicts):
-        return _next(request, campaign, may_have_open=assignment.others_open)
+def _reveal(request: HttpRequest, campaign: Campaign, assignment: Assignment, recorded: Vote,
+            verdicts: list[JudgeVerdict]) -> HttpResponse:
+    """Show the judge's verdict on the pair just voted on, so the expert may revise."""
     if not request.htmx:
         return redirect("annotation:assignment", assignment.pk)
     _with_pair(assignment)
