@@ -4,6 +4,8 @@ import tempfile
 from collections import Counter
 from pathlib import Path
 
+from axes.admin import AccessAttemptAdmin
+from axes.models import AccessAttempt
 from django import forms
 from django.contrib import admin, messages
 from django.contrib.admin.views.main import ChangeList
@@ -830,3 +832,15 @@ class JobAdmin(RunJobsPermission, admin.ModelAdmin):
     def cancel_jobs(self, request, queryset):
         for job in queryset.active():
             self.message_user(request, f"Job #{job.pk}: {job.request_cancel()}.")
+
+
+class LoginAttemptAdmin(AccessAttemptAdmin):
+    """django-axes' list of failed logins; its clean-up deletes rows, so it needs the delete permission."""
+
+    @admin.action(description="Clean up expired attempts", permissions=("delete",))
+    def cleanup_expired_attempts(self, request, queryset):
+        return super().cleanup_expired_attempts(request, queryset)
+
+
+admin.site.unregister(AccessAttempt)
+admin.site.register(AccessAttempt, LoginAttemptAdmin)

@@ -52,14 +52,13 @@ def _broker_ok() -> tuple[bool, str]:
 @never_cache
 @require_GET
 def healthz(request: HttpRequest) -> JsonResponse:
+    """200 or 503 for anyone (a load balancer); what answered and how (hosts, errors) only for staff."""
     db_ok, db_detail = _database_ok()
     broker_ok, broker_detail = _broker_ok()
     healthy = db_ok and broker_ok
-    body = {
-        "status": "ok" if healthy else "error",
-        "database": {"ok": db_ok, "detail": db_detail},
-        "broker": {"ok": broker_ok, "detail": broker_detail},
-    }
+    body = {"status": "ok" if healthy else "error", "database": {"ok": db_ok}, "broker": {"ok": broker_ok}}
+    if is_admin(request.user):
+        body["database"]["detail"], body["broker"]["detail"] = db_detail, broker_detail
     return JsonResponse(body, status=200 if healthy else 503)
 
 

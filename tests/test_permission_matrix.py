@@ -86,6 +86,8 @@ SITE_RULES = {
     # Imported knockout trees are read-only, for everyone; so are answers and verdicts (no user action destroys
     # one): nobody adds or deletes them in the admin.
     "admin:annotation_tournament_add": Rule("nobody"),
+    # django-axes' records of logins are written by logins alone.
+    **{f"admin:axes_{model}_add": Rule("nobody") for model in ("accessattempt", "accesslog", "accessfailurelog")},
     **{f"admin:annotation_{model}_{page}": Rule("nobody") for model in ("vote", "supersededvote", "judgeverdict")
        for page in ("add", "delete")},
     "admin:annotation_document_import": perm("annotation.add_document"),
@@ -106,6 +108,7 @@ ACTION_RULES = {
     ("training.evaluationrun", "cancel_evaluations"): "training.run_evaluation",
     ("annotation.campaignitem", "withdraw"): "annotation.change_campaignitem",
     ("annotation.campaignitem", "put_back"): "annotation.change_campaignitem",
+    ("axes.accessattempt", "cleanup_expired_attempts"): "axes.delete_accessattempt",
 }
 READ_ONLY = {"annotation.vote", "annotation.supersededvote", "annotation.judgeverdict"}
 
@@ -139,7 +142,7 @@ def endpoints(patterns=None, prefix: str = "", namespace: str = "") -> list[tupl
 
 # Unnamed patterns: Django's admin redirect from /admin/<app>/<model>/<pk>/ to the change page, and its
 # catch-all (a 404 for staff, the login page for anyone else).
-UNNAMED = {"admin/annotation/", "admin/training/", "admin/auth/", "admin/(?P<url>.*)$", "favicon.ico"}
+UNNAMED = {"admin/annotation/", "admin/training/", "admin/auth/", "admin/axes/", "admin/(?P<url>.*)$", "favicon.ico"}
 
 
 def test_every_endpoint_has_a_rule():
@@ -198,6 +201,13 @@ def world(make_user, django_user_model):
     evaluation = EvaluationRun.objects.create(name="evaluation", candidate=profile_a.generator, baseline=baseline,
                                               judge=judge)
     job = Job.objects.create(kind="generate")
+    from axes.models import AccessAttempt, AccessFailureLog, AccessLog
+
+    login = {"username": "alice", "ip_address": "127.0.0.1", "user_agent": "test", "http_accept": "*/*",
+             "path_info": "/accounts/login/"}
+    AccessAttempt.objects.create(**login, get_data="", post_data="", failures_since_start=1)
+    AccessFailureLog.objects.create(**login)
+    AccessLog.objects.create(**login)
     return {"users": users, "campaign": campaign, "assignment": assignment, "job": job, "run": run,
             "evaluation": evaluation, "export": export}
 
