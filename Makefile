@@ -87,6 +87,7 @@ bench: install
 	$(PY) bench/training.py
 	$(PY) bench/export.py
 	$(PY) bench/review_load.py
+	$(PY) bench/round.py --threads 1
 
 bench-quick: install
 	$(PY) bench/generation.py --prompts 4
@@ -95,6 +96,7 @@ bench-quick: install
 	$(PY) bench/training.py --steps 4 --repeats 1
 	$(PY) bench/export.py --sizes 10000
 	$(PY) bench/review_load.py --experts 10 --votes 5 --sizes 100,1000
+	$(PY) bench/round.py --smoke
 
 worker: install
 	$(VENV)/bin/celery -A compx_site worker -l info -Q default,generation,judging,training

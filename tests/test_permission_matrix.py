@@ -71,6 +71,8 @@ SITE_RULES = {
     "training:evaluation_cancel": perm("training.run_evaluation"),
     "training:evaluation_send": perm("training.run_evaluation", "annotation.add_campaign"),
     "training:evaluation_make_generator": perm("annotation.add_generator"),
+    "training:round": perm("training.view_round"),
+    "training:round_cancel": perm("training.run_round"),
     # The admin's own pages every staff account has: the index (which lists only what the account may see),
     # its password, the JavaScript catalogue, and "view on site".
     "admin:index": STAFF,
@@ -94,7 +96,8 @@ SITE_RULES = {
     "admin:auth_user_password_change": perm("auth.change_user"),
 }
 # Starting a run or an evaluation is its "add" (training.admin).
-ADD_OVERRIDES = {"training_trainingrun": "training.run_training", "training_evaluationrun": "training.run_evaluation"}
+ADD_OVERRIDES = {"training_trainingrun": "training.run_training", "training_evaluationrun": "training.run_evaluation",
+                 "training_round": "training.run_round"}
 ADMIN_PAGE = re.compile(r"^admin:(?P<app>[a-z]+)_(?P<model>[a-z]+)_(?P<page>changelist|add|change|delete|history)$")
 
 ACTION_RULES = {
@@ -106,6 +109,8 @@ ACTION_RULES = {
     ("training.trainingrun", "cancel_runs"): "training.run_training",
     ("training.trainingrun", "resume_runs"): "training.run_training",
     ("training.evaluationrun", "cancel_evaluations"): "training.run_evaluation",
+    ("training.round", "cancel_rounds"): "training.run_round",
+    ("training.round", "run_again"): "training.run_round",
     ("annotation.campaignitem", "withdraw"): "annotation.change_campaignitem",
     ("annotation.campaignitem", "put_back"): "annotation.change_campaignitem",
     ("axes.accessattempt", "cleanup_expired_attempts"): "axes.delete_accessattempt",
@@ -201,6 +206,9 @@ def world(make_user, django_user_model):
     evaluation = EvaluationRun.objects.create(name="evaluation", candidate=profile_a.generator, baseline=baseline,
                                               judge=judge)
     job = Job.objects.create(kind="generate")
+    from training.models import Round
+
+    round_ = Round.objects.create(name="round", preset="tiny", generator=baseline, evaluation_judge=judge)
     from axes.models import AccessAttempt, AccessFailureLog, AccessLog
 
     login = {"username": "alice", "ip_address": "127.0.0.1", "user_agent": "test", "http_accept": "*/*",
@@ -208,7 +216,7 @@ def world(make_user, django_user_model):
     AccessAttempt.objects.create(**login, get_data="", post_data="", failures_since_start=1)
     AccessFailureLog.objects.create(**login)
     AccessLog.objects.create(**login)
-    return {"users": users, "campaign": campaign, "assignment": assignment, "job": job, "run": run,
+    return {"users": users, "campaign": campaign, "assignment": assignment, "job": job, "run": run, "round": round_,
             "evaluation": evaluation, "export": export}
 
 
@@ -225,6 +233,8 @@ def kwargs_for(name: str, pattern: URLPattern, world) -> dict:
         return {"pk": world["run"].pk, **({"name": "adapter.zip"} if "name" in keys else {})}
     if name.startswith("training:evaluation"):
         return {"pk": world["evaluation"].pk}
+    if name.startswith("training:round"):
+        return {"pk": world["round"].pk}
     if name == "dashboard:export_file":
         return {"pk": world["export"].pk, "name": "train.jsonl"}
     if name == "admin:auth_user_password_change":
@@ -387,13 +397,14 @@ def test_the_shipped_groups_each_do_exactly_their_jobs(world):
         "start and cancel training": "training.run_training",
         "download training artefacts": "training.download_trainingrun",
         "evaluate": "training.run_evaluation",
+        "run rounds": "training.run_round",
         "import documents": "annotation.add_document",
         "delete anything": "annotation.delete_campaign",
     }
     expected = {
         ANNOTATION_LEAD_GROUP: {"manage campaigns", "read agreement"},
         ML_ENGINEER_GROUP: {"read agreement", "download exports", "export", "run judges and generation",
-                            "start and cancel training", "download training artefacts", "evaluate",
+                            "start and cancel training", "download training artefacts", "evaluate", "run rounds",
                             "import documents"},
         VIEWER_GROUP: {"read agreement"},
         "superuser": set(jobs),

@@ -15,4 +15,6 @@ urlpatterns = [
     path("evaluations/<id:pk>/cancel", views.evaluation_cancel, name="evaluation_cancel"),
     path("evaluations/<id:pk>/experts", views.evaluation_send, name="evaluation_send"),
     path("evaluations/<id:pk>/generator", views.evaluation_make_generator, name="evaluation_make_generator"),
+    path("rounds/<id:pk>/", views.round_detail, name="round"),
+    path("rounds/<id:pk>/cancel", views.round_cancel, name="round_cancel"),
 ]

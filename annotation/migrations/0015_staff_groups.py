@@ -9,7 +9,7 @@ from django.db import migrations
 ANNOTATION_MODELS = ["document", "sample", "sampledocument", "generator", "profile", "comparison", "judge",
                      "judgepanel", "judgeverdict", "tournament", "tournamentmatch", "tournamentpreference", "campaign",
                      "campaignitem", "assignment", "vote", "datasetexport", "job"]
-TRAINING_MODELS = ["trainingrun", "traininglogentry", "evaluationrun"]
+TRAINING_MODELS = ["trainingrun", "traininglogentry", "evaluationrun", "round"]
 EVERYTHING_VIEWED = ([f"annotation.view_{m}" for m in ANNOTATION_MODELS]
                      + [f"training.view_{m}" for m in TRAINING_MODELS] + ["annotation.view_agreement"])
 
@@ -20,7 +20,7 @@ GROUPS = {
         "annotation.add_campaignitem", "annotation.change_campaignitem",
         "auth.view_user",
     ],
-    # Runs the machine side: documents, generators and judges, jobs, exports, training and evaluation.
+    # Runs the machine side: documents, generators and judges, jobs, exports, training, evaluation, rounds.
     "ML engineer": EVERYTHING_VIEWED + [
         "annotation.add_document", "annotation.change_document", "annotation.add_sample", "annotation.change_sample",
         "annotation.add_sampledocument", "annotation.change_sampledocument",
@@ -29,7 +29,7 @@ GROUPS = {
         "annotation.run_jobs", "annotation.add_datasetexport", "annotation.download_datasetexport",
         # Sending an evaluation's pairs to experts makes a campaign.
         "annotation.add_campaign",
-        "training.run_training", "training.download_trainingrun", "training.run_evaluation",
+        "training.run_training", "training.download_trainingrun", "training.run_evaluation", "training.run_round",
     ],
     # Reads everything, changes and downloads nothing.
     "viewer": EVERYTHING_VIEWED,
@@ -63,8 +63,8 @@ def remove_groups(apps, schema_editor):
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("annotation", "0013_permissions_by_task"),
-        ("training", "0005_permissions_by_task"),
+        ("annotation", "0014_permissions_by_task"),
+        ("training", "0007_permissions_by_task"),
         ("auth", "0012_alter_user_first_name_max_length"),
         ("contenttypes", "0002_remove_content_type_name"),
     ]

@@ -25,6 +25,6 @@ def revoke(apps, schema_editor):
 
 
 class Migration(migrations.Migration):
-    dependencies = [("annotation", "0015_append_only_answers")]
+    dependencies = [("annotation", "0016_append_only_answers")]
 
     operations = [migrations.RunPython(grant, revoke)]
