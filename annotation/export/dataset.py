@@ -710,11 +710,15 @@ class ExpertFigures:
     votes: int
     against_experts: dict[int, agreement.Agreement]  # judge id → agreement with the experts (κ)
     experts: agreement.ExpertAgreement  # expert vs expert (α)
+    # Answers kept but not read: replaced by an undo or a revision, or on an item withdrawn from its campaign.
+    superseded: int = 0
+    withdrawn: int = 0
 
     @classmethod
     def of(cls, labels: agreement.Labels) -> ExpertFigures:
         against_experts = {j.judge_id: j.agreement for j in agreement.judge_behaviour(labels, n_boot=CARD_BOOT)}
-        return cls(len(labels.votes), against_experts, agreement.expert_vs_expert(labels, n_boot=CARD_BOOT))
+        return cls(len(labels.votes), against_experts, agreement.expert_vs_expert(labels, n_boot=CARD_BOOT),
+                   labels.superseded, labels.withdrawn)
 
 
 def card_figures(figures: ExpertFigures, judges: dict[int, agreement.JudgeTally]) -> dict:
@@ -726,6 +730,8 @@ def card_figures(figures: ExpertFigures, judges: dict[int, agreement.JudgeTally]
     against_experts, experts = figures.against_experts, figures.experts
     return {
         "votes": figures.votes,
+        "superseded_votes": figures.superseded,
+        "withdrawn_votes": figures.withdrawn,
         "experts": {"units": experts.units, "alpha": _estimate(experts.alpha),
                     "alpha_collapsed": _estimate(experts.collapsed_alpha)},
         "judges": [_judge_figures(tally, against_experts.get(judge_id))
