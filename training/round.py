@@ -208,7 +208,7 @@ class _Runner:
         self.inline = inline
         self.preset = Preset(**row.settings)
         self.steps: dict[str, Any] = {"jobs": {}, "seconds": {}}
-        self.train = _samples(Split.TRAIN, self.preset.train_samples)
+        self.train_samples = _samples(Split.TRAIN, self.preset.train_samples)
 
     def say(self, message: str, **fields: Any) -> None:
         if not self.row.save_progress(message=message, heartbeat_at=timezone.now(), steps=self.steps, **fields) \
@@ -282,7 +282,7 @@ class _Runner:
                  lambda job: run_export_task(export.pk), task_arg=export.pk)
         export.refresh_from_db()
         if not export.counts.get("train"):
-            profiles = Profile.objects.filter(generator=self.row.generator, sample__in=self.train)
+            profiles = Profile.objects.filter(generator=self.row.generator, sample__in=self.train_samples)
             raise TrainingError(
                 f"no pair to train on: {profiles.filter(is_valid=True).count()} of {profiles.count()} candidates "
                 f"are valid profiles, {export.counts.get('comparisons', 0)} pairs were judged, dropped "
@@ -314,8 +314,8 @@ class _Runner:
         return self.ended(evaluation, "evaluate")
 
     def run(self) -> str:
-        self.timed("generate", lambda: self.generate(self.train))
-        self.timed("label", lambda: self.label(self.train))
+        self.timed("generate", lambda: self.generate(self.train_samples))
+        self.timed("label", lambda: self.label(self.train_samples))
         export = self.timed("export", self.export)
         run = self.timed("train", lambda: self.train(export))
         evaluation = self.timed("evaluate", lambda: self.evaluate(run))
