@@ -12,7 +12,10 @@ REPO = Path(__file__).resolve().parents[1]
 
 @pytest.mark.model
 def test_the_round_benchmark_smoke_run_prints_every_figure(tmp_path):
-    env = {**os.environ, "COMPX_VAR_DIR": str(tmp_path)}
+    from django.conf import settings
+
+    # A throw-away folder for the database and media, the converted models where they are.
+    env = {**os.environ, "COMPX_VAR_DIR": str(tmp_path), "COMPX_MODEL_CACHE": str(settings.MODEL_CACHE_DIR)}
     env.pop("DATABASE_URL", None)
     done = subprocess.run([sys.executable, str(REPO / "bench" / "round.py"), "--smoke"],
                           capture_output=True, text=True, timeout=900, env=env, cwd=REPO)

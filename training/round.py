@@ -39,7 +39,7 @@ from annotation.jobs.liveness import Heartbeat
 from annotation.judging.strategies import run_judging
 from annotation.models import (
     DatasetExport, ExportFormat, ExportPolicy, Generator, Job, JobKind, JobStatus, Judge, JudgeBackend, JudgeOrders,
-    JudgePanel, Sample, Split,
+    JudgePanel, Profile, Sample, Split,
 )
 from annotation.profiles.generation import run_generation
 from training.ml.scoring import SCORER_PROMPT_VERSION
@@ -94,17 +94,20 @@ class Preset:
 
 PRESETS = {
     # A few minutes on two cores: real models, every step, sizes that only prove the plumbing.
-    "tiny": Preset("tiny", train_samples=2, heldout_samples=1, candidates=3, eval_candidates=1, max_new_tokens=48,
+    # A valid profile needs room: at 128 or 160 tokens most SmolLM2 candidates are cut off or too short
+    # (1 of 6 and 4 of 16 valid); at 256 about half are valid (README).
+    "tiny": Preset("tiny", train_samples=2, heldout_samples=1, candidates=4, eval_candidates=1, max_new_tokens=256,
                    label_margin=0.0, grader_model="default",
                    training={"max_steps": 2, "gradient_accumulation_steps": 1, "max_length": 1024,
                              "activation_checkpointing": False, "save_steps": 50}),
-    # ≤ 60 minutes on two CPU cores: two abstracts per sample (prompts of ~600 tokens instead of ~1,500), four
-    # candidates per train sample (six pairs each), five per held-out sample and model (≥ 40 pairs on 8+).
-    "cpu": Preset("cpu", train_samples=None, heldout_samples=None, candidates=4, eval_candidates=5,
-                  max_new_tokens=200, abstracts_per_sample=2,
-                  training={"max_steps": 40, "gradient_accumulation_steps": 2, "max_length": 1024,
+    # ≤ 60 minutes on two CPU cores: two abstracts per sample (prompts of ~600 tokens instead of ~1,500); eight
+    # candidates per train sample (about four valid: six pairs); twelve per held-out sample and model on every
+    # held-out sample, since only pairs with both profiles valid are judged (about a quarter of them).
+    "cpu": Preset("cpu", train_samples=None, heldout_samples=None, candidates=8, eval_candidates=12,
+                  max_new_tokens=256, abstracts_per_sample=2,
+                  training={"max_steps": 32, "gradient_accumulation_steps": 1, "max_length": 1024,
                             "activation_checkpointing": False, "learning_rate": 5e-5, "beta": 0.1, "lora_r": 16,
-                            "lora_alpha": 32, "save_steps": 20}),
+                            "lora_alpha": 32, "save_steps": 50}),
     # One GPU: the demo's full prompts, more candidates, longer training; bf16 is picked by the worker.
     "gpu": Preset("gpu", train_samples=None, heldout_samples=None, candidates=8, eval_candidates=10,
                   max_new_tokens=256, abstracts_per_sample=5,
@@ -205,6 +208,7 @@ class _Runner:
         self.inline = inline
         self.preset = Preset(**row.settings)
         self.steps: dict[str, Any] = {"jobs": {}, "seconds": {}}
+        self.train_samples = _samples(Split.TRAIN, self.preset.train_samples)
 
     def say(self, message: str, **fields: Any) -> None:
         if not self.row.save_progress(message=message, heartbeat_at=timezone.now(), steps=self.steps, **fields) \
@@ -278,8 +282,12 @@ class _Runner:
                  lambda job: run_export_task(export.pk), task_arg=export.pk)
         export.refresh_from_db()
         if not export.counts.get("train"):
-            raise TrainingError(f"the labelling judges decided no pair to train on (dropped: "
-                                f"{export.counts.get('dropped')}); generate more candidates or lower the margin")
+            profiles = Profile.objects.filter(generator=self.row.generator, sample__in=self.train_samples)
+            raise TrainingError(
+                f"no pair to train on: {profiles.filter(is_valid=True).count()} of {profiles.count()} candidates "
+                f"are valid profiles, {export.counts.get('comparisons', 0)} pairs were judged, dropped "
+                f"{ {k: v for k, v in export.counts.get('dropped', {}).items() if v} }. Generate more candidates "
+                "(or more tokens, if they were cut off), or lower the labelling margin.")
         return export
 
     def train(self, export: DatasetExport) -> TrainingRun:
@@ -306,9 +314,8 @@ class _Runner:
         return self.ended(evaluation, "evaluate")
 
     def run(self) -> str:
-        train = _samples(Split.TRAIN, self.preset.train_samples)
-        self.timed("generate", lambda: self.generate(train))
-        self.timed("label", lambda: self.label(train))
+        self.timed("generate", lambda: self.generate(self.train_samples))
+        self.timed("label", lambda: self.label(self.train_samples))
         export = self.timed("export", self.export)
         run = self.timed("train", lambda: self.train(export))
         evaluation = self.timed("evaluate", lambda: self.evaluate(run))
