@@ -11,7 +11,7 @@ from annotation.models import DatasetExport, ExportPolicy, Job, JobKind, JobStat
 from tests.labels_factory import World
 from training.management.commands.run_round import preset_from
 from training.models import EvaluationRun, Round, TrainingRun
-from training.round import PRESETS, create_round, evaluation_judge, labelling_panel
+from training.presets import PRESETS, create_round, evaluation_judge, labelling_panel
 from training.runs import TrainingError
 
 pytestmark = [pytest.mark.urls("tests.training_factory")]

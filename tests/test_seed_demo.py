@@ -2,6 +2,7 @@ from io import StringIO
 
 import pytest
 from django.contrib.auth import authenticate
+from django.test import RequestFactory
 from django.core.management import call_command
 
 from annotation.models import Document, Sample, Split
@@ -17,6 +18,11 @@ def seed() -> dict[str, str]:
     return dict(line.split() for line in lines if line.strip())
 
 
+def log_in(username: str, password: str):
+    # Login throttling (axes) reads who asks: authentication needs a request, as the login form has one.
+    return authenticate(RequestFactory().post("/accounts/login/"), username=username, password=password)
+
+
 def test_seed_demo_imports_the_bundled_abstracts_into_author_samples():
     seed()
     assert Document.objects.count() == 42
@@ -28,8 +34,8 @@ def test_seed_demo_imports_the_bundled_abstracts_into_author_samples():
 def test_seed_demo_prints_logins_that_work_with_the_right_roles():
     logins = seed()
     assert set(logins) == {"admin", "expert1", "expert2"}
-    admin = authenticate(username="admin", password=logins["admin"])
-    expert = authenticate(username="expert1", password=logins["expert1"])
+    admin = log_in("admin", logins["admin"])
+    expert = log_in("expert1", logins["expert1"])
     assert is_admin(admin) and not is_expert(admin)
     assert is_expert(expert) and not is_admin(expert)
 
@@ -38,5 +44,5 @@ def test_seeding_twice_keeps_the_data_and_changes_the_passwords():
     first = seed()
     second = seed()
     assert Document.objects.count() == 42 and Sample.objects.count() == 9
-    assert authenticate(username="expert2", password=first["expert2"]) is None
-    assert authenticate(username="expert2", password=second["expert2"]) is not None
+    assert log_in("expert2", first["expert2"]) is None
+    assert log_in("expert2", second["expert2"]) is not None

@@ -11,6 +11,7 @@ from annotation.jobs.liveness import mark_stale
 
 from .forms import EvaluationForm, RoundForm, StartTrainingForm
 from .models import EvaluationRun, Round, TrainingLogEntry, TrainingRun
+from .presets import Preset
 from .runs import TrainingError
 from .start import resume_training, start_evaluation, start_round, start_training
 
@@ -198,8 +199,6 @@ class RoundAdmin(admin.ModelAdmin):
 
     @admin.action(description="Run the selected rounds again (same preset and generator)", permissions=("run_round",))
     def run_again(self, request, queryset):
-        from .round import Preset
-
         for row in queryset:
             try:
                 new = start_round(Preset(**row.settings), row.generator, user=request.user)

@@ -14,6 +14,7 @@ from training.ml.dpo import PRECISIONS
 
 from .models import TrainingRun
 from .grading import check_grader, independent_judge, provenance
+from .presets import PRESETS
 from .runs import CPU_DEFAULTS, TrainingError, build_config, export_files
 
 # A hub id ("org/name"); anything else that is not "default" must be a local model folder.
@@ -208,6 +209,4 @@ class RoundForm(forms.Form):
     name = forms.CharField(max_length=90, required=False)
 
     def chosen_preset(self):
-        from .round import PRESETS  # the round's sizes; loaded only when a round is started
-
         return PRESETS[self.cleaned_data["preset"]].with_changes(policy=self.cleaned_data["policy"])

@@ -128,7 +128,7 @@ class Round(Work):
 
     name = models.CharField(max_length=100, unique=True)
     preset = models.CharField(max_length=20)
-    # The preset's sizes and settings as this round ran them (training.round.Preset.to_dict).
+    # The preset's sizes and settings as this round ran them (training.presets.Preset.to_dict).
     settings = models.JSONField(default=dict)
     generator = models.ForeignKey(Generator, on_delete=models.PROTECT, related_name="+")
     labelling_panel = models.ForeignKey(JudgePanel, null=True, blank=True, on_delete=models.SET_NULL,

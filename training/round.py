@@ -26,33 +26,26 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from celery import current_app
-from django.db import transaction
 from django.utils import timezone
 
 from annotation.export.dataset import run_export_task
 from annotation.jobs.lifecycle import create_job, run_job
 from annotation.jobs.liveness import Heartbeat
 from annotation.judging.strategies import run_judging
-from annotation.models import (
-    DatasetExport, ExportFormat, ExportPolicy, Generator, Job, JobKind, JobStatus, Judge, JudgeBackend, JudgeOrders,
-    JudgePanel, Profile, Sample, Split,
-)
+from annotation.models import DatasetExport, ExportFormat, ExportPolicy, Job, JobKind, JobStatus, Profile, Sample, Split
 from annotation.profiles.generation import run_generation
-from training.ml.scoring import SCORER_PROMPT_VERSION
 
 from .evaluation import run_evaluation
 from .models import EvaluationRun, Round, TrainingRun
 from .grading import create_evaluation
+from .presets import STEPS, Preset, samples_of
 from .runs import TrainingError, build_config, create_run, run_training, unique_name
 
 logger = logging.getLogger(__name__)
 
-STEPS = ("generate", "label", "export", "train", "evaluate")
-POLICIES = ("high_margin", "agree")
 WAIT_POLL_S = 2.0
 # The steps' own tasks, sent by name: the round's logic does not import the tasks that run it.
 TASKS = {JobKind.GENERATE: "annotation.tasks.generate_profiles_task",
@@ -60,142 +53,8 @@ TASKS = {JobKind.GENERATE: "annotation.tasks.generate_profiles_task",
          JobKind.EXPORT: "annotation.tasks.export_dataset_task"}
 
 
-@dataclass(frozen=True)
-class Preset:
-    """A round's sizes. ``train_samples``/``heldout_samples``: how many of each split (None: all).
-
-    ``label_margin``: the labelling judge's tie margin (nats per token); above the scorer's measured default
-    (0.02), so that only pairs it decides clearly become training pairs ("high margin").
-    """
-
-    name: str
-    train_samples: int | None
-    heldout_samples: int | None
-    candidates: int  # per train sample: pairs per sample = c·(c−1)/2
-    eval_candidates: int  # per held-out sample and model
-    max_new_tokens: int
-    temperature: float = 0.7
-    policy: str = "high_margin"
-    label_model: str = "default"
-    label_margin: float = 0.05
-    grader_model: str = "gemma"
-    grader_margin: float = 0.02
-    training: dict[str, Any] = field(default_factory=dict)
-    # Data preparation, not the round: abstracts per sample when bench/round.py imports the demo abstracts.
-    abstracts_per_sample: int = 5
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    def with_changes(self, **changes: Any) -> "Preset":
-        training = {**self.training, **changes.pop("training", {})}
-        return replace(self, training=training, **changes)
-
-
-PRESETS = {
-    # A few minutes on two cores: real models, every step, sizes that only prove the plumbing.
-    # A valid profile needs room: at 128 or 160 tokens most SmolLM2 candidates are cut off or too short
-    # (1 of 6 and 4 of 16 valid); at 256 about half are valid (README).
-    "tiny": Preset("tiny", train_samples=2, heldout_samples=1, candidates=4, eval_candidates=1, max_new_tokens=256,
-                   label_margin=0.0, grader_model="default",
-                   training={"max_steps": 2, "gradient_accumulation_steps": 1, "max_length": 1024,
-                             "activation_checkpointing": False, "save_steps": 50}),
-    # ≤ 60 minutes on two CPU cores: two abstracts per sample (prompts of ~600 tokens instead of ~1,500); eight
-    # candidates per train sample (about four valid: six pairs); twelve per held-out sample and model on every
-    # held-out sample, since only pairs with both profiles valid are judged (about a quarter of them).
-    "cpu": Preset("cpu", train_samples=None, heldout_samples=None, candidates=8, eval_candidates=12,
-                  max_new_tokens=256, abstracts_per_sample=2,
-                  training={"max_steps": 32, "gradient_accumulation_steps": 1, "max_length": 1024,
-                            "activation_checkpointing": False, "learning_rate": 5e-5, "beta": 0.1, "lora_r": 16,
-                            "lora_alpha": 32, "save_steps": 50}),
-    # One GPU: the demo's full prompts, more candidates, longer training; bf16 is picked by the worker.
-    "gpu": Preset("gpu", train_samples=None, heldout_samples=None, candidates=8, eval_candidates=10,
-                  max_new_tokens=256, abstracts_per_sample=5,
-                  training={"max_steps": 300, "gradient_accumulation_steps": 1, "per_device_train_batch_size": 8,
-                            "max_length": 2048, "activation_checkpointing": False, "learning_rate": 5e-5,
-                            "beta": 0.1, "lora_r": 32, "lora_alpha": 64, "save_steps": 100}),
-}
-
-
 class RoundCancelled(Exception):
     pass
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Creating a round
-
-
-def scoring_judge(name: str, model: str, margin: float, baseline: str = "other") -> Judge:
-    """A scoring judge with these settings, made once (a judge's verdicts are only comparable under one set)."""
-    judge, created = Judge.objects.get_or_create(name=name, defaults={
-        "backend": JudgeBackend.SCORING, "model": model, "orders": JudgeOrders.NONE,
-        "prompt_version": SCORER_PROMPT_VERSION, "score_margin": margin, "score_baseline": baseline})
-    if not created and (judge.backend, judge.model, judge.score_margin, judge.score_baseline) != (
-            JudgeBackend.SCORING, model, margin, baseline):
-        raise TrainingError(f"judge {name!r} exists with other settings ({judge.backend}, {judge.model}, margin "
-                            f"{judge.score_margin}, baseline {judge.score_baseline}); rename it or use other ones")
-    return judge
-
-
-def _model_label(model: str) -> str:
-    return {"default": "SmolLM2", "gemma": "Gemma"}.get(model, model.rstrip("/").rsplit("/", 1)[-1])
-
-
-def labelling_panel(preset: Preset) -> JudgePanel:
-    """The judges whose verdicts become training pairs, as the export's panel (unanimous)."""
-    label = _model_label(preset.label_model)
-    judges = [scoring_judge(f"{label} PMI · margin {preset.label_margin:g}", preset.label_model,
-                            preset.label_margin)]
-    if preset.policy == "agree":
-        # A second opinion from the same model with another baseline: the pairs both decide alike.
-        judges.append(scoring_judge(f"{label} PMI · no-abstracts baseline · margin {preset.label_margin:g}",
-                                    preset.label_model, preset.label_margin, baseline="none"))
-    names = " + ".join(j.name for j in judges)
-    panel, _ = JudgePanel.objects.get_or_create(name=f"round labels: {names}"[:100], defaults={"threshold": 1.0})
-    panel.judges.set(judges)
-    return panel
-
-
-def evaluation_judge(preset: Preset) -> Judge:
-    label = _model_label(preset.grader_model)
-    # Another baseline than the labeller's when both run on one model (the tiny preset), so the two differ.
-    baseline = "none" if preset.grader_model == preset.label_model else "other"
-    return scoring_judge(f"{label} PMI · margin {preset.grader_margin:g} · independent", preset.grader_model,
-                         preset.grader_margin, baseline=baseline)
-
-
-def round_generator(preset: Preset) -> Generator:
-    """The base model as the round's generator, decoding as the preset says (made once per decoding)."""
-    decoding = {"backend": "local", "model": "default", "adapter_path": "", "temperature": preset.temperature,
-                "top_p": 0.95, "repetition_penalty": 1.15, "max_new_tokens": preset.max_new_tokens,
-                "format_guide": True}
-    existing = Generator.objects.filter(**decoding).order_by("pk").first()
-    if existing:
-        return existing
-    return Generator.objects.create(
-        name=unique_name(f"SmolLM2 · t{preset.temperature:g} · {preset.max_new_tokens} tokens", Generator),
-        candidates=preset.candidates, **decoding)
-
-
-def create_round(preset: Preset, generator: Generator | None = None, name: str = "", user=None) -> Round:
-    if preset.policy not in POLICIES:
-        raise TrainingError(f"policy: one of {', '.join(POLICIES)} (got {preset.policy!r})")
-    if not _samples(Split.TRAIN, preset.train_samples):
-        raise TrainingError("there are no train samples with abstracts: import documents first")
-    if not _samples(Split.HELDOUT, preset.heldout_samples):
-        raise TrainingError("there are no held-out samples to evaluate on; import documents with a held-out "
-                            "fraction")
-    with transaction.atomic():
-        return Round.objects.create(
-            name=unique_name(name or f"round · {preset.name} · {timezone.now():%Y-%m-%d %H:%M}", Round),
-            preset=preset.name, settings=preset.to_dict(), generator=generator or round_generator(preset),
-            labelling_panel=labelling_panel(preset), evaluation_judge=evaluation_judge(preset),
-            total=len(STEPS), created_by=user, message="waiting for a training worker")
-
-
-def _samples(split: str, limit: int | None) -> list[Sample]:
-    rows = Sample.objects.filter(split=split).with_abstracts().order_by("pk")
-    return list(rows[:limit] if limit else rows)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -208,7 +67,7 @@ class _Runner:
         self.inline = inline
         self.preset = Preset(**row.settings)
         self.steps: dict[str, Any] = {"jobs": {}, "seconds": {}}
-        self.train_samples = _samples(Split.TRAIN, self.preset.train_samples)
+        self.train_samples = samples_of(Split.TRAIN, self.preset.train_samples)
 
     def say(self, message: str, **fields: Any) -> None:
         if not self.row.save_progress(message=message, heartbeat_at=timezone.now(), steps=self.steps, **fields) \
@@ -303,7 +162,7 @@ class _Runner:
         return self.ended(run, "train")
 
     def evaluate(self, run: TrainingRun) -> EvaluationRun:
-        heldout = _samples(Split.HELDOUT, self.preset.heldout_samples)
+        heldout = samples_of(Split.HELDOUT, self.preset.heldout_samples)
         evaluation = create_evaluation(self.row.evaluation_judge, training_run=run, baseline=self.row.generator,
                                        sample_limit=len(heldout), candidates=self.preset.eval_candidates,
                                        name=f"{self.row.name} · tuned vs base")

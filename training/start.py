@@ -13,7 +13,7 @@ from annotation.models import DatasetExport, Generator, Judge
 
 from .grading import create_evaluation
 from .models import EvaluationRun, Round, TrainingRun
-from .round import Preset, create_round
+from .presets import Preset, create_round
 from .runs import TrainingError, build_config, create_run, resumption
 from .tasks import evaluate_task, merge_adapter_task, run_round_task, run_training_task
 

@@ -14,7 +14,8 @@ from django.core.management.base import BaseCommand, CommandError
 
 from annotation.models import Generator
 from training.models import Round
-from training.round import POLICIES, PRESETS, run_round
+from training.presets import POLICIES, PRESETS
+from training.round import run_round
 from training.runs import TrainingError
 from training.start import start_round
 
