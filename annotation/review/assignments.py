@@ -20,7 +20,7 @@ from django.db.models import Count, Exists, Max, OuterRef, Subquery, Sum
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
-from ..models import Assignment, Campaign, CampaignItem, Document, JudgeVerdict, Vote
+from ..models import Assignment, Campaign, CampaignItem, Document, Job, JobKind, JudgeVerdict, Vote
 
 # Each failed attempt means another expert took that item a moment ago; a handful is plenty.
 CLAIM_ATTEMPTS = 5
@@ -50,7 +50,8 @@ class Progress:
 
     @property
     def percent(self) -> int:
-        return min(100, round(100 * self.taken / self.needed)) if self.needed else 100
+        # An empty campaign is not a finished one: its bar stays empty.
+        return min(100, round(100 * self.taken / self.needed)) if self.needed else 0
 
 
 def campaign_progress(campaign: Campaign, expert) -> Progress:
@@ -70,6 +71,31 @@ def _campaign_totals(campaign: Campaign) -> tuple[int, int]:
 
     seconds = settings.REVIEW_PROGRESS_CACHE_SECONDS
     return caches["process"].get_or_set(f"review-totals:{campaign.pk}", count, seconds) if seconds else count()
+
+
+def _samples(n: int) -> str:
+    return f"{n} more sample{'s are' if n != 1 else ' is'}"
+
+
+def still_coming(campaign: Campaign) -> str:
+    """What background work will still add pairs to the campaign, for an expert with nothing left to do; "" if
+    none. Read only on that screen, never in the vote round trip."""
+    jobs = Job.objects.active().filter(kind=JobKind.JUDGE, params__campaign_id=campaign.pk)
+    parts = []
+    for job in jobs:
+        if job.params.get("after_job"):
+            waiting = job.stats.get("samples_waiting", len(job.params.get("sample_ids") or ()))
+            judging = job.stats.get("samples_judging", 0)
+            if waiting:
+                parts.append(f"{_samples(waiting)} being generated")
+            if judging:
+                parts.append(f"{_samples(judging)} being judged")
+        else:
+            parts.append("the judge is still at work on this campaign")
+    if not parts:
+        return ""
+    text = "; ".join(parts)
+    return f"{text[0].upper()}{text[1:]}; new pairs appear here."
 
 
 def has_work(expert, campaign: Campaign) -> bool:

@@ -127,6 +127,7 @@ def _render(request: HttpRequest, campaign: Campaign, assignment: Assignment | N
         "choices": display_choices(screen.choice if screen else ""),
         "notice": notice,
         "error": error,
+        "coming": "" if screen else assignments.still_coming(campaign),
     }
     if request.htmx:
         return render(request, PANEL, context, status=status)
@@ -153,7 +154,8 @@ def queue(request: HttpRequest) -> HttpResponse:
     for campaign in campaigns:
         if assignments.has_work(request.user, campaign):
             return redirect("annotation:campaign", campaign.pk)
-    standing = [(campaign, assignments.campaign_progress(campaign, request.user)) for campaign in campaigns]
+    standing = [(campaign, assignments.campaign_progress(campaign, request.user), assignments.still_coming(campaign))
+                for campaign in campaigns]
     return render(request, "annotation/queue.html", {"standing": standing})
 
 
