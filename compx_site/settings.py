@@ -166,6 +166,8 @@ CELERY_TASK_IGNORE_RESULT = True
 CELERY_TASK_ACKS_LATE = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_DEFAULT_QUEUE = "default"
+# What tasks print (progress bars, a library's notes) is output, logged as INFO rather than WARNING.
+CELERY_WORKER_REDIRECT_STDOUTS_LEVEL = "INFO"
 CELERY_TASK_ROUTES = {
     "annotation.tasks.generate_profiles_task": {"queue": "generation"},
     "annotation.tasks.judge_comparisons_task": {"queue": "judging"},
