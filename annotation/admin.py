@@ -362,6 +362,9 @@ def combined_by_judge(comparison: Comparison) -> list[tuple[str, str]]:
             for name, o in sorted(orders.items())]
 
 
+NOT_APPLICABLE = "not applicable (no order)"
+
+
 def _percent(value: float | None) -> str:
     return "–" if value is None else f"{100 * value:.0f}%"
 
@@ -406,11 +409,14 @@ class JudgeAdmin(admin.ModelAdmin):
     @admin.display(description="Order flips")
     def flip_rate(self, obj):
         figures = self._figures(obj)
+        if figures.orderless:
+            return NOT_APPLICABLE
         return "not measured (one order)" if figures.verdicts and not figures.pairs else _percent(figures.flip_rate)
 
     @admin.display(description="First position")
     def first_position(self, obj):
-        return _percent(self._figures(obj).first_position_rate)
+        figures = self._figures(obj)
+        return NOT_APPLICABLE if figures.orderless else _percent(figures.first_position_rate)
 
     @admin.display(description="Tokens (prompt + completion)")
     def tokens(self, obj):
@@ -431,12 +437,19 @@ class JudgeAdmin(admin.ModelAdmin):
         f = self._figures(obj) if obj.pk else None
         if f is None or not f.verdicts:
             return "No verdicts yet."
+        if f.orderless:
+            order_lines = ["Order flips and first-position preference: not applicable (a scoring judge scores each "
+                           "profile alone and shows no pair in any order)"]
+        else:
+            order_lines = [
+                f"Order flips: {f.flips} of {f.pairs} comparisons with both orders valid ({_percent(f.flip_rate)})"
+                if f.pairs else "Order flips: not measured (every verdict was given in one presentation order)",
+                f"First-position preference: {f.first} of {f.decisive} decisive verdicts "
+                f"({_percent(f.first_position_rate)}; 50% is unbiased)",
+            ]
         lines = [
             f"{f.verdicts} verdicts, {f.invalid} invalid ({_percent(f.invalid_rate)}): never counted",
-            f"Order flips: {f.flips} of {f.pairs} comparisons with both orders valid ({_percent(f.flip_rate)})"
-            if f.pairs else "Order flips: not measured (every verdict was given in one presentation order)",
-            f"First-position preference: {f.first} of {f.decisive} decisive verdicts "
-            f"({_percent(f.first_position_rate)}; 50% is unbiased)",
+            *order_lines,
             f"Tokens: {f.prompt_tokens:,} prompt + {f.completion_tokens:,} completion; "
             f"mean latency {self.mean_latency(obj)}; cost {f.cost_usd:.4f} USD",
         ]

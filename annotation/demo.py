@@ -13,14 +13,19 @@ from django.db.models import Sum
 from django.db.models.functions import Length
 from django.utils import timezone
 
+from training.ml.scoring import SCORER_PROMPT_VERSION
+
 from .jobs.lifecycle import create_job
 from .models import (
-    Backend, Campaign, FINISHED_STATUSES, Generator, Job, JobKind, JobStatus, Judge, JudgeDisplay, Sample, Split,
+    Backend, Campaign, FINISHED_STATUSES, Generator, Job, JobKind, JobStatus, Judge, JudgeBackend, JudgeDisplay,
+    JudgeOrders, Sample, Split,
 )
 from .tasks import generate_profiles_task, judge_comparisons_task
 
 GENERATOR = "smollm2-base"
-JUDGE = "smollm2-judge"
+# The demo's judge scores each profile (PMI with its abstracts): the A/B judge on this model labels nothing
+# (it prefers whichever profile is shown first; bench/data/README.md).
+JUDGE = "smollm2-scorer"
 CAMPAIGN = "Demo: which profile fits the abstracts?"
 EXPERTS = ("expert1", "expert2")
 GUIDELINES = """\
@@ -42,7 +47,10 @@ def ensure_demo_objects() -> tuple[Generator, Judge, Campaign]:
         "backend": Backend.LOCAL, "model": "default", "temperature": 0.5, "top_p": 0.95,
         "repetition_penalty": 1.15, "max_new_tokens": 256, "candidates": 4, "format_guide": True,
     })
-    judge, _ = Judge.objects.get_or_create(name=JUDGE, defaults={"backend": Backend.LOCAL, "model": "default"})
+    judge, _ = Judge.objects.get_or_create(name=JUDGE, defaults={
+        "backend": JudgeBackend.SCORING, "model": "default", "orders": JudgeOrders.NONE,
+        "prompt_version": SCORER_PROMPT_VERSION,
+    })
     campaign, _ = Campaign.objects.get_or_create(name=CAMPAIGN, defaults={
         "description": "Candidate profiles of the demo researchers, judged by the offline model.",
         "guidelines": GUIDELINES, "judge_display": JudgeDisplay.REVEAL, "judge": judge, "overlap": 2,

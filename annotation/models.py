@@ -6,8 +6,8 @@ from .documents.models import Document, Sample, SampleDocument, SampleQuerySet, 
 from .export.models import DatasetExport, ExportFormat, ExportPolicy
 from .jobs.models import FINISHED_STATUSES, Job, JobKind, JobStatus, Work, WorkQuerySet
 from .judging.models import (
-    PAIRINGS, Comparison, Judge, JudgePanel, JudgeVerdict, MatchOutcome, Order, PairingSource, Preferred, Tournament,
-    TournamentMatch, TournamentPreference,
+    PAIRINGS, Comparison, Judge, JudgeBackend, JudgeOrders, JudgePanel, JudgeVerdict, MatchOutcome, Order, PairingSource,
+    Preferred, Tournament, TournamentMatch, TournamentPreference,
 )
 from .profiles.models import Backend, Generator, Profile, ProfileQuerySet
 from .review.models import (
@@ -17,7 +17,7 @@ from .review.models import (
 __all__ = [
     "Assignment", "Backend", "Campaign", "CampaignItem", "CampaignQuerySet", "Choice", "Comparison", "DatasetExport",
     "Document", "ExportFormat", "ExportPolicy", "FINISHED_STATUSES", "Generator", "Job", "JobKind",
-    "JobStatus", "Judge", "JudgeDisplay", "JudgePanel", "JudgeVerdict", "MatchOutcome", "Order", "PAIRINGS",
+    "JobStatus", "Judge", "JudgeBackend", "JudgeDisplay", "JudgeOrders", "JudgePanel", "JudgeVerdict", "MatchOutcome", "Order", "PAIRINGS",
     "PairingSource", "Preferred", "Profile", "ProfileQuerySet", "Sample", "SampleDocument", "SampleQuerySet", "Split",
     "Tournament", "TournamentMatch", "TournamentPreference", "Vote", "VoteQuerySet", "Work", "WorkQuerySet",
 ]

@@ -194,6 +194,7 @@ def _judge_row(judge: agreement.JudgeBehaviour) -> dict:
     return {
         "id": judge.judge_id, "name": judge.name, "comparisons": judge.comparisons, "verdicts": judge.verdicts,
         "one_order": judge.one_order,
+        "orderless": judge.orderless,
         "flip": _rate(judge.flip_rate), "first": _rate(judge.first_position), "invalid": _rate(judge.invalid_rate),
         "n": result.n if result else 0, "raw": _num(result.raw) if result else "–",
         "kappa": _estimate(result.kappa) if result else "–",

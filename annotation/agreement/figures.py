@@ -38,7 +38,9 @@ import numpy as np
 from django.db.models import Count, Exists, F, Max, OuterRef, Q
 
 from .. import stats
-from ..models import Campaign, Comparison, Generator, Judge, JudgeDisplay, JudgeVerdict, TournamentPreference, Vote
+from ..models import (
+    Campaign, Comparison, Generator, Judge, JudgeDisplay, JudgeOrders, JudgeVerdict, TournamentPreference, Vote,
+)
 from ..judging.rankings import ELO_K, GeneratorRank, rank_generators
 from ..judging.figures import JudgeTally, score, tally_verdict
 from ..judging.verdicts import INCONSISTENT, INVALID
@@ -209,12 +211,13 @@ def verdict_pairs(queryset) -> Iterator[tuple]:
 
 
 def _tally_verdicts(scope: Scope, kept: set[int]) -> tuple[dict[int, JudgeTally], dict[int, dict[int, str]]]:
-    names = dict(Judge.objects.values_list("id", "name"))
+    names = {pk: (name, orders == JudgeOrders.NONE)
+             for pk, name, orders in Judge.objects.values_list("id", "name", "orders")}
     tallies: dict[int, JudgeTally] = {}
     labels: dict[int, dict[int, str]] = defaultdict(dict)
     for comparison_id, judge_id, ab, ba, n, n_invalid, gen_a, gen_b, valid_a, valid_b in verdict_pairs(
             scope.verdicts()):
-        tally = tallies.get(judge_id) or tallies.setdefault(judge_id, JudgeTally(names[judge_id]))
+        tally = tallies.get(judge_id) or tallies.setdefault(judge_id, JudgeTally(*names[judge_id]))
         valid = valid_a and valid_b
         tally.on_invalid += not valid
         combined = tally_verdict(tally, ab, ba, n, n_invalid, (gen_a, gen_b) if valid else None)
@@ -507,6 +510,7 @@ class JudgeBehaviour:
     verdicts: int
     flip_rate: Rate  # among comparisons with both orders valid (n = 0: not measured)
     one_order: int  # comparisons it judged in one order only
+    orderless: bool  # a scoring judge: flips and first position do not apply
     first_position: Rate  # among decisive verdicts; 0.5 means no position bias
     invalid_rate: Rate  # among all verdicts
     agreement: Agreement | None  # against the experts' independent votes; None without overlap
@@ -523,6 +527,7 @@ def judge_behaviour(labels: Labels, n_boot: int = N_BOOT) -> list[JudgeBehaviour
             verdicts=tally.verdicts,
             flip_rate=rate(tally.flips, tally.both_orders_valid),
             one_order=tally.one_order,
+            orderless=tally.orderless,
             first_position=rate(tally.first_position, tally.decisive),
             invalid_rate=rate(tally.invalid, tally.verdicts),
             agreement=agreement(experts, judge, n_boot) if experts else None,

@@ -57,8 +57,8 @@ from django.utils.text import slugify
 from ..agreement import figures as agreement
 from ..jobs.lifecycle import JobCancelled, run_job
 from ..models import (
-    DatasetExport, Document, ExportFormat, ExportPolicy, Job, JobKind, JobStatus, Judge, JudgeVerdict, Profile, Sample,
-    SampleDocument, Split,
+    DatasetExport, Document, ExportFormat, ExportPolicy, Job, JobKind, JobStatus, Judge, JudgeOrders, JudgeVerdict,
+    Profile, Sample, SampleDocument, Split,
 )
 from ..judging.verdicts import INCONSISTENT, INVALID, NO_CONSENSUS, combine_asked, panel_consensus
 from ..prompts import EXTRACTION_PROMPT_VERSION, build_extraction_messages
@@ -106,6 +106,8 @@ class JudgeSelection:
     # A one-order verdict (the judge was asked one presentation order) counts only where the policy measured
     # the judge on such verdicts: judges calibrated against experts. Elsewhere it is dropped as "one_order".
     one_order: bool = False
+    # Scoring judges: their one verdict per comparison is complete (no order to flip), so it always counts.
+    orderless: frozenset[int] = frozenset()
 
 
 VoteTuple = tuple[int, int, str]  # (vote id, expert id, canonical choice)
@@ -126,14 +128,15 @@ def expert_decision(votes: list[VoteTuple]) -> Decision:
 
 
 def judge_decision(verdicts: dict[int, OrderLabels], selection: JudgeSelection) -> Decision:
-    chosen = [orders for judge_id, orders in verdicts.items()
-              if selection.judge_ids is None or judge_id in selection.judge_ids]
-    asked = [orders.get("asked", 2) for orders in chosen]
-    combined = [combine_asked(orders.get("ab"), orders.get("ba"), n) for orders, n in zip(chosen, asked)
-                if n != 1 or selection.one_order]
+    chosen = {judge_id: orders for judge_id, orders in verdicts.items()
+              if selection.judge_ids is None or judge_id in selection.judge_ids}
+    asked = {judge_id: orders.get("asked", 2) for judge_id, orders in chosen.items()}
+    one_order = [j for j, n in asked.items() if n == 1 and j not in selection.orderless]
+    combined = [combine_asked(orders.get("ab"), orders.get("ba"), asked[j]) for j, orders in chosen.items()
+                if j not in one_order or selection.one_order]
     valid = [label for label in combined if label != INVALID]
     if not valid:
-        return Decision(None, dropped="one_order" if 1 in asked and not selection.one_order else "no_valid_verdicts")
+        return Decision(None, dropped="one_order" if one_order and not selection.one_order else "no_valid_verdicts")
     label = panel_consensus(valid, selection.threshold)
     if label == NO_CONSENSUS:
         return Decision(None, dropped="no_consensus")
@@ -483,7 +486,8 @@ class Tally:
             "dropped": dict(sorted(self.dropped.items())),
         }
 
-    def judge_tallies(self, judge_names: dict[int, str]) -> dict[int, agreement.JudgeTally]:
+    def judge_tallies(self, judge_names: dict[int, str], orderless: frozenset[int] = frozenset()
+                      ) -> dict[int, agreement.JudgeTally]:
         """Each judge's flips, position bias and invalid output over every comparison the export read."""
         per_judge: Counter = Counter()
         for key, count in self.verdicts.items():
@@ -491,9 +495,9 @@ class Tally:
                 per_judge[entry] += count
         tallies: dict[int, agreement.JudgeTally] = {}
         for (jid, ab, ba, n), count in per_judge.items():
-            one = agreement.JudgeTally(judge_names.get(jid, str(jid)))
+            one = agreement.JudgeTally(judge_names.get(jid, str(jid)), jid in orderless)
             agreement.tally_verdict(one, ab, ba, n, n - (ab is not None) - (ba is not None))
-            total = tallies.setdefault(jid, agreement.JudgeTally(one.name))
+            total = tallies.setdefault(jid, agreement.JudgeTally(one.name, one.orderless))
             for name in ("verdicts", "invalid", "comparisons", "both_orders_valid", "one_order", "flips", "decisive",
                          "first_position"):
                 setattr(total, name, getattr(total, name) + count * getattr(one, name))
@@ -938,7 +942,7 @@ def _write_snapshot(export: DatasetExport, folder: Path, progress: Progress | No
     except BaseException:
         writer.abort()
         raise
-    judges = tally.judge_tallies(judge_names)
+    judges = tally.judge_tallies(judge_names, selection.orderless)
     figures = card_figures(expert_figures, judges)
     counts = {**tally.as_counts(), "agreement": figures, "judges_used": selection_names(selection, judges),
               "files": {name: {"sha256": digest} for name, digest in hashes.items()}}
@@ -1030,8 +1034,9 @@ def judge_selection(export: DatasetExport, labels: agreement.Labels) -> JudgeSel
     panel = export.panel
     judge_ids = frozenset(panel.judges.values_list("id", flat=True)) if panel else None
     threshold = panel.threshold if panel else 1.0
+    orderless = frozenset(Judge.objects.filter(orders=JudgeOrders.NONE).values_list("id", flat=True))
     if export.policy != ExportPolicy.JUDGE_CALIBRATED:
-        return JudgeSelection(judge_ids, threshold)
+        return JudgeSelection(judge_ids, threshold, orderless=orderless)
     kappas = agreement.judge_kappas(labels)
     calibrated = frozenset(j for j, k in kappas.items() if k.value >= export.kappa_threshold
                            and (judge_ids is None or j in judge_ids))
@@ -1039,7 +1044,7 @@ def judge_selection(export: DatasetExport, labels: agreement.Labels) -> JudgeSel
         measured = ", ".join(f"{labels.judges[j].name} κ={k.value:.2f}" for j, k in kappas.items())
         measured = measured or "no judge has verdicts on voted comparisons"
         raise ExportError(f"no judge reaches κ ≥ {export.kappa_threshold:.2f} against the experts ({measured})")
-    return JudgeSelection(calibrated, threshold, one_order=True)
+    return JudgeSelection(calibrated, threshold, one_order=True, orderless=orderless)
 
 
 def selection_names(selection: JudgeSelection, judges: dict[int, agreement.JudgeTally]) -> list[str]:
@@ -1083,7 +1088,7 @@ def card_figures(figures: ExpertFigures, judges: dict[int, agreement.JudgeTally]
 
 def _judge_figures(tally: agreement.JudgeTally, result: agreement.Agreement | None) -> dict:
     figures = {
-        "name": tally.name, "comparisons": tally.comparisons,
+        "name": tally.name, "comparisons": tally.comparisons, "orderless": tally.orderless,
         "flip_rate": _ratio(tally.flips, tally.both_orders_valid),
         "first_position": _ratio(tally.first_position, tally.decisive),
         "invalid_rate": _ratio(tally.invalid, tally.verdicts), "n": result.n if result else 0,

@@ -3,12 +3,14 @@
 An HTTP judge gets the versioned judge prompt and answers strict JSON (``verdicts.parse_verdict``); requests
 run ``judge.concurrency`` at a time in threads that only make the HTTP call. A local judge gets the same
 prompt with the answer prefilled up to the verdict, and one forward pass reads the probabilities of "A" and
-"B" (``local_outcome``).
+"B" (``local_outcome``). A scoring judge shows no pair at all: it scores each profile alone against its
+abstracts (``training.ml.scoring``) and decides a pair by the score difference (``ScoringJudgeBackend``).
 """
 
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
@@ -18,8 +20,10 @@ from typing import Any
 import openai
 from django.conf import settings
 
+from training.ml.scoring import ProfileScore, decide
+
 from ..llm_client import DEFAULT_RETRIES, DEFAULT_TIMEOUT_S, EndpointError, chat, make_client
-from ..models import Backend, Judge
+from ..models import Judge, JudgeBackend
 from ..prompts import PROMPTS, Messages
 from .verdicts import Verdict, parse_verdict
 
@@ -192,11 +196,110 @@ def local_outcome(p_a: float, p_b: float, p_tie: float, prompt_tokens: int | Non
     return Outcome(json.dumps(raw), Verdict(label), p, prompt_tokens, 0, latency_ms)
 
 
+Abstracts = Sequence[tuple[str, str]]
+
+
+@dataclass(frozen=True)
+class ScoringRequest:
+    """One comparison for a scoring judge: its two profiles (id, text), its sample's abstracts and the baseline
+    contexts (another sample's abstracts; none for baseline "none")."""
+
+    sample_id: int
+    profile_a: tuple[int, str]
+    profile_b: tuple[int, str]
+    abstracts: Abstracts
+    baselines: Sequence[Abstracts] = ()
+
+
+class ScoringJudgeBackend:
+    """Scores each profile once, alone, against its sample's abstracts, and decides each pair with
+    ``training.ml.scoring.decide``: no presentation order exists, so the verdict cannot depend on one.
+
+    Scores are kept for this run by profile id, so a tournament's later rounds reuse them; the model is
+    loaded once per worker process (``get_model``).
+    """
+
+    # Comparisons per write and progress report.
+    batch = 16
+
+    def __init__(self, judge: Judge):
+        from training.ml.models import get_model
+        from training.ml.scoring import Scorer
+
+        self.settings = judge.scorer_settings()
+        model, tokenizer = get_model(judge.model, settings.MODEL_CACHE_DIR)
+        self.scorer = Scorer(model, tokenizer, self.settings)
+        self.model_name = judge.model
+        self.scores: dict[int, tuple[ProfileScore, int]] = {}  # profile id → its score, and ms it took
+
+    def run(self, requests: Sequence[ScoringRequest]) -> Iterator[tuple[int, Result]]:
+        """(index, outcome) per request, one sample at a time: its unscored profiles are scored together, so
+        the sample's abstracts are encoded once for all of them."""
+        by_sample: dict[int, list[int]] = {}
+        for index, request in enumerate(requests):
+            by_sample.setdefault(request.sample_id, []).append(index)
+        for indices in by_sample.values():
+            self._score_sample([requests[i] for i in indices])
+            for index in indices:
+                yield index, self.outcome(requests[index])
+
+    def _score_sample(self, requests: Sequence[ScoringRequest]) -> None:
+        texts = {pid: text for r in requests for pid, text in (r.profile_a, r.profile_b) if pid not in self.scores}
+        if not texts:
+            return
+        first = requests[0]
+        started = time.monotonic()
+        scores = self.scorer.score(first.abstracts, list(texts.values()), first.baselines)
+        # One pass scored them together: each profile is charged an equal share of its time.
+        share = int((time.monotonic() - started) * 1000 / len(texts))
+        for pid, score in zip(texts, scores):
+            self.scores[pid] = (score, share)
+
+    def outcome(self, request: ScoringRequest) -> Outcome:
+        (a, ms_a), (b, ms_b) = self.scores[request.profile_a[0]], self.scores[request.profile_b[0]]
+        return scoring_outcome(a, b, self.settings.margin, {"model": self.model_name, **self.settings.to_dict()},
+                               ms_a + ms_b)
+
+
+def scoring_confidence(difference: float | None) -> float:
+    """Like every judge's confidence, the canonical chance that a is the better one (½: no preference): here
+    Bradley–Terry's with the PMI as each profile's strength, σ(difference). It is monotone in the difference,
+    so "|difference| ≥ x" is "confidence ≥ σ(x) or ≤ 1 − σ(x)"; the difference itself is in the raw data."""
+    if difference is None:
+        return 0.5
+    return 1 / (1 + math.exp(-difference))
+
+
+def scoring_outcome(a: ProfileScore, b: ProfileScore, margin: float, scorer: dict | None = None,
+                    latency_ms: int = 0) -> Outcome:
+    """A scored pair as a verdict in canonical terms ("A" is profile_a: stored in order "ab"); the scores, the
+    difference and the margin are its raw data. A profile without a score (empty) loses; two are a tie."""
+    decision = decide(a, b, margin)
+    raw = {"scorer": scorer or {}, "a": a.to_dict(), "b": b.to_dict(), "difference": decision.difference,
+           "margin": margin}
+    label = {"a": "A", "b": "B"}.get(decision.preferred, "tie")
+    # Worded without naming a side: the review screen may show the pair with its labels swapped.
+    if decision.difference is None:
+        reasoning = ("Neither profile could be scored" if decision.preferred == "tie" else
+                     "One profile could not be scored and loses") + f" ({a.error or b.error})."
+    elif decision.decisive:
+        reasoning = (f"The preferred profile's PMI with the abstracts is higher by {abs(decision.difference):.3f} "
+                     f"nats per token (tie margin {margin}).")
+    else:
+        reasoning = (f"The profiles' PMI with the abstracts differs by {abs(decision.difference):.3f} nats per "
+                     f"token, within the tie margin {margin}.")
+    # No token is generated; scoring reads the profiles' own tokens.
+    return Outcome(json.dumps(raw), Verdict(label, reasoning=reasoning), scoring_confidence(decision.difference),
+                   None, 0, latency_ms)
+
+
 def backend_for(judge: Judge):
+    if judge.backend == JudgeBackend.SCORING:
+        return ScoringJudgeBackend(judge)
     if judge.prompt_version not in PROMPTS:
         raise EndpointError(f"judge {judge.name!r}: unknown prompt version {judge.prompt_version!r} "
                             f"(known: {', '.join(PROMPTS)})")
-    if judge.backend == Backend.LOCAL:
+    if judge.backend == JudgeBackend.LOCAL:
         return LocalJudgeBackend(judge)
     return OpenAIJudgeBackend(judge)
 

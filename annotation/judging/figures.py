@@ -22,6 +22,7 @@ class JudgeTally:
     """What one judge did, accumulated comparison by comparison."""
 
     name: str
+    orderless: bool = False  # a scoring judge: no presentation order, so no flips and no position bias to count
     verdicts: int = 0
     invalid: int = 0
     comparisons: int = 0
@@ -42,19 +43,25 @@ def tally_verdict(tally: JudgeTally, ab: str | None, ba: str | None, n: int, n_i
     tally.verdicts += n
     tally.invalid += n_invalid
     tally.comparisons += 1
+    combined = combine_asked(ab, ba, n)
+    # A scoring judge's one verdict is complete and was shown in no order: no flips, no position to count.
+    if not tally.orderless:
+        _tally_orders(tally, ab, ba, n, combined)
+    if generators and combined != INVALID and generators[0] != generators[1]:
+        tally.matches[(*generators, score(combined))] += 1
+    return combined
+
+
+def _tally_orders(tally: JudgeTally, ab: str | None, ba: str | None, n: int, combined: str) -> None:
     # First position: in order "ab" canonical a was shown first, in "ba" canonical b.
     for label, shown_first in ((ab, "a"), (ba, "b")):
         if label in ("a", "b"):
             tally.decisive += 1
             tally.first_position += label == shown_first
-    combined = combine_asked(ab, ba, n)
     tally.one_order += n == 1
     if ab is not None and ba is not None:
         tally.both_orders_valid += 1
         tally.flips += combined == INCONSISTENT
-    if generators and combined != INVALID and generators[0] != generators[1]:
-        tally.matches[(*generators, score(combined))] += 1
-    return combined
 
 
 def score(label: str) -> float:
@@ -74,6 +81,7 @@ class JudgeFigures:
     completion_tokens: int
     mean_latency_ms: float | None
     cost_usd: Decimal
+    orderless: bool = False  # flips and first position do not apply (a scoring judge)
 
     @property
     def invalid_rate(self) -> float | None:
@@ -91,7 +99,7 @@ class JudgeFigures:
 
 def judges_figures(judges: Iterable[Judge]) -> dict[int, JudgeFigures]:
     """Each judge's figures over all its verdicts, from one grouped query."""
-    tallies = {judge.pk: JudgeTally(judge.name) for judge in judges}
+    tallies = {judge.pk: JudgeTally(judge.name, judge.orderless) for judge in judges}
     usage = {pk: Counter() for pk in tallies}
     sums = {"prompt": Sum("prompt_tokens"), "completion": Sum("completion_tokens"), "latency": Sum("latency_ms"),
             "timed": Count("latency_ms"), "cost": Sum("cost_usd")}
@@ -101,7 +109,7 @@ def judges_figures(judges: Iterable[Judge]) -> dict[int, JudgeFigures]:
     return {pk: JudgeFigures(t.verdicts, t.invalid, t.both_orders_valid, t.flips, t.decisive, t.first_position,
                              usage[pk]["prompt"], usage[pk]["completion"],
                              usage[pk]["latency"] / usage[pk]["timed"] if usage[pk]["timed"] else None,
-                             Decimal(usage[pk]["cost"]))
+                             Decimal(usage[pk]["cost"]), t.orderless)
             for pk, t in tallies.items()}
 
 

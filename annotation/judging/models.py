@@ -6,11 +6,14 @@ import hashlib
 from collections.abc import Sequence
 
 from django.conf import settings
+from django.core.exceptions import ValidationError
 from django.db import models
 from django.db.models import Count, F, Max, Q
 
+from training.ml.scoring import BASELINES, PARTS, SCORER_PROMPT_VERSION, ScorerSettings
+
 from ..documents.models import Sample
-from ..profiles.models import Backend, Profile
+from ..profiles.models import Profile
 from .verdicts import combine_asked
 
 
@@ -66,15 +69,27 @@ class Comparison(models.Model):
         return (first, second) if first.pk < second.pk else (second, first)
 
 
+class JudgeBackend(models.TextChoices):
+    LOCAL = "local", "Local transformers (A/B prompt)"
+    OPENAI = "openai", "OpenAI-compatible (A/B prompt)"
+    SCORING = "scoring", "Scoring (each profile's PMI with the abstracts; no presentation order)"
+
+
 class JudgeOrders(models.TextChoices):
     BOTH = "both", "Both orders"
     ONE = "one", "One order (half the cost; order flips not measured)"
+    # A scoring judge never shows a pair: its one verdict per comparison is stored in canonical order "ab".
+    NONE = "none", "No presentation order (scoring judges)"
+
+
+_DEFAULT_SCORING = ScorerSettings()
 
 
 class Judge(models.Model):
     name = models.CharField(max_length=100, unique=True)
-    backend = models.CharField(max_length=10, choices=Backend.choices, default=Backend.OPENAI)
-    model = models.CharField(max_length=300)
+    backend = models.CharField(max_length=10, choices=JudgeBackend.choices, default=JudgeBackend.OPENAI)
+    model = models.CharField(max_length=300, help_text='A scoring judge: "default" (SmolLM2-135M-Instruct), '
+                             '"gemma" (Gemma 3 270M), or a local model folder.')
     base_url = models.URLField(blank=True)
     api_key_env = models.CharField(max_length=100, blank=True)
     prompt_version = models.CharField(max_length=50, default="judge-v1")
@@ -85,7 +100,19 @@ class Judge(models.Model):
         max_length=4, choices=JudgeOrders.choices, default=JudgeOrders.BOTH,
         help_text="One order halves the cost: each comparison is shown in one order, chosen by a stable coin per "
                   "comparison so that position bias does not favour either side. Its verdicts count (as one-order); "
-                  "whether they would flip with the order is not measured.")
+                  "whether they would flip with the order is not measured. A scoring judge has no order (set for "
+                  "you).")
+    # Scoring judges only (training.ml.scoring.ScorerSettings; defaults measured in bench/data/README.md).
+    score_baseline = models.CharField(
+        max_length=12, choices=[(b, b) for b in BASELINES], default=_DEFAULT_SCORING.baseline,
+        help_text="Scoring judges: what a profile's likelihood with its abstracts is compared with — another "
+                  "sample's abstracts (other) or no abstracts (none).")
+    score_part = models.CharField(
+        max_length=12, choices=[(p, p) for p in PARTS], default=_DEFAULT_SCORING.part,
+        help_text="Scoring judges: score the whole profile, or its competency lines only.")
+    score_margin = models.FloatField(
+        default=_DEFAULT_SCORING.margin,
+        help_text="Scoring judges: a PMI difference (nats per token) at most this is a tie.")
     # USD per million tokens; leave at 0 for local or free judges.
     price_prompt_per_mtok = models.DecimalField(max_digits=10, decimal_places=4, default=0)
     price_completion_per_mtok = models.DecimalField(max_digits=10, decimal_places=4, default=0)
@@ -94,19 +121,48 @@ class Judge(models.Model):
     class Meta:
         ordering = ["name"]
         constraints = [
-            models.CheckConstraint(condition=Q(backend__in=["local", "openai"]), name="judge_backend_valid"),
+            models.CheckConstraint(condition=Q(backend__in=JudgeBackend.values), name="judge_backend_valid"),
             models.CheckConstraint(condition=Q(concurrency__gte=1), name="judge_concurrency_positive"),
+            # Scoring judges, and only they, have no presentation order.
+            models.CheckConstraint(condition=Q(backend=JudgeBackend.SCORING, orders=JudgeOrders.NONE)
+                                   | ~Q(backend=JudgeBackend.SCORING) & ~Q(orders=JudgeOrders.NONE),
+                                   name="judge_orderless_iff_scoring"),
+            models.CheckConstraint(condition=Q(score_margin__gte=0), name="judge_score_margin_nonnegative"),
         ]
 
     def __str__(self) -> str:
         return self.name
 
+    def clean(self) -> None:
+        """A scoring judge gets no order and the scorer's prompt version; its settings must be valid."""
+        if self.backend == JudgeBackend.SCORING:
+            self.orders = JudgeOrders.NONE
+            self.prompt_version = SCORER_PROMPT_VERSION
+            try:
+                self.scorer_settings()
+            except ValueError as error:
+                raise ValidationError(str(error)) from None
+        elif self.orders == JudgeOrders.NONE:
+            raise ValidationError({"orders": "only a scoring judge has no presentation order"})
+
+    @property
+    def orderless(self) -> bool:
+        """True for a scoring judge: its one verdict per comparison is complete, with no order to flip."""
+        return self.orders == JudgeOrders.NONE
+
+    def scorer_settings(self) -> ScorerSettings:
+        return ScorerSettings(baseline=self.score_baseline, part=self.score_part,
+                              margin=self.score_margin).validate()
+
     @property
     def orders_asked(self) -> int:
-        return 1 if self.orders == JudgeOrders.ONE else 2
+        return 1 if self.orders in (JudgeOrders.ONE, JudgeOrders.NONE) else 2
 
     def orders_for(self, comparison_id: int) -> tuple[str, ...]:
-        """The presentation orders this judge is asked for a comparison."""
+        """The presentation orders this judge is asked for a comparison ("ab" alone for a scoring judge: the
+        canonical order its one verdict is stored in)."""
+        if self.orderless:
+            return ("ab",)
         if self.orders != JudgeOrders.ONE:
             return ("ab", "ba")
         coin = hashlib.sha256(f"order:{comparison_id}".encode()).digest()[0] % 2

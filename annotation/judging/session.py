@@ -1,5 +1,7 @@
 """One judging run of one judge: ask both orders of each comparison, store every answer, count what happened.
 
+A scoring judge is asked once per comparison (no order: its verdict is stored as order "ab").
+
 A verdict already stored for (comparison, judge, order) is reused, never asked again. Unparseable output is
 stored as an invalid verdict (kept for audit, never counted); a transient failure that outlived the client's
 retries (429, 5xx, timeout) is not stored, so the next run asks it again.
@@ -7,6 +9,7 @@ retries (429, 5xx, timeout) is not stored, so the next run asks it again.
 
 from __future__ import annotations
 
+import bisect
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from contextlib import closing
@@ -14,9 +17,9 @@ from dataclasses import dataclass
 from decimal import Decimal
 
 from ..documents.models import TitleOnly
-from ..models import Comparison, Judge, JudgeVerdict, SampleDocument
+from ..models import Comparison, Judge, JudgeVerdict, Sample, SampleDocument
 from ..prompts import PROMPTS, Messages
-from .backends import Outcome, Result, TransientFailure, backend_for
+from .backends import Outcome, Result, ScoringRequest, TransientFailure, backend_for
 from .verdicts import to_canonical
 
 ORDERS = ("ab", "ba")
@@ -33,6 +36,40 @@ def abstracts_by_sample(sample_ids: Iterable[int]) -> dict[int, list[tuple[str, 
             raise TitleOnly(f"sample {name!r} has title-only documents (no abstract): judging needs abstracts")
         abstracts[sample_id].append((title, text))
     return abstracts
+
+
+def baseline_samples(sample_ids: Iterable[int]) -> dict[int, int]:
+    """Each sample's baseline for a scoring judge: the sample with abstracts just before it by id (the first
+    takes the one after it). Samples added later come after, so a sample's baseline, and with it its profiles'
+    scores, stays the same as the database grows."""
+    with_documents = (Sample.objects.with_abstracts().filter(sampledocument__isnull=False).distinct()
+                      .order_by("pk").values_list("pk", flat=True))
+    ids = list(with_documents)
+    baselines = {}
+    for sample_id in set(sample_ids):
+        before = bisect.bisect_left(ids, sample_id)
+        after = bisect.bisect_right(ids, sample_id)
+        if before:
+            baselines[sample_id] = ids[before - 1]
+        elif after < len(ids):
+            baselines[sample_id] = ids[after]
+        else:
+            raise ValueError("a scoring judge with baseline \"other\" needs a second sample with abstracts; "
+                             "add one, or set the judge's baseline to \"none\"")
+    return baselines
+
+
+def scoring_requests(judge: Judge, comparisons: Sequence[Comparison]) -> list[ScoringRequest]:
+    """What a scoring judge is asked: each comparison with its abstracts and its baseline's."""
+    abstracts = abstracts_by_sample(c.sample_id for c in comparisons)
+    baseline_of: dict[int, int] = {}
+    if judge.score_baseline == "other":
+        baseline_of = baseline_samples(abstracts)
+        abstracts.update(abstracts_by_sample(set(baseline_of.values()) - set(abstracts)))
+    return [ScoringRequest(c.sample_id, (c.profile_a_id, c.profile_a.raw_text), (c.profile_b_id, c.profile_b.raw_text),
+                           abstracts[c.sample_id],
+                           [abstracts[baseline_of[c.sample_id]]] if c.sample_id in baseline_of else [])
+            for c in comparisons]
 
 
 def judge_messages(judge: Judge, abstracts: Sequence[tuple[str, str]], comparison: Comparison,
@@ -128,12 +165,18 @@ class Session:
             self._ask(todo)
         self.report(self.tally)
 
-    def _ask(self, todo: list[tuple[Comparison, str]]) -> None:
+    def _requests(self, todo: list[tuple[Comparison, str]]) -> list:
+        """The backend's input: a prompt per (comparison, order), or a scoring request per comparison."""
+        if self.judge.orderless:
+            return scoring_requests(self.judge, [c for c, _ in todo])
         abstracts = abstracts_by_sample(c.sample_id for c, _ in todo)
-        prompts = [judge_messages(self.judge, abstracts[c.sample_id], c, order) for c, order in todo]
+        return [judge_messages(self.judge, abstracts[c.sample_id], c, order) for c, order in todo]
+
+    def _ask(self, todo: list[tuple[Comparison, str]]) -> None:
+        requests = self._requests(todo)
         rows: list[JudgeVerdict] = []
         try:
-            with closing(self.backend.run(prompts)) as results:
+            with closing(self.backend.run(requests)) as results:
                 for answered, (index, result) in enumerate(results, start=1):
                     comparison, order = todo[index]
                     self._count(result, rows, comparison, order)

@@ -129,7 +129,8 @@ def abstracts_of(assignment: Assignment) -> list[Document]:
 
 def verdicts_on(assignment: Assignment, judge_id: int) -> list[JudgeVerdict]:
     """The judge's verdicts on the pair, both presentation orders."""
-    return list(JudgeVerdict.objects.filter(comparison=assignment.item.comparison_id, judge=judge_id))
+    return list(JudgeVerdict.objects.filter(comparison=assignment.item.comparison_id, judge=judge_id)
+                .select_related("judge"))
 
 
 def for_answer(expert):

@@ -308,10 +308,15 @@ def judge_view(verdicts: list[JudgeVerdict], pair: Pair) -> JudgeView | None:
             reasoning=verdict.reasoning,
             labels_swapped=pair.display_label(first) != "A",
         ))
-    return JudgeView(outcome, _headline(outcome, pair, one_order=len(by_order) == 1), runs)
+    orderless = next(iter(by_order.values())).judge.orderless
+    return JudgeView(outcome, _headline(outcome, pair, one_order=len(by_order) == 1, orderless=orderless), runs)
 
 
-def _headline(outcome: str, pair: Pair, one_order: bool = False) -> str:
+def _headline(outcome: str, pair: Pair, one_order: bool = False, orderless: bool = False) -> str:
+    if orderless and outcome in ("left", "right", "tie"):
+        said = "calls it a tie" if outcome == "tie" else \
+            f"prefers {pair.left.label if outcome == 'left' else pair.right.label}"
+        return f"The judge {said}, scoring each profile on its own (no presentation order)."
     if one_order and outcome in ("left", "right", "tie"):
         said = "calls it a tie" if outcome == "tie" else \
             f"prefers {pair.left.label if outcome == 'left' else pair.right.label}"

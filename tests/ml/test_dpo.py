@@ -255,7 +255,7 @@ def free_port() -> int:
 
 @pytest.mark.model
 def test_two_processes_share_the_run_and_only_the_main_one_writes(preference_file, tmp_path, model_dir):
-    # The command docs/multi-gpu.md gives for a node, on two CPU processes: gloo instead of NCCL.
+    # The command the README gives for a node, on two CPU processes: gloo instead of NCCL.
     out = tmp_path / "run"
     command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",

@@ -2,7 +2,7 @@
 
     python -m training.ml.dpo --config run.yaml
     python -m training.ml.dpo --dataset_path exports/v3/train.jsonl --output_dir runs/v3 --max_steps 200
-    accelerate launch --multi_gpu --num_processes 8 -m training.ml.dpo --config run.yaml   # docs/multi-gpu.md
+    accelerate launch --multi_gpu --num_processes 8 -m training.ml.dpo --config run.yaml   # README: Training on a node with several GPUs
 
 A config (YAML or JSON) or a flag sets any field of ScriptArguments below, trl.DPOConfig or trl.ModelConfig;
 flags win. ``output_dir`` ends up holding train_config.yaml (the run's config: ``--config`` on it runs it
