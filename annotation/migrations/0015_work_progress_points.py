@@ -6,7 +6,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('annotation', '0013_assignment_skips'),
+        ('annotation', '0014_assignment_skips'),
     ]
 
     operations = [

@@ -6,7 +6,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('annotation', '0012_work_status_constraint'),
+        ('annotation', '0013_judge_scoring'),
     ]
 
     operations = [
