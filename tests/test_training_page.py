@@ -290,3 +290,14 @@ def test_what_the_worker_printed_is_logged_as_output_not_as_a_warning(tmp_path):
     form = _LogFormat("%(asctime)s %(levelname)s %(name)s: %(message)s")
     assert form.format(printed).endswith(" step 3/10 loss 0.5") and "WARNING" not in form.format(printed)
     assert "INFO training.run.1: adapter saved" in form.format(logged)
+
+
+def test_a_chart_of_one_point_draws_an_axis_around_it():
+    import math
+
+    from training.charts import line_chart
+
+    svg = str(line_chart([(1, 0.6931)], "loss", reference=math.log(2)).svg)
+    labels = re.findall(r'<text class="chart-axis"[^>]*>([^<]*)</text>', svg)
+    assert labels[:2] == ["0.743", "0.643"] and "0.693" not in labels[:2]
+    assert labels[2:] == ["step 0", "step 2"]

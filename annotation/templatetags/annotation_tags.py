@@ -1,5 +1,6 @@
 from django import template
 
+from annotation.formatting import interval_text
 from annotation.models import Choice
 
 register = template.Library()
@@ -23,3 +24,9 @@ def duration(seconds) -> str:
 def rate_and_eta(work):
     """The recent rate and the time left, with its error and what it is taken over; the same on every live page."""
     return {"work": work, "estimate": work.estimate()}
+
+
+@register.filter
+def estimate(values) -> str:
+    """A stored [value, low, high] as every page prints an estimate: "0.59 [-0.22, 1.00]" (annotation.stats)."""
+    return interval_text(*values) if values else "–"
