@@ -87,14 +87,16 @@ bench: install
 	$(PY) bench/training.py
 	$(PY) bench/export.py
 	$(PY) bench/review_load.py
+	$(PY) bench/round.py --threads 1
 
 bench-quick: install
-	$(PY) bench/generation.py --prompts 4
+	$(PY) bench/generation.py --samples 2 --candidates 2
 	$(PY) bench/format_guide.py --samples 2 --candidates 2
 	$(PY) bench/judging.py --comparisons 4
 	$(PY) bench/training.py --steps 4 --repeats 1
 	$(PY) bench/export.py --sizes 10000
 	$(PY) bench/review_load.py --experts 10 --votes 5 --sizes 100,1000
+	$(PY) bench/round.py --smoke
 
 worker: install
 	$(VENV)/bin/celery -A compx_site worker -l info -Q default,generation,judging,training

@@ -10,6 +10,7 @@ PUBLIC = {
     "annotation.jobs.views": {"live_page"},  # a staff page that polls itself while the work runs
     "annotation.profiles.generation": {"run_generation"},  # the generation job's work
     "annotation.judging.strategies": {"run_judging"},  # the judging job's work
+    "annotation.export.dataset": {"run_export_task"},  # the export job's work
     "annotation.start": {"start_generation"},  # queue a generation job
     "annotation.roles": {"admin_required", "EXPERTS_GROUP"},
     "annotation.stats": {"win_rate", "wilson_interval"},

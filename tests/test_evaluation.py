@@ -86,6 +86,13 @@ def test_a_tiny_evaluation_end_to_end(celery_worker_process, client_for, admin_u
     assert {role: v["total"] for role, v in results["valid"].items()} == {"candidate": 2, "baseline": 2, "third": 2}
     assert results["valid"]["baseline"]["rate"] == 1.0
     assert results["valid"]["candidate"]["valid"] == 1 + written.is_valid
+    # The run's labels came from experts: the evaluation's judge is the only grader, and says so.
+    assert [(j["judge"], j["labelled_training_data"]) for j in results["judges"]] == [("local judge", False)]
+    assert results["judges"][0]["versus"]["baseline"]["judged"] == results["versus"]["baseline"]["judged"]
+    assert evaluation.labels_source == "experts" and not evaluation.labelling_judges.exists()
+    # Length and copying for every model, over its valid profiles.
+    assert {role: p["words"]["n"] for role, p in results["profiles"].items()} == {
+        role: v["valid"] for role, v in results["valid"].items()}
 
     for role in ("baseline", "third"):
         versus = results["versus"][role]
@@ -101,6 +108,8 @@ def test_a_tiny_evaluation_end_to_end(celery_worker_process, client_for, admin_u
 
     page = client.get(f"/training/evaluations/{evaluation.pk}/").content.decode()
     assert "Tuned vs base" in page and "Tuned vs larger" in page and "All pairs, invalid profile loses" in page
+    assert "What a win could be bought with" in page and "Win rate per judge" in page
+    assert "Training data labelled by <strong>experts</strong>" in page
     assert "hx-trigger" not in page and "Send to experts" in page
 
     # The loop back to experts: a blind campaign from the judged pairs...

@@ -8,10 +8,10 @@ from django.utils.html import format_html
 
 from annotation.jobs.liveness import mark_stale
 
-from .forms import EvaluationForm, StartTrainingForm
-from .models import EvaluationRun, TrainingLogEntry, TrainingRun
+from .forms import EvaluationForm, RoundForm, StartTrainingForm
+from .models import EvaluationRun, Round, TrainingLogEntry, TrainingRun
 from .runs import TrainingError
-from .start import resume_training, start_evaluation, start_training
+from .start import resume_training, start_evaluation, start_round, start_training
 
 class TrainingLogInline(admin.TabularInline):
     model = TrainingLogEntry
@@ -88,9 +88,10 @@ class EvaluationRunAdmin(admin.ModelAdmin):
     list_display = ["name", "live_page", "candidate", "baseline", "judge", "status", "message", "created_at"]
     list_filter = ["status", "judge"]
     search_fields = ["name"]
-    readonly_fields = ["live_page", "training_run", "candidate", "baseline", "third", "judge", "sample_limit",
-                       "candidates", "status", "message", "results", "expert_campaign", "error", "worker",
-                       "heartbeat_at", "created_by", "started_at", "finished_at"]
+    readonly_fields = ["live_page", "training_run", "candidate", "baseline", "third", "judge", "labels_source",
+                       "labelling_judges", "same_judge_allowed", "sample_limit", "candidates", "status", "message",
+                       "results", "expert_campaign", "error", "worker", "heartbeat_at", "created_by", "started_at",
+                       "finished_at"]
     fields = ["name", *readonly_fields]
     actions = ["cancel_evaluations"]
 
@@ -113,7 +114,8 @@ class EvaluationRunAdmin(admin.ModelAdmin):
                 evaluation = start_evaluation(
                     data["judge"], training_run=data["training_run"], candidate=data["candidate"],
                     baseline=data["baseline"], third=data["third"], sample_limit=data["sample_limit"],
-                    candidates=data["candidates"], name=data["name"], user=request.user)
+                    candidates=data["candidates"], name=data["name"], allow_same_judge=data["allow_same_judge"],
+                    user=request.user)
             except TrainingError as exc:
                 form.add_error(None, str(exc))
             else:
@@ -127,3 +129,58 @@ class EvaluationRunAdmin(admin.ModelAdmin):
     def cancel_evaluations(self, request, queryset):
         for evaluation in queryset.active():
             self.message_user(request, f"{evaluation.name}: {evaluation.request_cancel()}.")
+
+
+@admin.register(Round)
+class RoundAdmin(admin.ModelAdmin):
+    """"Add" starts a round (generate → label → export → train → evaluate) in a training worker."""
+
+    list_display = ["name", "live_page", "preset", "status", "done", "message", "created_at"]
+    list_filter = ["status", "preset"]
+    readonly_fields = ["live_page", "preset", "settings", "generator", "labelling_panel", "evaluation_judge", "export",
+                       "training_run", "evaluation", "steps", "results", "status", "done", "total", "message",
+                       "error", "worker", "heartbeat_at", "created_by", "started_at", "finished_at"]
+    fields = ["name", *readonly_fields]
+    actions = ["cancel_rounds", "run_again"]
+
+    @admin.display(description="Page")
+    def live_page(self, obj: Round) -> str:
+        return format_html('<a href="{}">open</a>', reverse("training:round", args=[obj.pk])) if obj.pk else "–"
+
+    def changelist_view(self, request, extra_context=None):
+        mark_stale()
+        return super().changelist_view(request, extra_context)
+
+    def add_view(self, request, form_url="", extra_context=None):
+        if not self.has_add_permission(request):
+            return redirect("admin:training_round_changelist")
+        form = RoundForm(request.POST or None)
+        if request.method == "POST" and form.is_valid():
+            try:
+                row = start_round(form.chosen_preset(), form.cleaned_data["generator"], name=form.cleaned_data["name"],
+                                  user=request.user)
+            except TrainingError as exc:
+                form.add_error(None, str(exc))
+            else:
+                self.message_user(request, f"Round “{row.name}” queued for a training worker.", messages.SUCCESS)
+                return redirect("training:round", pk=row.pk)
+        context = {**self.admin_site.each_context(request), "form": form, "title": "Run a round",
+                   "opts": self.model._meta}
+        return TemplateResponse(request, "admin/training/round/start.html", context)
+
+    @admin.action(description="Cancel the selected rounds")
+    def cancel_rounds(self, request, queryset):
+        for row in queryset.active():
+            self.message_user(request, f"{row.name}: {row.request_cancel()}.")
+
+    @admin.action(description="Run the selected rounds again (same preset and generator)")
+    def run_again(self, request, queryset):
+        from .round import Preset
+
+        for row in queryset:
+            try:
+                new = start_round(Preset(**row.settings), row.generator, user=request.user)
+            except TrainingError as exc:
+                self.message_user(request, str(exc), messages.ERROR)
+            else:
+                self.message_user(request, f"{row.name}: queued again as “{new.name}”.", messages.SUCCESS)

@@ -4,6 +4,13 @@ An evaluation (``run_evaluation``, on the training queue) generates each model's
 of the tuned model with profile *i* of each other one (an invalid profile loses without a judge: a forfeit),
 judges the pairs in both orders, and reports win rates with Wilson intervals. "Send to experts" puts a sample
 of the judged pairs into a blind campaign; ``expert_figures`` reads the votes back beside the judge's.
+
+The evaluation's judge should not be one that labelled the training data (``training.grading``): the task
+refuses it unless the evaluation was created with the override. The labelling judges grade the same pairs
+too, reported apart (``results["judges"]``), so the distance between "the judge it was tuned towards" and
+"an independent judge" is on the page. So is what a win could have been bought with
+(``results["profiles"]``): each model's profile length, competencies and share of words copied from the
+abstracts (``training.ml.copying``), beside its valid-profile rate.
 """
 
 from __future__ import annotations
@@ -26,8 +33,10 @@ from annotation.models import (
 )
 from annotation.profiles.generation import run_generation
 from annotation.stats import win_rate, wilson_interval
+from training.ml.copying import COPY_SPAN_WORDS, copy_share, words
 
 from .models import EvaluationRun
+from .grading import Provenance, check_grader, provenance
 from .runs import TrainingError, tuned_generator, unique_name
 
 logger = logging.getLogger(__name__)
@@ -95,6 +104,32 @@ def valid_rate(valid: int, total: int) -> dict[str, Any]:
             "ci": [_num(low), _num(high)]}
 
 
+def mean_interval(values: Iterable[float]) -> dict[str, Any]:
+    """Mean with a 95% interval (normal approximation, 1.96 standard errors) and n."""
+    values = [v for v in values if v is not None]
+    n = len(values)
+    if not n:
+        return {"n": 0, "mean": None, "ci": [None, None]}
+    mean = sum(values) / n
+    if n == 1:
+        return {"n": 1, "mean": _num(mean), "ci": [None, None]}
+    sd = (sum((v - mean) ** 2 for v in values) / (n - 1)) ** 0.5
+    half = 1.96 * sd / n ** 0.5
+    return {"n": n, "mean": _num(mean), "ci": [_num(mean - half), _num(mean + half)]}
+
+
+def profile_figures(profiles: Iterable[Profile], abstracts: dict[int, list[str]]) -> dict[str, Any]:
+    """What a win could be bought with, over a model's valid profiles (what the judge saw): length in words,
+    competencies, and the share of words copied from the sample's abstracts in runs of ≥ COPY_SPAN_WORDS."""
+    valid = [p for p in profiles if p.is_valid]
+    return {
+        "words": mean_interval(len(words(p.raw_text)) for p in valid),
+        "competencies": mean_interval(len(p.competencies or []) for p in valid),
+        "copy_share": mean_interval(copy_share(p.raw_text, abstracts.get(p.sample_id, [])) for p in valid),
+        "copy_span_words": COPY_SPAN_WORDS,
+    }
+
+
 def _num(value: float) -> float | None:
     # JSON has no NaN: "undefined" (nothing to count) is stored as null.
     return None if value != value else round(value, 4)
@@ -151,13 +186,28 @@ class _Runner:
                                                 PairingSource.EVALUATION)
         return [(c, c.profile_a_id == own.pk) for c, (own, _) in zip(comparisons, to_judge)], forfeits
 
-    def judge(self, comparisons: list[Comparison]) -> None:
-        judge = self.evaluation.judge
+    def judge(self, judge, comparisons: list[Comparison]) -> None:
         self.run_job(JobKind.JUDGE, {"judge_id": judge.pk, "judge": judge.name, "pairing": "existing",
                                      "comparison_ids": [c.pk for c in comparisons]}, run_judging)
 
+    def graders(self) -> tuple[list, set[int]]:
+        """The evaluation's judge first, then each judge that labelled the training data (reported apart).
+
+        Refuses a labelling judge as the evaluation's own judge without the override: a row made by hand (the
+        shell, an old form) gets the same check as ``start_evaluation``.
+        """
+        ev = self.evaluation
+        labelled_by = provenance(ev.training_run)
+        labelling = {j.pk: j for j in [*labelled_by.judges, *ev.labelling_judges.all()]}
+        check_grader(ev.judge, Provenance(labelled_by.source, tuple(labelling.values())), ev.same_judge_allowed)
+        return [ev.judge, *(j for pk, j in sorted(labelling.items()) if pk != ev.judge_id)], set(labelling)
+
+    def abstracts(self) -> dict[int, list[str]]:
+        return {s.pk: [f"{d.title}\n{d.abstract}" for d in s.ordered_documents()] for s in self.samples}
+
     def run(self) -> str:
         ev = self.evaluation
+        graders, labelling = self.graders()
         models = {"candidate": ev.candidate, "baseline": ev.baseline, "third": ev.third}
         models = {role: g for role, g in models.items() if g is not None}
         for generator in models.values():
@@ -168,22 +218,37 @@ class _Runner:
                                                       len(profiles[role]))}
             for role, g in models.items()
         }
+        abstracts = self.abstracts()
+        self.results["profiles"] = {role: {"generator": g.name, **profile_figures(profiles[role].values(), abstracts)}
+                                    for role, g in models.items()}
         pairs = {role: self.pair_up(profiles["candidate"], profiles[role]) for role in models if role != "candidate"}
         everything = [c for judged, _ in pairs.values() for c, _ in judged]
-        if everything:
-            self.judge(everything)
-        combined = JudgeVerdict.objects.filter(comparison__in=[c.pk for c in everything], judge=ev.judge).combined()
-        self.results["versus"] = {}
+        self.results["judges"] = []
+        for judge in graders:
+            if everything:
+                self.judge(judge, everything)
+            versus = self.versus(judge, pairs, models, everything)
+            self.results["judges"].append({"judge": judge.name, "judge_id": judge.pk, "backend": judge.backend,
+                                           "labelled_training_data": judge.pk in labelling,
+                                           "versus": {role: {k: v[k] for k in ("judged", "with_forfeits")}
+                                                      for role, v in versus.items()}})
+            if judge.pk == ev.judge_id:
+                self.results["versus"] = versus
+        return headline(self.results)
+
+    def versus(self, judge, pairs: dict, models: dict, everything: list[Comparison]) -> dict[str, Any]:
+        combined = JudgeVerdict.objects.filter(comparison__in=[c.pk for c in everything], judge=judge).combined()
+        found = {}
         for role, (judged, forfeits) in pairs.items():
-            outcomes = [judged_outcome(combined.get((c.pk, ev.judge_id), "invalid"), a) for c, a in judged]
-            self.results["versus"][role] = {
+            outcomes = [judged_outcome(combined.get((c.pk, judge.pk), "invalid"), a) for c, a in judged]
+            found[role] = {
                 "opponent": models[role].name,
                 "judged": summarise(outcomes),
                 "with_forfeits": summarise(outcomes + forfeits),
                 "forfeits": summarise(forfeits),
                 "comparison_ids": [c.pk for c, _ in judged],
             }
-        return headline(self.results)
+        return found
 
 
 def headline(results: dict[str, Any]) -> str:

@@ -13,6 +13,7 @@ from annotation.roles import EXPERTS_GROUP
 from training.ml.dpo import PRECISIONS
 
 from .models import TrainingRun
+from .grading import check_grader, independent_judge, provenance
 from .runs import CPU_DEFAULTS, TrainingError, build_config, export_files
 
 # A hub id ("org/name"); anything else that is not "default" must be a local model folder.
@@ -149,7 +150,14 @@ class EvaluationForm(forms.Form):
                                                 "copies the baseline's decoding settings.")
     third = forms.ModelChoiceField(queryset=Generator.objects.all(), required=False,
                                    help_text="Optional: e.g. a larger model behind an OpenAI-compatible endpoint.")
-    judge = forms.ModelChoiceField(queryset=Judge.objects.all())
+    judge = forms.ModelChoiceField(
+        queryset=Judge.objects.all(), required=False,
+        help_text="Empty: the independent scoring judge (one that did not label the run's training data). The "
+                  "judges that labelled the training data also grade the same pairs, shown apart.")
+    allow_same_judge = forms.BooleanField(
+        required=False, label="Grade with the labelling judge anyway",
+        help_text="Only on purpose: a judge the model was tuned towards measures the fit, not an improvement. "
+                  "The evaluation page then warns that its figure is not independent.")
     sample_limit = forms.IntegerField(min_value=1, max_value=10_000, initial=20, label="Held-out samples")
     candidates = forms.IntegerField(min_value=1, max_value=16, initial=1, label="Profiles per sample and model",
                                     help_text="More pairs per sample narrow the interval.")
@@ -161,6 +169,15 @@ class EvaluationForm(forms.Form):
             raise forms.ValidationError("Choose a training run or a candidate generator.")
         if not cleaned.get("training_run") and not cleaned.get("baseline"):
             self.add_error("baseline", "Without a training run, choose the baseline.")
+        if self.errors:
+            return cleaned
+        run = cleaned.get("training_run") or cleaned["candidate"].source_run
+        labelled_by = provenance(run)
+        try:
+            cleaned["judge"] = cleaned.get("judge") or independent_judge(labelled_by)
+            check_grader(cleaned["judge"], labelled_by, cleaned.get("allow_same_judge", False))
+        except TrainingError as exc:
+            self.add_error("judge", str(exc))
         return cleaned
 
 
@@ -177,3 +194,20 @@ class SendToExpertsForm(forms.Form):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.fields["experts"].queryset = experts_queryset()
+
+
+class RoundForm(forms.Form):
+    preset = forms.ChoiceField(choices=[("cpu", "cpu: ≤ 60 minutes on two CPU cores"), ("gpu", "gpu: one GPU"),
+                                        ("tiny", "tiny: every step at toy sizes (minutes)")], initial="cpu")
+    generator = forms.ModelChoiceField(
+        queryset=Generator.objects.filter(backend=Backend.LOCAL), required=False,
+        help_text="Empty: the base model, decoding as the preset says. The tuned model decodes as this one.")
+    policy = forms.ChoiceField(choices=[("high_margin", "High margin: pairs the labelling judge decides clearly"),
+                                        ("agree", "Two judges agree: pairs two scoring judges decide alike")],
+                               initial="high_margin")
+    name = forms.CharField(max_length=90, required=False)
+
+    def chosen_preset(self):
+        from .round import PRESETS  # the round's sizes; loaded only when a round is started
+
+        return PRESETS[self.cleaned_data["preset"]].with_changes(policy=self.cleaned_data["policy"])

@@ -6,7 +6,7 @@ from __future__ import annotations
 from django.db import models
 from django.db.models import Q
 
-from annotation.models import Campaign, DatasetExport, Generator, Job, JobStatus, Judge, Work
+from annotation.models import Campaign, DatasetExport, Generator, Job, JobStatus, Judge, JudgePanel, Work
 
 
 class TrainingRun(Work):
@@ -81,6 +81,12 @@ class EvaluationRun(Work):
     # {"baseline": {"wins":..,"ties":..,"losses":..,"win_rate":..,"ci":[lo,hi]}, "valid_rate": {...}}
     results = models.JSONField(default=dict, blank=True)
     expert_campaign = models.ForeignKey(Campaign, null=True, blank=True, on_delete=models.SET_NULL)
+    # Who labelled the training data (training.grading), recorded when the evaluation is created: "experts",
+    # "judges", "experts and judges" or "unknown". The labelling judges also grade, reported apart.
+    labels_source = models.CharField(max_length=20, blank=True)
+    labelling_judges = models.ManyToManyField(Judge, blank=True, related_name="+")
+    # Graded by a judge that labelled the training data, on purpose: the page warns that it is not independent.
+    same_judge_allowed = models.BooleanField(default=False)
 
     stops_when = "after the current batch"
 
@@ -106,3 +112,50 @@ class EvaluationRun(Work):
 
     def retry_hint(self) -> str:
         return "Start it again: generation fills in only what is missing."
+
+    @property
+    def graded_by_labelling_judge(self) -> bool:
+        return self.labelling_judges.filter(pk=self.judge_id).exists()
+
+
+class Round(Work):
+    """One round of the loop as one piece of work (training.round): generate on the train samples → label with
+    a scoring judge → export by a policy → DPO + LoRA → evaluate tuned vs base on held-out samples. ``done`` of
+    ``total`` are steps; each step is its own row (a job, the export, the training run, the evaluation)."""
+
+    name = models.CharField(max_length=100, unique=True)
+    preset = models.CharField(max_length=20)
+    # The preset's sizes and settings as this round ran them (training.round.Preset.to_dict).
+    settings = models.JSONField(default=dict)
+    generator = models.ForeignKey(Generator, on_delete=models.PROTECT, related_name="+")
+    labelling_panel = models.ForeignKey(JudgePanel, null=True, blank=True, on_delete=models.SET_NULL,
+                                        related_name="+")
+    evaluation_judge = models.ForeignKey(Judge, on_delete=models.PROTECT, related_name="+")
+    export = models.ForeignKey(DatasetExport, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    training_run = models.ForeignKey(TrainingRun, null=True, blank=True, on_delete=models.SET_NULL,
+                                     related_name="+")
+    evaluation = models.ForeignKey(EvaluationRun, null=True, blank=True, on_delete=models.SET_NULL,
+                                   related_name="+")
+    # {"generate": job id, "label": job id, "export": job id} and each step's wall seconds.
+    steps = models.JSONField(default=dict, blank=True)
+    results = models.JSONField(default=dict, blank=True)
+
+    stops_when = "after the step in progress stops"
+
+    def __str__(self) -> str:
+        return self.name
+
+    def jobs(self):
+        return Job.objects.filter(pk__in=[pk for pk in self.steps.get("jobs", {}).values()]).order_by("pk")
+
+    def request_cancel(self) -> str:
+        said = super().request_cancel()
+        # The step in progress stops at its own next check.
+        self.jobs().active().update(cancel_requested=True)
+        for row in (self.training_run, self.evaluation):
+            if row is not None and not row.is_finished:
+                row.request_cancel()
+        return said
+
+    def retry_hint(self) -> str:
+        return "Start a new round: generation fills in only the profiles that are missing."

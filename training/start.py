@@ -9,13 +9,13 @@ from __future__ import annotations
 from typing import Any
 
 from django.db import transaction
-from django.utils import timezone
+from annotation.models import DatasetExport, Generator, Judge
 
-from annotation.models import DatasetExport, Generator, Judge, Sample
-
-from .models import EvaluationRun, TrainingRun
-from .runs import TrainingError, base_generator, build_config, create_run, resumption, tuned_generator, unique_name
-from .tasks import evaluate_task, merge_adapter_task, run_training_task
+from .grading import create_evaluation
+from .models import EvaluationRun, Round, TrainingRun
+from .round import Preset, create_round
+from .runs import TrainingError, build_config, create_run, resumption
+from .tasks import evaluate_task, merge_adapter_task, run_round_task, run_training_task
 
 
 def start_training(export: DatasetExport, values: dict[str, Any] | None = None, *, name: str = "",
@@ -46,31 +46,22 @@ def start_merge(run: TrainingRun) -> None:
     merge_adapter_task.delay_on_commit(run.pk)
 
 
-def start_evaluation(judge: Judge, *, training_run: TrainingRun | None = None, candidate: Generator | None = None,
-                     baseline: Generator | None = None, third: Generator | None = None, sample_limit: int = 20,
-                     candidates: int = 1, name: str = "", user=None) -> EvaluationRun:
-    """Create the evaluation (making the tuned and base generators of a run if not given) and enqueue it."""
-    if not Sample.objects.heldout()[:sample_limit].exists():
-        raise TrainingError("there are no held-out samples to evaluate on; import documents with a held-out fraction")
-    if candidate is None and training_run is None:
-        raise TrainingError("choose a training run or a candidate generator")
-    if baseline is None:
-        if training_run is None:
-            raise TrainingError("choose a baseline generator")
-        baseline = base_generator(training_run)
-    if candidate is None:
-        # The tuned model decodes exactly as the baseline does, so the adapter is the only difference.
-        candidate = tuned_generator(training_run, like=baseline)
-    models = [candidate, baseline] + ([third] if third else [])
-    if len({g.pk for g in models}) != len(models):
-        raise TrainingError("the candidate, baseline and third model must be three different generators")
+def start_evaluation(judge: Judge | None = None, *, queue: bool = True, **options: Any) -> EvaluationRun:
+    """Create the evaluation (``training.grading.create_evaluation``: the independent judge when ``judge`` is
+    None, a labelling judge refused unless ``allow_same_judge``) and enqueue it; ``queue=False`` only creates it."""
     with transaction.atomic():
-        evaluation = EvaluationRun.objects.create(
-            name=unique_name(name or f"{candidate.name} vs {baseline.name} · {timezone.now():%Y-%m-%d %H:%M}",
-                             EvaluationRun),
-            training_run=training_run or candidate.source_run, candidate=candidate, baseline=baseline, third=third,
-            judge=judge, sample_limit=sample_limit, candidates=candidates, created_by=user,
-            message="waiting for a training worker",
-        )
-        evaluate_task.delay_on_commit(evaluation.pk)
+        evaluation = create_evaluation(judge, **options)
+        if queue:
+            evaluate_task.delay_on_commit(evaluation.pk)
     return evaluation
+
+
+def start_round(preset: Preset, generator: Generator | None = None, *, name: str = "", user=None,
+                queue: bool = True) -> Round:
+    """Create a round (``training.round``) and send it to a training worker; ``queue=False`` only creates it,
+    for a caller that runs ``run_round`` itself (``manage.py run_round`` without ``--queue``)."""
+    with transaction.atomic():
+        row = create_round(preset, generator, name, user)
+        if queue:
+            run_round_task.delay_on_commit(row.pk)
+    return row

@@ -26,3 +26,10 @@ def evaluate_task(self, evaluation_id: int) -> str:
     from .evaluation import run_evaluation
 
     return run_evaluation(evaluation_id, worker=self.request.hostname or "")
+
+
+@shared_task(bind=True)
+def run_round_task(self, round_id: int) -> str:
+    from .round import run_round
+
+    return run_round(round_id, worker=self.request.hostname or "")

@@ -15,4 +15,6 @@ urlpatterns = [
     path("evaluations/<int:pk>/cancel", views.evaluation_cancel, name="evaluation_cancel"),
     path("evaluations/<int:pk>/experts", views.evaluation_send, name="evaluation_send"),
     path("evaluations/<int:pk>/generator", views.evaluation_make_generator, name="evaluation_make_generator"),
+    path("rounds/<int:pk>/", views.round_detail, name="round"),
+    path("rounds/<int:pk>/cancel", views.round_cancel, name="round_cancel"),
 ]

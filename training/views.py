@@ -23,7 +23,7 @@ from annotation.start import start_generation
 from . import runs
 from .charts import line_chart
 from .forms import SendToExpertsForm
-from .models import EvaluationRun, TrainingRun
+from .models import EvaluationRun, Round, TrainingRun
 from .start import resume_training, start_merge
 
 LOG_TAIL_LINES = 80
@@ -192,6 +192,12 @@ def _evaluation_context(evaluation: EvaluationRun, form: SendToExpertsForm | Non
         "experts_rows": [("Judge, all judged pairs", judged), ("Judge, the same pairs", experts["judge_same_pairs"]),
                          ("Experts", experts["experts"])] if experts and judged else [],
         "judged_pairs": judged_pairs,
+        "labelling_judges": list(evaluation.labelling_judges.all()),
+        "same_judge": evaluation.graded_by_labelling_judge,
+        # Only the figures there are: an evaluation from before these were measured has none.
+        "profile_rows": [(g, p) for role, g in roles if g is not None and (p := results.get("profiles", {}).get(role))],
+        "judge_rows": [(j, role, j["versus"][role]) for j in results.get("judges", []) for role in ("baseline", "third")
+                       if role in j["versus"]],
         # All of them when there are fewer than the usual 20.
         "send_form": form or SendToExpertsForm(initial={"size": min(20, judged_pairs) or 20}),
     }
@@ -246,3 +252,65 @@ def evaluation_make_generator(request: HttpRequest, pk: int) -> HttpResponse:
         messages.error(request, str(exc))
         return redirect("training:evaluation", pk=pk)
     return _next_round(request, generator)
+
+
+# --- rounds --------------------------------------------------------------------------------------------
+
+ROUND_STEPS = [("generate", "Generate candidates on the train samples"), ("label", "Label pairs with the scoring judge"),
+               ("export", "Export the pairs by policy"), ("train", "DPO + LoRA"),
+               ("evaluate", "Evaluate tuned vs base on held-out samples")]
+
+
+def _get_round(pk: int) -> Round:
+    mark_stale()
+    return get_object_or_404(Round.objects.select_related(
+        "generator", "evaluation_judge", "labelling_panel", "export", "training_run", "evaluation"), pk=pk)
+
+
+def _round_steps(row: Round) -> list[dict]:
+    """Each step's row (job, export, run, evaluation) with its status, for the round page."""
+    jobs = {job.pk: job for job in row.jobs()}
+    step_jobs = row.steps.get("jobs", {})
+    seconds = row.steps.get("seconds", {})
+    rows = {"train": row.training_run, "evaluate": row.evaluation}
+    found = []
+    for index, (step, title) in enumerate(ROUND_STEPS):
+        work = rows.get(step) or jobs.get(step_jobs.get(step))
+        url = (reverse("training:run", args=[work.pk]) if step == "train" and work else
+               reverse("training:evaluation", args=[work.pk]) if step == "evaluate" and work else
+               reverse("job_detail", args=[work.pk]) if work else "")
+        state = work.get_status_display() if work else ("done" if index < row.done else "not started")
+        found.append({"step": step, "title": title, "work": work, "url": url, "state": state,
+                      "progress": f"{work.done}/{work.total}" if work and work.total else "",
+                      "message": work.message if work else "", "seconds": seconds.get(step)})
+    return found
+
+
+def _round_context(row: Round) -> dict:
+    results = row.results or {}
+    roles = [("candidate", "tuned"), ("baseline", "base")]
+    return {
+        "round": row,
+        "steps": _round_steps(row),
+        "labellers": list(row.labelling_panel.judges.all()) if row.labelling_panel else [],
+        "results": results,
+        "judge_rows": [(j, j["versus"]["baseline"]) for j in results.get("judges", []) if "baseline" in j["versus"]],
+        "profile_rows": [(label, results["profiles"][role], results.get("valid", {}).get(role))
+                         for role, label in roles if role in results.get("profiles", {})],
+        "total_seconds": sum(results.get("seconds", {}).values()) if results else None,
+    }
+
+
+@admin_required
+@require_GET
+def round_detail(request: HttpRequest, pk: int) -> HttpResponse:
+    row = _get_round(pk)
+    return live_page(request, "training/round.html", "live", _round_context(row), finished=row.is_finished)
+
+
+@admin_required
+@require_POST
+def round_cancel(request: HttpRequest, pk: int) -> HttpResponse:
+    row = _get_round(pk)
+    messages.info(request, f"{row.name}: {row.request_cancel()}.")
+    return redirect("training:round", pk=pk)

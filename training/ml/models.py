@@ -248,7 +248,9 @@ def load_model(
     if adapter_path:
         from peft import PeftModel
 
-        model = PeftModel.from_pretrained(model, str(adapter_path), is_trainable=False)
+        # Folded into the weights: the same outputs (tests/ml/test_dpo.py compares them with the merged model),
+        # without the adapter's extra matrix products in every forward pass (a third of the speed on CPU).
+        model = PeftModel.from_pretrained(model, str(adapter_path), is_trainable=False).merge_and_unload()
     model.to(device)
     model.eval()
     if model.generation_config is not None and model.generation_config.pad_token_id is None:

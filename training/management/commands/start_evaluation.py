@@ -19,7 +19,10 @@ class Command(BaseCommand):
         parser.add_argument("--candidate", help="Or a candidate generator name.")
         parser.add_argument("--baseline", help="Baseline generator name (default: the run's base model).")
         parser.add_argument("--third", help="Optional third generator name.")
-        parser.add_argument("--judge", required=True, help="Judge name.")
+        parser.add_argument("--judge", help="Judge name (default: the independent scoring judge, one that did not "
+                                             "label the run's training data).")
+        parser.add_argument("--allow-same-judge", action="store_true",
+                            help="Grade with a judge that labelled the training data anyway (the page warns).")
         parser.add_argument("--samples", type=int, default=20, help="At most this many held-out samples.")
         parser.add_argument("--candidates", type=int, default=1, help="Profiles per sample and model.")
         parser.add_argument("--name", default="")
@@ -34,15 +37,16 @@ class Command(BaseCommand):
                 raise CommandError(f"no generator named {name!r}")
             return found
 
-        judge = Judge.objects.filter(name=options["judge"]).first()
-        if judge is None:
+        judge = Judge.objects.filter(name=options["judge"]).first() if options["judge"] else None
+        if options["judge"] and judge is None:
             raise CommandError(f"no judge named {options['judge']!r}")
         run = TrainingRun.objects.filter(pk=options["run"]).first() if options["run"] else None
         try:
             evaluation = start_evaluation(
                 judge, training_run=run, candidate=generator(options["candidate"]),
                 baseline=generator(options["baseline"]), third=generator(options["third"]),
-                sample_limit=options["samples"], candidates=options["candidates"], name=options["name"])
+                sample_limit=options["samples"], candidates=options["candidates"], name=options["name"],
+                allow_same_judge=options["allow_same_judge"])
         except TrainingError as exc:
             raise CommandError(str(exc)) from exc
         self.stdout.write(f"Evaluation #{evaluation.pk} “{evaluation.name}” queued on the 'training' queue.")

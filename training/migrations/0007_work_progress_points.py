@@ -6,7 +6,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('training', '0004_work_lifecycle'),
+        ('training', '0006_round'),
     ]
 
     operations = [
@@ -17,6 +17,11 @@ class Migration(migrations.Migration):
         ),
         migrations.AddField(
             model_name='trainingrun',
+            name='progress_points',
+            field=models.JSONField(blank=True, default=list, editable=False),
+        ),
+        migrations.AddField(
+            model_name='round',
             name='progress_points',
             field=models.JSONField(blank=True, default=list, editable=False),
         ),
