@@ -52,8 +52,9 @@ class Command(BaseCommand):
         self.stdout.write(f"Workers: {', '.join(WORKERS)} (broker: {broker}; logs in {settings.VAR_DIR}/worker-*.log)")
         if demo.pipeline_status(jobs) != "ready":
             self.stdout.write(f"Getting the demo ready (once): the workers generate candidate profiles with the "
-                              f"offline model and judge each sample as soon as it is generated; the first pair "
-                              f"reaches the experts' queues within a few minutes, the rest follow sample by sample. "
+                              f"offline model and judge each sample as soon as it is generated: the first pairs "
+                              f"reach the experts' queues once the first sample is done, the rest follow sample by "
+                              f"sample (README: First start, measured). "
                               f"Watch: http://{addr}/jobs/{jobs[0].pk}/ and http://{addr}/jobs/{jobs[1].pk}/")
         self.stdout.write("Press Ctrl-C to stop the site and the workers.\n")
 
