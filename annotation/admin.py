@@ -15,6 +15,7 @@ from django.shortcuts import redirect
 from django.template.response import TemplateResponse
 from django.urls import NoReverseMatch, path, reverse
 from django.utils import timezone
+from django.utils.text import slugify
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import mark_safe
 
@@ -706,12 +707,17 @@ class AssignmentAdmin(admin.ModelAdmin):
 
 @admin.register(Vote)
 class VoteAdmin(ReadOnlyAdmin):
-    list_display = ["comparison", "expert", "choice", "first_choice", "revised_after_reveal", "seconds_spent",
+    list_display = ["comparison", "expert", "choice", "first_choice", "revised_after_reveal", "time_spent",
                     "created_at"]
-    list_filter = ["choice", "revised_after_reveal", "expert", "campaign"]
+    # "By expert" lists the people who voted, not every account (the admin never votes).
+    list_filter = ["choice", "revised_after_reveal", ("expert", admin.RelatedOnlyFieldListFilter), "campaign"]
     search_fields = ["rationale", "expert__username"]
     raw_id_fields = ["assignment", "comparison"]
     list_select_related = ["expert", "comparison__sample"]
+
+    @admin.display(description="Time spent", ordering="seconds_spent")
+    def time_spent(self, vote: Vote) -> str:
+        return "–" if vote.seconds_spent is None else f"{vote.seconds_spent:.1f} s"
 
 
 @admin.register(SupersededVote)
@@ -740,7 +746,25 @@ class DatasetExportForm(forms.ModelForm):
             "test_fraction": "Share of training samples held out as the test split (by sample, so no prompt is in "
                              "both); held-out samples always go to test.",
             "kappa_threshold": "Judges calibrated against experts: the minimum judge–expert κ a judge needs.",
+            "name": "Empty: named after the policy, the campaign and the time.",
         }
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if "name" in self.fields:  # a finished export's page shows it read-only
+            self.fields["name"].required = False
+
+    def clean(self):
+        data = super().clean()
+        if "name" in self.fields and not (data.get("name") or "").strip():
+            data["name"] = default_export_name(data.get("policy") or "export", data.get("campaign"))
+        return data
+
+
+def default_export_name(policy: str, campaign) -> str:
+    """"expert-demo-which-profile-20261204-0212": what, of which campaign, when; unique to the second."""
+    scope = slugify(campaign.name)[:50] if campaign else "all"
+    return f"{slugify(policy)}-{scope}-{timezone.now():%Y%m%d-%H%M%S}"
 
 
 @admin.register(DatasetExport)

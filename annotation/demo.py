@@ -1,13 +1,16 @@
-"""The demo's first start: a generator, a judge and a campaign, filled by the real worker — nothing canned.
+"""The demo's first start: a generator, a judge and a campaign, filled by the real workers — nothing canned.
 
-Like ``annotation.start`` it sends tasks (a chain: generate, then judge), so it may import ``annotation.tasks``.
+Generation and judging run at once, as a pipeline: the judging job follows the generation job and judges each
+sample as soon as its candidates are stored, so the first pairs reach the experts while later samples are still
+being generated. Like ``annotation.start`` it sends tasks, so it may import ``annotation.tasks``.
 """
 
 from __future__ import annotations
 
-from celery import chain
 from django.contrib.auth import get_user_model
 from django.db import transaction
+from django.db.models import Sum
+from django.db.models.functions import Length
 from django.utils import timezone
 
 from training.ml.scoring import SCORER_PROMPT_VERSION
@@ -17,7 +20,7 @@ from .models import (
     Backend, Campaign, FINISHED_STATUSES, Generator, Job, JobKind, JobStatus, Judge, JudgeBackend, JudgeDisplay,
     JudgeOrders, Sample, Split,
 )
-from .tasks import fail_job_task, generate_profiles_task, judge_comparisons_task
+from .tasks import generate_profiles_task, judge_comparisons_task
 
 GENERATOR = "smollm2-base"
 # The demo's judge scores each profile (PMI with its abstracts): the A/B judge on this model labels nothing
@@ -65,8 +68,19 @@ def pipeline_jobs() -> list[Job]:
     return list(Job.objects.filter(params__demo=True).order_by("-pk")[:2])[::-1]
 
 
+def samples_soonest_first() -> tuple[list[int], list[int]]:
+    """Every sample and the train ones, train samples first and shortest abstracts first: the first sample's
+    candidates are written soonest and its pairs are judged into the campaign, so experts can start early;
+    held-out samples (never reviewed) come last."""
+    samples = (Sample.objects.annotate(chars=Sum(Length("documents__abstract")) + Sum(Length("documents__title")))
+               .order_by("chars", "pk").values_list("pk", "split"))
+    ordered = sorted(samples, key=lambda row: row[1] != Split.TRAIN)  # stable: keeps the length order
+    return [pk for pk, _ in ordered], [pk for pk, split in ordered if split == Split.TRAIN]
+
+
 def start_pipeline() -> list[Job]:
-    """Generate candidates for every sample, then judge the train samples' pairs into the campaign.
+    """Generate candidates for every sample and, at the same time, judge each train sample's pairs into the
+    campaign as soon as they are generated (a separate worker on the judging queue: run_demo starts one).
 
     Done once: a later `make demo` finds the jobs succeeded and leaves them be. Jobs that a stopped demo left
     queued or running (its workers are gone: `make demo` starts its own) are failed as such, and a failed
@@ -79,20 +93,15 @@ def start_pipeline() -> list[Job]:
     left.update(status=JobStatus.FAILED, message="stopped with the demo", error=STOPPED, finished_at=timezone.now())
 
     generator, judge, campaign = ensure_demo_objects()
-    sample_ids = list(Sample.objects.order_by("pk").values_list("pk", flat=True))
-    train_ids = list(Sample.objects.filter(split=Split.TRAIN).order_by("pk").values_list("pk", flat=True))
+    sample_ids, train_ids = samples_soonest_first()
     generate = create_job(JobKind.GENERATE, {"demo": True, "generator_id": generator.pk, "generator": generator.name,
                                              "sample_ids": sample_ids, "candidates": generator.candidates},
                           total=len(sample_ids))
     judging = create_job(JobKind.JUDGE, {"demo": True, "judge_id": judge.pk, "judge": judge.name, "pairing": "all",
                                          "campaign_id": campaign.pk, "campaign": campaign.name,
-                                         "sample_ids": train_ids, "limit": None})
-    steps = chain(
-        generate_profiles_task.si(generate.pk).set(
-            link_error=fail_job_task.si(judging.pk, "not started: generating the candidates failed")),
-        judge_comparisons_task.si(judging.pk),
-    )
-    transaction.on_commit(steps.delay)
+                                         "sample_ids": train_ids, "limit": None, "after_job": generate.pk})
+    generate_profiles_task.delay_on_commit(generate.pk)
+    judge_comparisons_task.delay_on_commit(judging.pk)
     return [generate, judging]
 
 

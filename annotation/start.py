@@ -24,7 +24,7 @@ def start_ping() -> Job:
 def start_generation(generator: Generator, samples: QuerySet, candidates: int | None = None, user=None) -> Job:
     """A generation job for the samples, on the generation queue; TitleOnly when any sample has no abstracts."""
     refuse_title_only(samples, "Generation")
-    sample_ids = list(samples.values_list("pk", flat=True))
+    sample_ids = list(samples.order_by("pk").values_list("pk", flat=True))
     params = {"generator_id": generator.pk, "generator": generator.name, "sample_ids": sample_ids,
               "candidates": candidates or generator.candidates}
     job = create_job(JobKind.GENERATE, params, user=user, total=len(sample_ids))

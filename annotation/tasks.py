@@ -9,7 +9,7 @@ import socket
 from celery import shared_task
 from celery.signals import worker_ready
 
-from .jobs.lifecycle import fail_queued_job, run_job
+from .jobs.lifecycle import run_job
 from .jobs.liveness import on_worker_ready
 
 
@@ -39,12 +39,6 @@ def judge_comparisons_task(job_id: int) -> None:
     from .judging.strategies import run_judging
 
     run_job(job_id, run_judging)
-
-
-@shared_task
-def fail_job_task(job_id: int, reason: str) -> None:
-    """Errback of a chain: a job whose predecessor failed must not stay 'queued' forever."""
-    fail_queued_job(job_id, reason)
 
 
 @worker_ready.connect

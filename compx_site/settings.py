@@ -214,6 +214,8 @@ CELERY_TASK_IGNORE_RESULT = True
 CELERY_TASK_ACKS_LATE = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_DEFAULT_QUEUE = "default"
+# What tasks print (progress bars, a library's notes) is output, logged as INFO rather than WARNING.
+CELERY_WORKER_REDIRECT_STDOUTS_LEVEL = "INFO"
 CELERY_TASK_ROUTES = {
     "annotation.tasks.generate_profiles_task": {"queue": "generation"},
     "annotation.tasks.judge_comparisons_task": {"queue": "judging"},
@@ -231,5 +233,7 @@ LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "handlers": {"console": {"class": "logging.StreamHandler"}},
+    "filters": {"one_line_client_errors": {"()": "compx_site.logs.OneLineClientErrors"}},
+    "loggers": {"django.request": {"filters": ["one_line_client_errors"]}},
     "root": {"handlers": ["console"], "level": os.environ.get("LOG_LEVEL", "INFO")},
 }

@@ -155,7 +155,11 @@ def test_sending_to_experts_samples_the_judged_pairs_blind(judged_evaluation, al
     campaign = send_to_experts(evaluation, [alice], size=2, overlap=1)
     assert campaign.items.count() == 2 and list(campaign.experts.all()) == [alice]
     assert set(campaign.comparisons.values_list("pk", flat=True)) <= {c.pk for c in comparisons}
-    assert campaign.judge_display == JudgeDisplay.HIDDEN and "Model names are not shown" in campaign.description
+    assert campaign.judge_display == JudgeDisplay.HIDDEN and "Which model wrote which is not shown" in campaign.description
+    # What experts read names no model: not the title, not the description; and they have guidelines.
+    for name in (evaluation.name, evaluation.candidate.name, evaluation.baseline.name):
+        assert name not in campaign.name and name not in campaign.description
+    assert "Choose the profile that better reflects" in campaign.guidelines
     with pytest.raises(TrainingError, match="already sent"):
         send_to_experts(evaluation, [bob], size=2)
 

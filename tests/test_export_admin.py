@@ -86,3 +86,17 @@ def test_outside_a_transaction_the_batches_come_in_sample_order(alice, bob, medi
     export_dataset(item)
     lines = (Path(item.path) / "train.jsonl").read_text().splitlines()
     assert [json.loads(line)["sample"] for line in lines] == [f"s{i}" for i in range(6)]
+
+
+@pytest.mark.django_db
+def test_an_export_left_unnamed_is_named_after_its_policy_campaign_and_time(client_for, admin_user, alice, bob,
+                                                                            media_env, django_capture_on_commit_callbacks):
+    campaign = votes(alice, bob, count=2)
+    with django_capture_on_commit_callbacks():
+        response = client_for(admin_user).post("/admin/annotation/datasetexport/add/", {
+            "name": "", "policy": "expert", "format": "jsonl", "campaign": campaign.pk, "test_fraction": "0",
+            "kappa_threshold": "0.6",
+        })
+    assert response.status_code == 302, response.content.decode()[:2000]
+    export = DatasetExport.objects.get()
+    assert export.name.startswith(f"expert-{campaign.name}-") and len(export.name) == len("expert-c-") + 15

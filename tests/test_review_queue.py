@@ -66,13 +66,61 @@ def test_overlap_is_met_exactly(alice, bob, make_user):
 
 
 @pytest.mark.django_db
-def test_a_skip_gives_the_slot_to_someone_else_and_never_comes_back(alice, bob):
+def test_a_skip_gives_the_slot_to_someone_else(alice, bob):
     campaign = make_campaign([alice, bob], pairs=1, overlap=1)
     assignment, _ = assignments.next_assignment(alice, campaign)
     assert assignments.next_assignment(bob, campaign)[0] is None  # the only slot is alice's
     assert assignments.skip(assignment)
-    assert assignments.next_assignment(alice, campaign)[0] is None
     assert assignments.next_assignment(bob, campaign)[0].item == assignment.item
+    # bob has the only slot now: the skipped pair cannot come back to alice.
+    assert assignments.next_assignment(alice, campaign)[0] is None
+
+
+@pytest.mark.django_db
+def test_a_skipped_pair_comes_back_once_at_the_end_of_the_queue(alice):
+    campaign = make_campaign([alice], pairs=3, overlap=1)
+    skipped, _ = assignments.next_assignment(alice, campaign)
+    assert assignments.skip(skipped)
+    shown = []
+    for _ in range(3):
+        assignment, _ = assignments.next_assignment(alice, campaign)
+        shown.append(assignment.pk)
+        if assignment.pk != skipped.pk:
+            assignments.record_vote(assignment, choice="a", rationale="", flags={})
+    assert shown[-1] == skipped.pk and shown.count(skipped.pk) == 1, "after the two new pairs, not before"
+    assert campaign.items.get(pk=skipped.item_id).assignment_count == 1, "it took its slot back"
+    assert assignments.skip(Assignment.objects.get(pk=skipped.pk))
+    assert assignments.next_assignment(alice, campaign)[0] is None, "skipped twice, it stays aside"
+    assert assignments.skipped_count(alice, campaign) == 1
+
+
+@pytest.mark.django_db
+def test_a_skip_is_undone_with_its_slot_unless_another_expert_took_it(alice, bob):
+    campaign = make_campaign([alice, bob], pairs=1, overlap=1)
+    assignment, _ = assignments.next_assignment(alice, campaign)
+    assignments.skip(assignment)
+    reopened = assignments.undo_skip(alice, campaign, assignment.pk)
+    assert reopened.pk == assignment.pk and reopened.skipped_at is None
+    assert Assignment.objects.get(pk=assignment.pk).skips == 0 and campaign.items.get().assignment_count == 1
+    assert assignments.next_assignment(bob, campaign)[0] is None
+    assignments.skip(Assignment.objects.get(pk=assignment.pk))
+    assert assignments.next_assignment(bob, campaign)[0] is not None
+    assert assignments.undo_skip(alice, campaign, assignment.pk) is None
+    assert assignments.undo_skip(bob, campaign, assignment.pk) is None, "only one's own skip"
+
+
+@pytest.mark.django_db
+def test_the_shown_total_is_never_below_the_experts_own_votes(alice, settings):
+    from django.core.cache import caches
+
+    settings.REVIEW_PROGRESS_CACHE_SECONDS = 60
+    caches["process"].clear()
+    campaign = make_campaign([alice], pairs=4, overlap=1)
+    assert assignments.campaign_progress(campaign, alice).taken == 0  # counted now, reused for a minute
+    for _ in range(3):
+        assignments.record_vote(assignments.next_assignment(alice, campaign)[0], choice="a", rationale="", flags={})
+    progress = assignments.campaign_progress(campaign, alice)
+    assert progress.mine == 3 and progress.taken >= 3 and progress.needed >= progress.taken
 
 
 @pytest.mark.django_db

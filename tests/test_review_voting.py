@@ -315,3 +315,31 @@ def test_a_vote_and_the_next_pair_stay_within_the_query_budget(client_for, alice
     # campaign's totals are cached, as in production (the page that shows the first pair counts them).
     settings.REVIEW_PROGRESS_CACHE_SECONDS = 60
     assert _vote_and_next_queries(client_for(alice), alice, display, 10) <= budget
+
+
+def test_a_skip_is_taken_back_with_u_and_the_pair_shown_again(client_for, alice):
+    campaign = make_campaign([alice], pairs=2)
+    client = client_for(alice)
+    first = open_pair(client, campaign)
+    page = client.post(f"/review/assignment/{first.pk}/skip", headers=HTMX).content.decode()
+    assert "comes back at the end of your queue" in page and f'name="undo_skip" value="{first.pk}"' in page
+    back = client.post(f"/review/{campaign.pk}/undo", {"undo_skip": first.pk}, headers=HTMX).content.decode()
+    assert shown_pk(back) == first.pk and Assignment.objects.get(pk=first.pk).skipped_at is None
+
+
+def test_someone_elses_skip_cannot_be_taken_back(client_for, alice, bob):
+    campaign = make_campaign([alice, bob], pairs=2)
+    first = open_pair(client_for(alice), campaign)
+    client_for(alice).post(f"/review/assignment/{first.pk}/skip", headers=HTMX)
+    page = client_for(bob).post(f"/review/{campaign.pk}/undo", {"undo_skip": first.pk}, headers=HTMX).content.decode()
+    assert "cannot be taken back" in page and Assignment.objects.get(pk=first.pk).skipped_at is not None
+
+
+def test_the_done_screen_counts_the_pairs_set_aside(client_for, alice):
+    campaign = make_campaign([alice], pairs=1)
+    client = client_for(alice)
+    first = open_pair(client, campaign)
+    again = client.post(f"/review/assignment/{first.pk}/skip", headers=HTMX).content.decode()
+    assert shown_pk(again) == first.pk and "You skipped this pair earlier" in again
+    done = client.post(f"/review/assignment/{first.pk}/skip", headers=HTMX).content.decode()
+    assert "Nothing left for you here" in done and "You skipped 1 pair" in done

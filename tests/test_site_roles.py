@@ -1,5 +1,7 @@
 """Role checks on every site view so far: anonymous, expert, outsider, admin."""
 
+import logging
+
 import pytest
 
 pytestmark = pytest.mark.django_db
@@ -110,3 +112,11 @@ def test_every_page_has_an_icon(client):
     response = client.get("/favicon.ico", follow=True)
     assert response.status_code == 200 and response.redirect_chain == [("/static/favicon.svg", 301)]
     assert b"<svg" in b"".join(response.streaming_content)
+
+
+def test_a_403_is_logged_as_one_line_without_a_traceback(client_for, charlie, caplog):
+    with caplog.at_level(logging.WARNING, logger="django.request"):
+        assert client_for(charlie).get("/review/").status_code == 403
+    forbidden = [r for r in caplog.records if r.name == "django.request"]
+    assert len(forbidden) == 1 and forbidden[0].exc_info is None
+    assert forbidden[0].getMessage() == "Forbidden (Permission denied): /review/"

@@ -42,6 +42,11 @@ def line_chart(points: Sequence[tuple[float, float | None]], title: str, y_range
     x0, x1 = min(xs), max(xs)
     y0, y1 = y_range or (min(ys + ([reference] if reference is not None else [])),
                          max(ys + ([reference] if reference is not None else [])))
+    # One point, or a line too flat for its two axis labels to differ ("0.693 / 0.693"): ±5% of the value (at
+    # least ±0.05) around it, the points in the middle rather than on an edge.
+    if y_range is None and _nice(y0) == _nice(y1):
+        middle, half = (y0 + y1) / 2, 0.05 * max(abs(y0), abs(y1), 1.0)
+        y0, y1 = middle - half, middle + half
     if y1 - y0 < 1e-9:
         y0, y1 = y0 - 0.5, y1 + 0.5
     if x1 - x0 < 1e-9:

@@ -304,6 +304,20 @@ def judged_pairs(evaluation: EvaluationRun) -> list[int]:
     return list(evaluation.results.get("versus", {}).get("baseline", {}).get("comparison_ids", []))
 
 
+CHECK_GUIDELINES = """\
+Each screen shows one researcher's abstracts and two competency profiles, written by two different models.
+
+**Choose the profile that better reflects what the abstracts show**:
+
+- the *domain* is right and specific;
+- each competency is supported by the abstracts (flag the ones that are not);
+- 3 to 8 competencies, no repetition, no junk.
+
+Pick **Tie** when both are equally good and **Both bad** when neither is usable. The judge's verdict is not shown.
+Keys: `1` A · `2` B · `3` tie · `4` both bad · `Enter` submit · `s` skip · `u` undo · `?` help.
+"""
+
+
 def send_to_experts(evaluation: EvaluationRun, experts, size: int, overlap: int = 1, user=None) -> Campaign:
     """A blind campaign with a random sample of the judged tuned-vs-base pairs (judge verdict hidden)."""
     ids = judged_pairs(evaluation)
@@ -313,11 +327,13 @@ def send_to_experts(evaluation: EvaluationRun, experts, size: int, overlap: int 
         raise TrainingError(f"already sent to experts as {evaluation.expert_campaign}")
     chosen = random.Random(evaluation.pk).sample(ids, min(size, len(ids)))
     with transaction.atomic():
+        # Experts see the title and description: neither names a model (the admin finds the evaluation from the
+        # campaign's own page, through evaluation.expert_campaign).
         campaign = Campaign.objects.create(
-            name=unique_name(f"Check: {evaluation.name}", Campaign),
-            description=f"Expert check of evaluation {evaluation.name!r}: {len(chosen)} of {len(ids)} judged pairs, "
-                        "drawn at random. Model names are not shown.",
-            judge_display=JudgeDisplay.HIDDEN, judge=evaluation.judge, overlap=overlap,
+            name=unique_name(f"Check #{evaluation.pk}: which profile fits the abstracts?", Campaign),
+            description=f"{len(chosen)} pairs of profiles, drawn at random from {len(ids)}. Which model wrote "
+                        "which is not shown.",
+            guidelines=CHECK_GUIDELINES, judge_display=JudgeDisplay.HIDDEN, judge=evaluation.judge, overlap=overlap,
         )
         campaign.experts.set(experts)
         campaign.add_comparisons(Comparison.objects.filter(pk__in=chosen))

@@ -24,6 +24,7 @@ class TrainingRun(Work):
                                      related_name="resumptions")
 
     stops_when = "after the current step, with a checkpoint"
+    unit = "step"
 
     class Meta(Work.Meta):
         # Starting a run is "run_training" too: the admin's Add button starts one (training.admin).

@@ -205,6 +205,10 @@ class RunProgress:
         self.lost = False  # the row is no longer ours to write
 
     def on_log(self, entry: dict[str, Any]) -> None:
+        if entry.get("kind") == "status":  # the page's status follows the log at once
+            self.log.info("%s", entry["message"])
+            self.flush(message=entry["message"])
+            return
         if entry.get("kind") == "eval":
             self.latest["eval"] = {k: v for k, v in entry.items() if k.startswith("eval_")}
             return
@@ -258,12 +262,22 @@ def _fmt(value: Any, spec: str = ".4f") -> str:
     return "-" if value is None else format(value, spec)
 
 
+class _LogFormat(logging.Formatter):
+    """What the worker's own code printed (Celery hands stdout and stderr on as "celery.redirected") is written as
+    printed, after the time: it is output, not a warning."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        if record.name == "celery.redirected":
+            return f"{self.formatTime(record)} {record.getMessage()}"
+        return super().format(record)
+
+
 @contextmanager
 def run_log(run: TrainingRun):
     """Everything logged in this process while the run trains also goes to ``output_dir/train.log``."""
     Path(run.output_dir).mkdir(parents=True, exist_ok=True)
     handler = logging.FileHandler(Path(run.output_dir) / LOG_FILE, encoding="utf-8")
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.setFormatter(_LogFormat("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     handler.setLevel(logging.INFO)
     root = logging.getLogger()
     old_level = root.level

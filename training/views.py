@@ -58,7 +58,6 @@ def _run_context(run: TrainingRun) -> dict:
                     "margin": metrics.get("rewards/margins"), "chosen": metrics.get("rewards/chosen"),
                     "rejected": metrics.get("rewards/rejected"), "learning_rate": metrics.get("learning_rate"),
                     "epoch": metrics.get("epoch"), "eval": metrics.get("eval")},
-        "eta": metrics.get("eta_s") if not run.is_finished else None,
         "loss_chart": line_chart([(e.step, e.loss) for e in entries], "loss", reference=math.log(2)),
         "accuracy_chart": line_chart([(e.step, e.reward_accuracy) for e in entries], "reward accuracy", (0, 1)),
         "margin_chart": line_chart([(e.step, e.reward_margin) for e in entries], "reward margin", reference=0),

@@ -16,6 +16,7 @@ from django.http import FileResponse, Http404, HttpRequest, HttpResponse, Stream
 from django.shortcuts import get_object_or_404, render
 from django.views.decorators.http import require_GET
 
+from ..formatting import interval_text
 from ..models import Campaign, DatasetExport
 from ..roles import staff_permission_required
 
@@ -162,11 +163,7 @@ def _num(value: float | None, digits: int = 2) -> str:
 
 
 def _estimate(estimate: Estimate | None) -> str:
-    if estimate is None or math.isnan(estimate.value):
-        return "–"
-    if math.isnan(estimate.low):
-        return _num(estimate.value)
-    return f"{estimate.value:.2f} [{estimate.low:.2f}, {estimate.high:.2f}]"
+    return "–" if estimate is None else interval_text(estimate.value, estimate.low, estimate.high)
 
 
 def _rate(rate: agreement.Rate) -> dict | None:

@@ -44,6 +44,10 @@ class JobProgress:
             fields["total"] = total
         self._update(**fields)
 
+    def expect(self, total: int) -> None:
+        """The total has grown (a judging job learns it sample by sample while generation goes on)."""
+        self._update(total=total, heartbeat_at=timezone.now())
+
     def advance(self, done: int, message: str = "", **stats) -> None:
         fields = {"done": done, "message": message, "heartbeat_at": timezone.now()}
         if stats:
@@ -115,9 +119,3 @@ def follow(job: Job, stream, poll_s: float = 0.5) -> Job:
             if job.is_finished:
                 return job
             time.sleep(poll_s)
-
-
-def fail_queued_job(job_id: int, reason: str) -> None:
-    Job.objects.filter(pk=job_id, status=JobStatus.QUEUED).update(
-        status=JobStatus.FAILED, error=reason, finished_at=timezone.now()
-    )

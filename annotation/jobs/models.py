@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from datetime import timedelta
 
 from django.conf import settings
@@ -9,6 +10,8 @@ from django.db import models
 from django.db.models import Q
 from django.dispatch import Signal
 from django.utils import timezone
+
+from .eta import Estimate, add_point, estimate
 
 
 class JobStatus(models.TextChoices):
@@ -80,8 +83,12 @@ class Work(models.Model):
     finished_at = models.DateTimeField(null=True, blank=True)
     # A live worker touches this every few seconds (annotation.jobs.liveness); a stale one means the worker died.
     heartbeat_at = models.DateTimeField(null=True, blank=True)
+    # [unix time, done(, tokens)] at the latest progress updates (annotation.jobs.eta): the recent rate and ETA.
+    progress_points = models.JSONField(default=list, blank=True, editable=False)
 
     objects = WorkQuerySet.as_manager()
+    # What ``done`` counts, for the rate ("3.2 s per step").
+    unit = "item"
 
     class Meta:
         abstract = True
@@ -121,6 +128,9 @@ class Work(models.Model):
 
     def save_progress(self, **fields) -> bool:
         """Write ``fields`` unless the row has ended (or is gone); False then, and the work should stop."""
+        if "done" in fields:
+            fields["progress_points"] = add_point(self.progress_points, time.time(), fields["done"],
+                                                  *self.counted_with(fields))
         if not type(self).objects.filter(pk=self.pk).exclude(status__in=FINISHED_STATUSES).update(**fields):
             return False
         for name, value in fields.items():
@@ -156,11 +166,24 @@ class Work(models.Model):
             return 0.0
         return ((self.finished_at or timezone.now()) - self.started_at).total_seconds()
 
-    def eta_seconds(self) -> float | None:
-        """Remaining time at the rate so far; None until there is a rate to go on."""
-        if self.is_finished or not self.done or not self.total:
+    def counted_with(self, fields: dict) -> tuple:
+        """What else a progress point records besides ``done`` (generation: tokens)."""
+        return ()
+
+    def estimate(self) -> Estimate | None:
+        """The recent rate and the time left, with its error; None when finished or with no rate yet."""
+        if self.is_finished or not self.total:
             return None
-        return self.elapsed_seconds() / self.done * max(0, self.total - self.done)
+        return estimate(self.progress_points, self.total, now=time.time())
+
+    def rate_text(self) -> str:
+        """The recent rate as people read it: "4.2 judgements/s" when fast, "35 s per sample" when slow."""
+        found = self.estimate()
+        if found is None:
+            return ""
+        if found.rate >= 1:
+            return f"{found.rate:.1f} {self.unit}s/s"
+        return f"{found.per_item_s:.0f} s per {self.unit}"
 
 
 class Job(Work):
@@ -179,9 +202,22 @@ class Job(Work):
     def __str__(self) -> str:
         return f"{self.get_kind_display()} #{self.pk} ({self.status})"
 
+    @property
+    def unit(self) -> str:
+        return {JobKind.GENERATE: "sample", JobKind.JUDGE: "judgement", JobKind.EXPORT: "comparison"}.get(
+            self.kind, "item")
+
+    def counted_with(self, fields: dict) -> tuple:
+        tokens = fields.get("stats", self.stats).get("tokens")
+        return (tokens,) if tokens is not None else ()
+
     def tokens_per_second(self) -> float | None:
-        elapsed = self.elapsed_seconds()
+        """Tokens per second over the recent progress updates (over the whole run once it has ended)."""
         tokens = self.stats.get("tokens")
+        points = [p for p in self.progress_points if len(p) > 2]
+        if not self.is_finished and len(points) >= 2 and points[-1][0] > points[0][0]:
+            return (points[-1][2] - points[0][2]) / (points[-1][0] - points[0][0])
+        elapsed = self.elapsed_seconds()
         return tokens / elapsed if tokens and elapsed > 0 else None
 
     def retry_hint(self) -> str:

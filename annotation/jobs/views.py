@@ -12,7 +12,7 @@ from .liveness import mark_stale
 
 
 def _job_context(job: Job) -> dict:
-    return {"job": job, "eta": job.eta_seconds(), "tokens_per_second": job.tokens_per_second(),
+    return {"job": job, "tokens_per_second": job.tokens_per_second(),
             "params": parameter_rows(job.params)}
 
 

@@ -7,17 +7,19 @@
 from __future__ import annotations
 
 import random
+import time
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from django.db import transaction
-from django.db.models import Avg, QuerySet
+from django.db.models import Avg, Count, QuerySet
 
 from ..jobs.lifecycle import JobProgress
 from ..llm_client import EndpointError
 from ..models import (
-    Campaign, Comparison, Job, Judge, JudgeVerdict, PairingSource, Profile, Sample, TournamentPreference,
+    Campaign, Comparison, Generator, Job, JobStatus, Judge, JudgeVerdict, PairingSource, Profile, Sample,
+    TournamentPreference,
 )
 from .pairing import PairStats, Tournament, active_pairs, all_pairs
 from .session import Session
@@ -28,6 +30,12 @@ from .verdicts import INCONSISTENT, combine_asked
 SAMPLES_PER_STEP = 8
 COMPARISONS_PER_STEP = 200
 ACTIVE_DEFAULT_LIMIT = 20
+# How often a judging job that follows a generation job looks for samples it has finished.
+FOLLOW_POLL_S = 2.0
+
+
+class GenerationFailed(Exception):
+    """The generation job a judging job followed ended without finishing its samples."""
 
 
 def pairable_by_sample(sample_ids: Iterable[int]) -> dict[int, list[int]]:
@@ -59,6 +67,64 @@ def judge_all_pairs(session: Session, sample_ids: Sequence[int], campaign: Campa
             campaign.add_comparisons(comparisons)
         session.judge_comparisons(comparisons)
     return f"all pairs of {len(samples)} samples"
+
+
+def generated_samples(generation: Job) -> set[int]:
+    """The generation job's samples that have all their candidates (one sample's are stored in one transaction,
+    so a sample with k of them is finished); one query."""
+    params = generation.params
+    k = params.get("candidates") or Generator.objects.get(pk=params["generator_id"]).candidates
+    return set(Profile.objects.filter(generator_id=params["generator_id"], sample_id__in=params["sample_ids"])
+               .order_by().values("sample_id").annotate(n=Count("pk")).filter(n__gte=k)
+               .values_list("sample_id", flat=True))
+
+
+def pause_for_generation() -> None:
+    time.sleep(FOLLOW_POLL_S)
+
+
+def judge_as_generated(session: Session, sample_ids: Sequence[int], campaign: Campaign | None, generation_id: int,
+                       progress: JobProgress) -> str:
+    """All pairs of each sample as soon as the generation job has stored its candidates, while it goes on with
+    the next ones; each pair joins the campaign once it is judged, so experts start on it at once."""
+    left = list(sample_ids)
+    judged = 0
+    while left:
+        generation = Job.objects.get(pk=generation_id)
+        ready = set(left) if generation.is_finished else generated_samples(generation)
+        now = [s for s in left if s in ready]
+        stats = {"samples_waiting": len(left) - len(now), "samples_judging": len(now)}
+        if not now:
+            progress.advance(session.tally.done, f"waiting for generation: {generation.done} of "
+                             f"{generation.total} samples generated", **stats)
+            pause_for_generation()
+            continue
+        progress.advance(session.tally.done, progress.job.message, **stats)
+        for sample_id in now:
+            judged += judge_sample_pairs(session, sample_id, campaign, progress)
+            left.remove(sample_id)
+            stats["samples_judging"] -= 1
+            progress.advance(session.tally.done, progress.job.message, **stats)
+    generation = Job.objects.get(pk=generation_id)
+    if generation.status != JobStatus.SUCCEEDED:
+        raise GenerationFailed(f"generating the candidates failed (job #{generation.pk} {generation.status}); "
+                               f"judged what it had finished")
+    return f"all pairs of {judged} samples, each as soon as it was generated"
+
+
+def judge_sample_pairs(session: Session, sample_id: int, campaign: Campaign | None, progress: JobProgress) -> int:
+    """Judge every pair of the sample's pairable profiles, one pair at a time, and put each in the campaign as
+    soon as it is judged; 1 if the sample had a pair, else 0."""
+    pairable = pairable_by_sample([sample_id]).get(sample_id, [])
+    if len(pairable) < 2:
+        return 0
+    comparisons = Comparison.objects.ensure([(sample_id, p, q) for p, q in all_pairs(pairable)], PairingSource.ALL)
+    progress.expect(progress.job.total + session.judge.orders_asked * len(comparisons))
+    for comparison in comparisons:
+        session.judge_comparisons([comparison])
+        if campaign:
+            campaign.add_comparisons([comparison])
+    return 1
 
 
 def planned_all(sample_ids: Sequence[int], orders: int = 2) -> int:
@@ -210,7 +276,10 @@ def run_judging(job: Job, progress: JobProgress) -> str:
                                                                **t.stats()))
     if pairing in ("all", "tournament") and limit:
         sample_ids = sample_ids[:limit]
-    if pairing == "all":
+    if pairing == "all" and params.get("after_job"):
+        progress.start(total=0)
+        what = judge_as_generated(session, sample_ids, campaign, params["after_job"], progress)
+    elif pairing == "all":
         progress.start(total=planned_all(sample_ids, judge.orders_asked))
         what = judge_all_pairs(session, sample_ids, campaign)
     elif pairing == "tournament":

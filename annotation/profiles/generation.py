@@ -123,18 +123,29 @@ def store_candidates(generator: Generator, sample: Sample, indexes: list[int], o
     return sum(o.completion_tokens or 0 for o in outputs[: len(indexes)])
 
 
+def in_given_order(sample_ids: list[int]) -> list[Sample]:
+    """The samples in the order the job lists them: a caller (the demo) puts first what it wants soonest."""
+    by_id = Sample.objects.prefetch_related("documents").in_bulk(sample_ids)
+    return [by_id[pk] for pk in sample_ids if pk in by_id]
+
+
+def batches(todo: list, size: int) -> list[list]:
+    """The first sample alone, then ``size`` at a time: its candidates are stored (and can be judged and
+    reviewed) after one sample's generation instead of a whole batch's."""
+    return [todo[:1]] + [todo[start:start + size] for start in range(1, len(todo), size)] if todo else []
+
+
 def run_generation(job: Job, progress: JobProgress) -> str:
     generator = Generator.objects.get(pk=job.params["generator_id"])
     k = job.params.get("candidates") or generator.candidates
-    samples = Sample.objects.filter(pk__in=job.params["sample_ids"]).prefetch_related("documents")
-    todo = [(s, missing) for s in samples.order_by("pk") if (missing := missing_indexes(generator, s, k))]
+    todo = [(s, missing) for s in in_given_order(job.params["sample_ids"])
+            if (missing := missing_indexes(generator, s, k))]
     progress.start(total=len(todo))
     if not todo:
         return "nothing missing: every sample already has its candidates"
     backend = backend_for(generator)
     done = tokens = 0
-    for start in range(0, len(todo), backend.batch_samples):
-        chunk = todo[start:start + backend.batch_samples]
+    for chunk in batches(todo, backend.batch_samples):
         outputs = backend.generate([conversation_for(s) for s, _ in chunk], max(len(m) for _, m in chunk))
         for (sample, missing), candidates in zip(chunk, outputs):
             tokens += store_candidates(generator, sample, missing, candidates)

@@ -16,12 +16,16 @@ from dataclasses import dataclass
 from django.conf import settings
 from django.core.cache import caches
 from django.db import IntegrityError, transaction
-from django.db.models import Count, Exists, Max, OuterRef, Subquery, Sum
+from django.db.models import Count, Exists, F, Max, OuterRef, Q, Subquery, Sum
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
-from ..models import Assignment, Campaign, CampaignItem, Document, JudgeVerdict, SupersededReason, SupersededVote, Vote
+from ..models import (
+    Assignment, Campaign, CampaignItem, Document, Job, JobKind, JudgeVerdict, SupersededReason, SupersededVote, Vote,
+)
 
+# A skipped pair comes back at the end of the expert's queue this many times; skipped again, it stays aside.
+RETURNS_AFTER_SKIP = 1
 # Each failed attempt means another expert took that item a moment ago; a handful is plenty.
 CLAIM_ATTEMPTS = 5
 # What the comparison screen shows of an item: its comparison and the two profiles, and of those only the
@@ -50,13 +54,24 @@ class Progress:
 
     @property
     def percent(self) -> int:
-        return min(100, round(100 * self.taken / self.needed)) if self.needed else 100
+        # An empty campaign is not a finished one: its bar stays empty.
+        return min(100, round(100 * self.taken / self.needed)) if self.needed else 0
 
 
 def campaign_progress(campaign: Campaign, expert) -> Progress:
     items, taken = _campaign_totals(campaign)
-    theirs = Vote.objects.in_campaign(campaign).filter(expert=expert).aggregate(mine=Count("pk"), last=Max("pk"))
-    return Progress(needed=items * campaign.overlap, taken=taken, mine=theirs["mine"], last_vote_id=theirs["last"])
+    theirs = Vote.objects.in_campaign(campaign).filter(expert=expert).aggregate(
+        mine=Count("pk"), counted=Count("pk", filter=Q(assignment__item__gold_answer="")), last=Max("pk"))
+    # The totals may be a moment old; they never show less than the expert has just done themselves (gold
+    # pairs are extra: the totals leave them out).
+    taken = max(taken, theirs["counted"])
+    return Progress(needed=max(items * campaign.overlap, taken), taken=taken, mine=theirs["mine"],
+                    last_vote_id=theirs["last"])
+
+
+def skipped_count(expert, campaign: Campaign) -> int:
+    """The pairs the expert skipped and that stay set aside (read on the done screen only)."""
+    return Assignment.objects.filter(expert=expert, item__campaign=campaign, skipped_at__isnull=False).count()
 
 
 def _campaign_totals(campaign: Campaign) -> tuple[int, int]:
@@ -72,12 +87,39 @@ def _campaign_totals(campaign: Campaign) -> tuple[int, int]:
     return caches["process"].get_or_set(f"review-totals:{campaign.pk}", count, seconds) if seconds else count()
 
 
+def _samples(n: int) -> str:
+    return f"{n} more sample{'s are' if n != 1 else ' is'}"
+
+
+def still_coming(campaign: Campaign) -> str:
+    """What background work will still add pairs to the campaign, for an expert with nothing left to do; "" if
+    none. Read only on that screen, never in the vote round trip."""
+    jobs = Job.objects.active().filter(kind=JobKind.JUDGE, params__campaign_id=campaign.pk)
+    parts = []
+    for job in jobs:
+        if job.params.get("after_job"):
+            waiting = job.stats.get("samples_waiting", len(job.params.get("sample_ids") or ()))
+            judging = job.stats.get("samples_judging", 0)
+            if waiting:
+                parts.append(f"{_samples(waiting)} being generated")
+            if judging:
+                parts.append(f"{_samples(judging)} being judged")
+        else:
+            parts.append("the judge is still at work on this campaign")
+    if not parts:
+        return ""
+    text = "; ".join(parts)
+    return f"{text[0].upper()}{text[1:]}; new pairs appear here."
+
+
 def has_work(expert, campaign: Campaign) -> bool:
     """Whether the expert has anything left to do in the campaign (a pair waiting, or one to claim), without
     claiming it."""
     waiting = Assignment.objects.waiting_for(expert).filter(item__campaign=campaign, item__withdrawn_at__isnull=True)
     claimable = CampaignItem.objects.claimable_for(expert, campaign)
-    return Campaign.objects.filter(pk=campaign.pk).filter(Exists(waiting) | Exists(claimable)).exists()
+    coming_back = skipped_to_return(expert, campaign)
+    return (Campaign.objects.filter(pk=campaign.pk)
+            .filter(Exists(waiting) | Exists(claimable) | Exists(coming_back)).exists())
 
 
 def abstracts_of(assignment: Assignment) -> list[Document]:
@@ -122,7 +164,40 @@ def next_assignment(expert, campaign: Campaign, *, may_have_open: bool = True) -
         open_one = waiting.first()
         if open_one is not None:
             return open_one, progress
-    return claim(expert, campaign), progress
+    # A skipped pair comes back only when nothing new is left: the look costs the vote round trip nothing.
+    return claim(expert, campaign) or bring_back_skipped(expert, campaign), progress
+
+
+def skipped_to_return(expert, campaign: Campaign):
+    """The expert's skipped pairs in the campaign that may still come back (not withdrawn meanwhile)."""
+    return Assignment.objects.filter(expert=expert, item__campaign=campaign, item__withdrawn_at__isnull=True,
+                                     skipped_at__isnull=False, skips__lte=RETURNS_AFTER_SKIP)
+
+
+def bring_back_skipped(expert, campaign: Campaign) -> Assignment | None:
+    """Reopen the expert's earliest skipped pair that has come back fewer than RETURNS_AFTER_SKIP times, if a
+    slot is still free (another expert may have taken it since); None when there is none."""
+    skipped = (skipped_to_return(expert, campaign)
+               .select_related(*(f"item__{path}" for path in PAIR)).order_by("skipped_at", "pk"))
+    for assignment in skipped[:CLAIM_ATTEMPTS]:
+        if reopen(assignment, campaign):
+            return assignment
+    return None
+
+
+def reopen(assignment: Assignment, campaign: Campaign) -> bool:
+    """Make a skipped assignment open again, taking back its slot; False if the overlap is met meanwhile or it
+    is no longer skipped (another tab)."""
+    now = timezone.now()
+    with transaction.atomic():
+        if not assignment.item.gold_answer and not assignment.item.take_slot(campaign.overlap):
+            return False
+        if not Assignment.objects.filter(pk=assignment.pk, skipped_at__isnull=False).update(skipped_at=None,
+                                                                                            shown_at=now):
+            transaction.set_rollback(True)
+            return False
+    assignment.skipped_at, assignment.shown_at = None, now
+    return True
 
 
 def claim(expert, campaign: Campaign) -> Assignment | None:
@@ -175,12 +250,25 @@ def record_vote(assignment: Assignment, *, choice: str, rationale: str, flags: d
 
 
 def skip(assignment: Assignment) -> bool:
-    """Set the comparison aside for this expert for good, and give its slot back for someone else."""
+    """Set the comparison aside and give its slot back for another expert; it comes back at the end of this
+    expert's queue (``bring_back_skipped``) if no one has taken it by then."""
     with transaction.atomic():
-        won = assignment.mark_answered("skipped_at", timezone.now())
+        won = assignment.mark_answered("skipped_at", timezone.now(), skips=F("skips") + 1)
         if won and not assignment.item.gold_answer:
             assignment.item.give_back_slot()
     return won
+
+
+def undo_skip(expert, campaign: Campaign, assignment_id: int) -> Assignment | None:
+    """Take back a skip of the expert's in the campaign: the pair is open again (with its slot), or None if it
+    is not skipped any more or another expert has filled its overlap meanwhile."""
+    assignment = (Assignment.objects.filter(pk=assignment_id, expert=expert, item__campaign=campaign,
+                                            skipped_at__isnull=False)
+                  .select_related(*(f"item__{path}" for path in PAIR)).first())
+    if assignment is None or not reopen(assignment, campaign):
+        return None
+    Assignment.objects.filter(pk=assignment.pk, skips__gt=0).update(skips=F("skips") - 1)
+    return assignment
 
 
 def revise(vote: Vote, *, choice: str, rationale: str, flags: dict) -> None:

@@ -137,6 +137,8 @@ class Assignment(models.Model):
     created_at = models.DateTimeField(auto_now_add=True)
     shown_at = models.DateTimeField(null=True, blank=True)
     skipped_at = models.DateTimeField(null=True, blank=True)
+    # How often the expert skipped the pair: a skipped pair comes back once at the end of their queue.
+    skips = models.PositiveSmallIntegerField(default=0)
     # Set in the vote's own transaction by a conditional UPDATE that only one request can win, so a double
     # submit, a stale page or a skip from another tab can never add a second answer (on SQLite too).
     voted_at = models.DateTimeField(null=True, blank=True)
@@ -158,10 +160,10 @@ class Assignment(models.Model):
     def __str__(self) -> str:
         return f"{self.expert} · {self.item}"
 
-    def mark_answered(self, field: str, when) -> bool:
-        """Set ``voted_at`` or ``skipped_at`` while neither is set: a conditional UPDATE, so of a double
-        submit, a stale page and a skip from another tab only one request wins, on SQLite too."""
-        return Assignment.objects.filter(pk=self.pk).waiting().update(**{field: when}) == 1
+    def mark_answered(self, field: str, when, **also) -> bool:
+        """Set ``voted_at`` or ``skipped_at`` (and ``also``) while neither is set: a conditional UPDATE, so of a
+        double submit, a stale page and a skip from another tab only one request wins, on SQLite too."""
+        return Assignment.objects.filter(pk=self.pk).waiting().update(**{field: when}, **also) == 1
 
 
 class VoteQuerySet(models.QuerySet):

@@ -33,6 +33,19 @@ _GENERIC = {
     "approaches", "based", "development", "expertise", "for", "from", "general", "into", "knowledge",
     "method", "methods", "research", "skill", "skills", "studies", "study", "technique", "techniques",
     "the", "their", "understanding", "using", "with",
+    # English filler of four letters or more (shorter words are never stems): in a name it says nothing about the
+    # abstracts, and found there it only inflates the counts ("provide", "about", "being", "like").
+    "able", "about", "above", "across", "after", "again", "against", "also", "among", "apply", "applying",
+    "around", "because", "been", "before", "being", "below", "between", "both", "could", "different", "does",
+    "doing", "done", "down", "during", "each", "effective", "effectively", "either", "else", "enough", "even",
+    "ever", "every", "further", "given", "good", "have", "having", "here", "high", "however", "include",
+    "included", "includes", "including", "itself", "just", "like", "made", "make", "makes", "making", "many",
+    "more", "most", "much", "multiple", "must", "need", "needs", "novel", "only", "other", "others", "over",
+    "overall", "provide", "provided", "provides", "providing", "rather", "same", "several", "should", "show",
+    "showing", "shown", "shows", "since", "some", "strong", "such", "than", "that", "them", "then", "there",
+    "these", "they", "this", "those", "through", "thus", "toward", "towards", "under", "until", "upon", "used",
+    "uses", "various", "very", "well", "were", "what", "when", "where", "whether", "which", "while", "will",
+    "within", "without", "work", "working", "works", "would", "your",
 }
 # Longest first; stripping one turns "modelling", "statistical", "genomics" into "model", "statist", "genom".
 _SUFFIXES = ("ational", "ations", "ation", "ings", "ing", "ities", "ity", "ical", "ics", "sis", "ic", "al",

@@ -31,6 +31,8 @@ NOT_REVISABLE = "That answer can no longer be changed. Here is the next pair."
 NOTHING_TO_UNDO = "Nothing to undo: that vote is no longer your latest."
 MISSING_CHOICE = "Choose A, B, tie or both bad first."
 RATIONALE_MAX = 4000
+SKIPPED = "Skipped: that pair comes back at the end of your queue (u takes the skip back)."
+SKIP_NOT_UNDONE = "That skip cannot be taken back: another expert has taken the pair meanwhile."
 
 
 class VoteForm(forms.Form):
@@ -126,8 +128,10 @@ def _verdicts(campaign: Campaign, assignment: Assignment, *, revealed: bool) -> 
 
 def _render(request: HttpRequest, campaign: Campaign, assignment: Assignment | None, progress: Progress, *,
             notice: str = "", error: str = "", revealed: bool = False, posted: QueryDict | None = None,
-            verdicts: list[JudgeVerdict] | None = None, status: int = 200) -> HttpResponse:
-    """The comparison screen: the whole page, or just the panel for htmx. ``verdicts``: if already fetched."""
+            verdicts: list[JudgeVerdict] | None = None, status: int = 200,
+            undo_skip: int | None = None) -> HttpResponse:
+    """The comparison screen: the whole page, or just the panel for htmx. ``verdicts``: if already fetched;
+    ``undo_skip``: the assignment just skipped, which `u` then takes back instead of the latest vote."""
     screen = None
     if assignment is not None:
         documents = assignments.abstracts_of(assignment)
@@ -141,6 +145,9 @@ def _render(request: HttpRequest, campaign: Campaign, assignment: Assignment | N
         "choices": display_choices(screen.choice if screen else ""),
         "notice": notice,
         "error": error,
+        "coming": "" if screen else assignments.still_coming(campaign),
+        "skipped": 0 if screen else assignments.skipped_count(request.user, campaign),
+        "undo_skip": undo_skip,
     }
     if request.htmx:
         return render(request, PANEL, context, status=status)
@@ -148,14 +155,15 @@ def _render(request: HttpRequest, campaign: Campaign, assignment: Assignment | N
     return render(request, PAGE, context, status=status)
 
 
-def _next(request: HttpRequest, campaign: Campaign, *, notice: str = "", may_have_open: bool = True) -> HttpResponse:
+def _next(request: HttpRequest, campaign: Campaign, *, notice: str = "", may_have_open: bool = True,
+          undo_skip: int | None = None) -> HttpResponse:
     """After an answer: the next comparison (htmx), or a redirect to it (a plain form post)."""
     if not request.htmx:
         if notice:
             messages.info(request, notice)
         return redirect("annotation:campaign", campaign.pk)
     assignment, progress = assignments.next_assignment(request.user, campaign, may_have_open=may_have_open)
-    return _render(request, campaign, assignment, progress, notice=notice)
+    return _render(request, campaign, assignment, progress, notice=notice, undo_skip=undo_skip)
 
 
 @server_timing
@@ -167,7 +175,8 @@ def queue(request: HttpRequest) -> HttpResponse:
     for campaign in campaigns:
         if assignments.has_work(request.user, campaign):
             return redirect("annotation:campaign", campaign.pk)
-    standing = [(campaign, assignments.campaign_progress(campaign, request.user)) for campaign in campaigns]
+    standing = [(campaign, assignments.campaign_progress(campaign, request.user), assignments.still_coming(campaign))
+                for campaign in campaigns]
     return render(request, "annotation/queue.html", {"standing": standing})
 
 
@@ -245,8 +254,8 @@ def skip(request: HttpRequest, pk: int) -> HttpResponse:
     assignment = _get_assignment_for_expert(request, pk, screen=False)
     skipped = assignments.skip(assignment)
     request.answer_saved = bool(skipped)
-    return _next(request, assignment.item.campaign, notice="" if skipped else ALREADY_ANSWERED,
-                 may_have_open=assignment.others_open)
+    return _next(request, assignment.item.campaign, notice=SKIPPED if skipped else ALREADY_ANSWERED,
+                 may_have_open=assignment.others_open, undo_skip=assignment.pk if skipped else None)
 
 
 @server_timing
@@ -278,8 +287,11 @@ def revise(request: HttpRequest, pk: int) -> HttpResponse:
 @expert_required
 @require_POST
 def undo(request: HttpRequest, pk: int) -> HttpResponse:
-    """Take back the expert's latest vote in the campaign (named by the form) and show that pair again."""
+    """Take back the expert's latest vote in the campaign, or the skip just made (named by the form), and show
+    that pair again."""
     campaign = _get_campaign_for_expert(request, pk)
+    if "undo_skip" in request.POST:
+        return _undo_skip(request, campaign, request.POST["undo_skip"])
     vote_id = request.POST.get("undo_vote", "")
     reopened = assignments.undo_last_vote(request.user, campaign, int(vote_id)) if vote_id.isdigit() else None
     if reopened is None:
@@ -289,3 +301,13 @@ def undo(request: HttpRequest, pk: int) -> HttpResponse:
         return redirect("annotation:assignment", reopened)
     assignment = _get_assignment_for_expert(request, reopened)
     return _render(request, campaign, assignment, assignments.campaign_progress(campaign, request.user))
+
+
+def _undo_skip(request: HttpRequest, campaign: Campaign, assignment_id: str) -> HttpResponse:
+    reopened = assignments.undo_skip(request.user, campaign, int(assignment_id)) if assignment_id.isdigit() else None
+    if reopened is None:
+        return _next(request, campaign, notice=SKIP_NOT_UNDONE)
+    request.answer_saved = True
+    if not request.htmx:
+        return redirect("annotation:assignment", reopened.pk)
+    return _render(request, campaign, reopened, assignments.campaign_progress(campaign, request.user))

@@ -47,9 +47,9 @@ def test_an_expert_reviews_by_keyboard_alone(page, log_in, alice):
     page.keyboard.press("Enter")  # nothing chosen yet: a hint, no request
     assert "Choose A, B, tie or both bad" in page.locator(".notice").inner_text()
     page.keyboard.press("?")
-    assert page.locator("#keys-help").get_by_text("Undo your last vote").is_visible()
+    assert page.locator("#keys-help").get_by_text("Undo your last vote, or the skip").is_visible()
     page.keyboard.press("?")
-    assert not page.locator("#keys-help").get_by_text("Undo your last vote").is_visible()
+    assert not page.locator("#keys-help").get_by_text("Undo your last vote, or the skip").is_visible()
 
     page.keyboard.press("ArrowRight")
     page.keyboard.press("1")
@@ -65,13 +65,22 @@ def test_an_expert_reviews_by_keyboard_alone(page, log_in, alice):
     assert press_and_wait(page, "Enter") == third
 
     fourth = press_and_wait(page, "s")
+    assert "comes back at the end of your queue" in page.locator(".notice").inner_text()
+    assert press_and_wait(page, "u") == third, "u takes the skip back"
+    assert press_and_wait(page, "s") == fourth
     page.keyboard.press("4")
     page.locator("#rationale").focus()  # the one place the expert types
     page.keyboard.type("Both list 1 or 2 things the abstracts never say.")
     before = shown(page)
     page.keyboard.press("Control+Enter")
     page.wait_for_function("old => document.querySelector('#review').dataset.assignment !== old", arg=before)
+    assert shown(page) == third, "the skipped pair comes back at the end of the queue"
+    assert page.get_by_text("You skipped this pair earlier").is_visible()
+    before = shown(page)
+    page.keyboard.press("s")
+    page.wait_for_function("old => document.querySelector('#review').dataset.assignment !== old", arg=before)
     assert page.get_by_text("Nothing left for you here").is_visible()
+    assert page.get_by_text("You skipped 1 pair").is_visible()
     assert page.evaluate("window.samePage") is True
 
     votes = {str(v.assignment_id): v for v in Vote.objects.all()}

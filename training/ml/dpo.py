@@ -217,6 +217,12 @@ class TrainResult:
     log_history: list[dict[str, Any]]
 
 
+def _say(on_log: Callable[[dict], None] | None, main_process: bool, message: str) -> None:
+    """Tell ``on_log`` where the run stands between logging steps (kind "status"), so a page follows the log."""
+    if on_log is not None and main_process:
+        on_log({"kind": "status", "message": message})
+
+
 def _progress(on_log: Callable[[dict], None] | None, should_stop: Callable[[], bool] | None):
     """A TrainerCallback that reports each logging step to ``on_log`` and stops when ``should_stop()`` says so."""
     from transformers import TrainerCallback
@@ -228,6 +234,8 @@ def _progress(on_log: Callable[[dict], None] | None, should_stop: Callable[[], b
 
         def on_train_begin(self, args, state, control, **kwargs):
             self.started, self.first_step = time.monotonic(), state.global_step  # > 0 when resuming
+            _say(on_log, state.is_world_process_zero,
+                 f"training: step {state.global_step + 1} of {state.max_steps} under way")
 
         def on_step_end(self, args, state, control, **kwargs):
             if should_stop is not None and should_stop():
@@ -275,7 +283,8 @@ def train(script_args: ScriptArguments, training_args, model_args, on_log: Calla
     """Run DPO + LoRA as configured and save what the module docstring lists in ``output_dir``.
 
     ``on_log(entry)`` gets every logging step (kind "train" or "eval", step, total_steps, epoch, elapsed_s,
-    eta_s, loss, rewards/*, learning_rate and whatever else TRL logged), on the main process only.
+    eta_s, loss, rewards/*, learning_rate and whatever else TRL logged), and where the run stands between them
+    (kind "status", message), on the main process only.
     ``should_stop()`` is asked after every optimiser step; True checkpoints that step and ends the run as
     cancelled. Exceptions propagate once metrics.json records the failure. Under ``accelerate launch`` every
     process runs this; only the main one writes files.
@@ -308,6 +317,7 @@ def train(script_args: ScriptArguments, training_args, model_args, on_log: Calla
         model = AutoModelForCausalLM.from_pretrained(
             model_path, revision=model_args.model_revision, dtype=model_args.dtype,
             attn_implementation=model_args.attn_implementation, trust_remote_code=training_args.trust_remote_code)
+        _say(on_log, main_process, "model loaded; preparing the pairs (tokenizing every prompt)")
 
         # Load the dataset
         with training_args.main_process_first(desc="loading the pairs"):
@@ -399,6 +409,9 @@ def _print_log(entry: dict[str, Any]) -> None:
         value = entry.get(key)
         return "-" if value is None else format(value, spec)
 
+    if entry["kind"] == "status":
+        print(entry["message"], flush=True)
+        return
     if entry["kind"] == "eval":
         print(f"eval  step {entry['step']}/{entry['total_steps']} loss {fmt('eval_loss')} "
               f"acc {fmt('eval_rewards/accuracies', '.2f')}", flush=True)

@@ -13,8 +13,9 @@ from django.core.management.base import BaseCommand
 
 from annotation import demo
 
-# Training gets its own worker so a run never blocks generation or judging.
-WORKERS = {"main": "default,generation,judging", "training": "training"}
+# Judging has its own worker so it judges each sample while generation goes on with the next (the demo's judging
+# job follows its generation job); training has its own so a run never blocks either.
+WORKERS = {"main": "default,generation", "judging": "judging", "training": "training"}
 
 
 class Command(BaseCommand):
@@ -50,10 +51,11 @@ class Command(BaseCommand):
         self.stdout.write(seed_output.strip())
         self.stdout.write(f"Workers: {', '.join(WORKERS)} (broker: {broker}; logs in {settings.VAR_DIR}/worker-*.log)")
         if demo.pipeline_status(jobs) != "ready":
-            self.stdout.write(f"Getting the demo ready (once): the worker generates candidate profiles with the "
-                              f"offline model and judges them (10–20 minutes on two CPU cores; the experts' queues "
-                              f"fill when judging ends). Watch: http://{addr}/jobs/{jobs[0].pk}/ then "
-                              f"http://{addr}/jobs/{jobs[1].pk}/")
+            self.stdout.write(f"Getting the demo ready (once): the workers generate candidate profiles with the "
+                              f"offline model and judge each sample as soon as it is generated: the first pairs "
+                              f"reach the experts' queues once the first sample is done, the rest follow sample by "
+                              f"sample (README: First start, measured). "
+                              f"Watch: http://{addr}/jobs/{jobs[0].pk}/ and http://{addr}/jobs/{jobs[1].pk}/")
         self.stdout.write("Press Ctrl-C to stop the site and the workers.\n")
 
     def _wait(self, processes: list[subprocess.Popen]) -> None:
