@@ -90,7 +90,7 @@ bench: install
 	$(PY) bench/round.py --threads 1
 
 bench-quick: install
-	$(PY) bench/generation.py --prompts 4
+	$(PY) bench/generation.py --samples 2 --candidates 2
 	$(PY) bench/format_guide.py --samples 2 --candidates 2
 	$(PY) bench/judging.py --comparisons 4
 	$(PY) bench/training.py --steps 4 --repeats 1

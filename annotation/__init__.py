@@ -12,6 +12,6 @@ PUBLIC = {
     "annotation.judging.strategies": {"run_judging"},  # the judging job's work
     "annotation.export.dataset": {"run_export_task"},  # the export job's work
     "annotation.start": {"start_generation"},  # queue a generation job
-    "annotation.roles": {"admin_required", "EXPERTS_GROUP"},
+    "annotation.roles": {"staff_permission_required", "require_permission", "EXPERTS_GROUP"},
     "annotation.stats": {"win_rate", "wilson_interval"},
 }

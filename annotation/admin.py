@@ -4,9 +4,12 @@ import tempfile
 from collections import Counter
 from pathlib import Path
 
+from axes.admin import AccessAttemptAdmin
+from axes.models import AccessAttempt
 from django import forms
 from django.contrib import admin, messages
 from django.contrib.admin.views.main import ChangeList
+from django.core.exceptions import PermissionDenied
 from django.db.models import Count, Prefetch, Q, Sum
 from django.shortcuts import redirect
 from django.template.response import TemplateResponse
@@ -37,6 +40,7 @@ from .models import (
     Profile,
     Sample,
     SampleDocument,
+    SupersededVote,
     Tournament,
     TournamentMatch,
     TournamentPreference,
@@ -88,6 +92,19 @@ class TitleOnlyFilter(admin.SimpleListFilter):
         return queryset
 
 
+class ReadOnlyAdmin(admin.ModelAdmin):
+    """Answers and verdicts: shown, never added, edited or deleted here (no user action destroys an answer)."""
+
+    def has_add_permission(self, request, obj=None):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+
 @admin.register(Document)
 class DocumentAdmin(admin.ModelAdmin):
     list_display = ["external_id", "title", "first_author", "year", "has_abstract", "created_at"]
@@ -110,7 +127,7 @@ class DocumentAdmin(admin.ModelAdmin):
 
     def import_view(self, request):
         if not self.has_add_permission(request):
-            raise PermissionError
+            raise PermissionDenied("Importing documents needs the permission to add documents.")
         form = ImportDocumentsForm(request.POST or None, request.FILES or None)
         report = ""
         if request.method == "POST" and form.is_valid():
@@ -184,6 +201,13 @@ class JudgeJobForm(forms.Form):
         return data
 
 
+class RunJobsPermission:
+    """For actions that start generation or judging (``permissions=("run_jobs",)``)."""
+
+    def has_run_jobs_permission(self, request) -> bool:
+        return request.user.has_perm("annotation.run_jobs")
+
+
 def judge_action(model_admin, request, queryset, action: str, pairings, scope: dict):
     """An admin action with an intermediate form that starts a judging job and opens its page.
 
@@ -214,7 +238,7 @@ class SampleDocumentInline(admin.TabularInline):
 
 
 @admin.register(Sample)
-class SampleAdmin(admin.ModelAdmin):
+class SampleAdmin(RunJobsPermission, admin.ModelAdmin):
     list_display = ["name", "split", "document_count", "title_only", "profile_count", "valid_profile_count",
                     "created_at"]
     list_filter = ["split", TitleOnlyFilter]
@@ -222,7 +246,7 @@ class SampleAdmin(admin.ModelAdmin):
     inlines = [SampleDocumentInline]
     actions = ["generate_profiles", "judge_profiles"]
 
-    @admin.action(description="Generate profiles for the selected samples…")
+    @admin.action(description="Generate profiles for the selected samples…", permissions=("run_jobs",))
     def generate_profiles(self, request, queryset):
         form = GenerateForm(request.POST if "apply" in request.POST else None)
         if form.is_valid():
@@ -239,7 +263,7 @@ class SampleAdmin(admin.ModelAdmin):
                    "action_checkbox_name": admin.helpers.ACTION_CHECKBOX_NAME}
         return TemplateResponse(request, "admin/annotation/sample/generate.html", context)
 
-    @admin.action(description="Judge the selected samples' profiles…")
+    @admin.action(description="Judge the selected samples' profiles…", permissions=("run_jobs",))
     def judge_profiles(self, request, queryset):
         return judge_action(self, request, queryset, "judge_profiles", SAMPLE_PAIRINGS, {"samples": queryset})
 
@@ -385,6 +409,16 @@ class JudgeAdmin(admin.ModelAdmin):
     list_filter = ["backend"]
     search_fields = ["name", "model"]
     readonly_fields = ["figures", "ranking"]
+    fieldsets = [
+        (None, {"fields": ["name", "backend", "model"]}),
+        ("A/B judges (local and OpenAI-compatible)", {"fields": [
+            "base_url", "api_key_env", "prompt_version", "temperature", "max_tokens", "concurrency", "orders",
+            "price_prompt_per_mtok", "price_completion_per_mtok"]}),
+        ("Scoring judges", {"fields": ["score_baseline", "score_part", "score_margin"],
+                            "description": "Each profile is scored alone by its PMI with the abstracts; a pair is "
+                                           "decided by the score difference. No presentation order."}),
+        ("Figures", {"fields": ["figures", "ranking"]}),
+    ]
     show_full_result_count = False  # judges are few: the list needs no second count
 
     def get_queryset(self, request):
@@ -474,7 +508,7 @@ class JudgeAdmin(admin.ModelAdmin):
 
 
 @admin.register(JudgeVerdict)
-class JudgeVerdictAdmin(admin.ModelAdmin):
+class JudgeVerdictAdmin(ReadOnlyAdmin):
     list_display = ["comparison", "judge", "order", "preferred", "is_valid", "error", "latency_ms", "cost_usd"]
     list_filter = ["judge", "order", "is_valid", "preferred"]
     search_fields = ["raw_text", "reasoning"]
@@ -553,14 +587,85 @@ class TournamentAdmin(admin.ModelAdmin):
 
 
 class CampaignItemInline(admin.TabularInline):
+    """Ticking Delete on an answered item is refused by Django itself (the votes' PROTECT); such items are
+    withdrawn instead (Admin → Campaign items)."""
+
     model = CampaignItem
     extra = 0
     raw_id_fields = ["comparison"]
-    readonly_fields = ["assignment_count"]
+    fields = ["comparison", "gold_answer", "assignment_count", "withdrawn_at", "history_link"]
+    readonly_fields = ["assignment_count", "withdrawn_at", "history_link"]
+
+    @admin.display(description="History")
+    def history_link(self, obj):
+        if obj.pk is None:
+            return "–"
+        return format_html('<a href="{}">answers</a>', reverse("admin:annotation_campaignitem_change", args=[obj.pk]))
+
+
+@admin.register(CampaignItem)
+class CampaignItemAdmin(admin.ModelAdmin):
+    """An item's full history, and withdrawing items (which keeps them and their votes)."""
+
+    list_display = ["id", "campaign", "comparison", "gold_answer", "assignment_count", "withdrawn_at"]
+    list_filter = ["campaign", ("withdrawn_at", admin.EmptyFieldListFilter)]
+    list_select_related = ["campaign", "comparison__sample"]
+    raw_id_fields = ["comparison"]
+    readonly_fields = ["assignment_count", "withdrawn_at", "history"]
+    actions = ["withdraw", "put_back"]
+
+    @admin.action(description="Withdraw the selected items (kept with their votes, left out of exports and figures)",
+                  permissions=("change",))
+    def withdraw(self, request, queryset):
+        count = queryset.filter(withdrawn_at__isnull=True).update(withdrawn_at=timezone.now())
+        self.message_user(request, f"Withdrew {count} item(s); their votes are kept.", messages.SUCCESS)
+
+    @admin.action(description="Put the selected items back into the campaign", permissions=("change",))
+    def put_back(self, request, queryset):
+        count = queryset.filter(withdrawn_at__isnull=False).update(withdrawn_at=None)
+        self.message_user(request, f"Put {count} item(s) back.", messages.SUCCESS)
+
+    def has_delete_permission(self, request, obj=None):
+        # Answered items are withdrawn, not deleted (the votes' PROTECT refuses it too).
+        if obj is not None and CampaignItem.objects.filter(pk=obj.pk).answered().exists():
+            return False
+        return super().has_delete_permission(request, obj)
+
+    @admin.display(description="History (every answer, oldest first)")
+    def history(self, obj):
+        if obj.pk is None:
+            return "–"
+        rows = answer_history(obj)
+        if not rows:
+            return "No answers yet."
+        body = format_html_join("", "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                                rows)
+        return format_html("<table><tr><th>When</th><th>Expert</th><th>Answer (first → final)</th><th>Rationale</th>"
+                           "<th>Status</th><th>Record</th></tr>{}</table>", body)
+
+
+def answer_history(item: CampaignItem) -> list[tuple]:
+    """Every answer on the item, current and superseded, oldest first, and what replaced each."""
+    current = Vote.objects.filter(assignment__item=item).select_related("expert")
+    old = SupersededVote.objects.filter(assignment__item=item).select_related("expert")
+    entries = [(v.updated_at, v.pk, v, "") for v in current] + [(s.answered_at, s.vote_id, s, s.reason) for s in old]
+    entries.sort(key=lambda e: (e[0], e[1]))
+    rows = []
+    for when, vote_id, answer, reason in entries:
+        status = "current"
+        if reason:
+            replaced = "revised answer" if reason == "revised" else "next answer on the pair"
+            status = f"{answer.get_reason_display()} at {answer.superseded_at:%Y-%m-%d %H:%M:%S}; replaced by the {replaced}"
+        answer_text = answer.get_first_choice_display()
+        if answer.choice != answer.first_choice:
+            answer_text += f" → {answer.get_choice_display()}"
+        rows.append((f"{when:%Y-%m-%d %H:%M:%S}", answer.expert.get_username(), answer_text,
+                     answer.rationale[:200] or "–", status, f"vote #{vote_id}"))
+    return rows
 
 
 @admin.register(Campaign)
-class CampaignAdmin(admin.ModelAdmin):
+class CampaignAdmin(RunJobsPermission, admin.ModelAdmin):
     list_display = ["name", "judge_display", "overlap", "item_count", "vote_count", "is_active", "created_at"]
     list_filter = ["judge_display", "is_active"]
     search_fields = ["name", "description"]
@@ -568,7 +673,8 @@ class CampaignAdmin(admin.ModelAdmin):
     inlines = [CampaignItemInline]
     actions = ["judge_campaign"]
 
-    @admin.action(description="Judge the campaign's comparisons, or add active pairs to it…")
+    @admin.action(description="Judge the campaign's comparisons, or add active pairs to it…",
+                  permissions=("run_jobs",))
     def judge_campaign(self, request, queryset):
         if queryset.count() != 1:
             self.message_user(request, "Choose exactly one campaign.", messages.WARNING)
@@ -599,12 +705,21 @@ class AssignmentAdmin(admin.ModelAdmin):
 
 
 @admin.register(Vote)
-class VoteAdmin(admin.ModelAdmin):
+class VoteAdmin(ReadOnlyAdmin):
     list_display = ["comparison", "expert", "choice", "first_choice", "revised_after_reveal", "seconds_spent",
                     "created_at"]
     list_filter = ["choice", "revised_after_reveal", "expert", "campaign"]
     search_fields = ["rationale", "expert__username"]
     raw_id_fields = ["assignment", "comparison"]
+    list_select_related = ["expert", "comparison__sample"]
+
+
+@admin.register(SupersededVote)
+class SupersededVoteAdmin(ReadOnlyAdmin):
+    list_display = ["vote_id", "reason", "expert", "comparison", "choice", "first_choice", "answered_at",
+                    "superseded_at"]
+    list_filter = ["reason", "campaign", "expert"]
+    search_fields = ["rationale", "expert__username"]
     list_select_related = ["expert", "comparison__sample"]
 
 
@@ -673,7 +788,8 @@ class DatasetExportAdmin(admin.ModelAdmin):
         self.message_user(request, format_html("Export queued: a worker writes the snapshot ({}).",
                                                _job_link(job) or f"job #{job.pk}"))
 
-    @admin.action(description="Export again as a new snapshot (same settings, current labels)")
+    @admin.action(description="Export again as a new snapshot (same settings, current labels)",
+                  permissions=("add",))
     def export_again(self, request, queryset):
 
 
@@ -723,7 +839,7 @@ def _job_link(job) -> str:
 
 
 @admin.register(Job)
-class JobAdmin(admin.ModelAdmin):
+class JobAdmin(RunJobsPermission, admin.ModelAdmin):
     list_display = ["id", "kind", "status", "done", "total", "message", "worker", "created_at", "finished_at"]
     list_filter = ["kind", "status"]
     readonly_fields = ["kind", "status", "params", "done", "total", "message", "error", "created_by",
@@ -735,7 +851,19 @@ class JobAdmin(admin.ModelAdmin):
         mark_stale(models=[Job])  # a dead worker's job shows as failed, not running, in the list
         return super().changelist_view(request, extra_context)
 
-    @admin.action(description="Cancel the selected jobs")
+    @admin.action(description="Cancel the selected jobs", permissions=("run_jobs",))
     def cancel_jobs(self, request, queryset):
         for job in queryset.active():
             self.message_user(request, f"Job #{job.pk}: {job.request_cancel()}.")
+
+
+class LoginAttemptAdmin(AccessAttemptAdmin):
+    """django-axes' list of failed logins; its clean-up deletes rows, so it needs the delete permission."""
+
+    @admin.action(description="Clean up expired attempts", permissions=("delete",))
+    def cleanup_expired_attempts(self, request, queryset):
+        return super().cleanup_expired_attempts(request, queryset)
+
+
+admin.site.unregister(AccessAttempt)
+admin.site.register(AccessAttempt, LoginAttemptAdmin)

@@ -11,7 +11,8 @@ from .judging.models import (
 )
 from .profiles.models import Backend, Generator, Profile, ProfileQuerySet
 from .review.models import (
-    Assignment, Campaign, CampaignItem, CampaignQuerySet, Choice, JudgeDisplay, Vote, VoteQuerySet,
+    Assignment, Campaign, CampaignItem, CampaignQuerySet, Choice, JudgeDisplay, SupersededReason, SupersededVote, Vote,
+    VoteQuerySet,
 )
 
 __all__ = [
@@ -19,5 +20,6 @@ __all__ = [
     "Document", "ExportFormat", "ExportPolicy", "FINISHED_STATUSES", "Generator", "Job", "JobKind",
     "JobStatus", "Judge", "JudgeBackend", "JudgeDisplay", "JudgeOrders", "JudgePanel", "JudgeVerdict", "MatchOutcome", "Order", "PAIRINGS",
     "PairingSource", "Preferred", "Profile", "ProfileQuerySet", "Sample", "SampleDocument", "SampleQuerySet", "Split",
+    "SupersededReason", "SupersededVote",
     "Tournament", "TournamentMatch", "TournamentPreference", "Vote", "VoteQuerySet", "Work", "WorkQuerySet",
 ]

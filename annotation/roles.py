@@ -1,15 +1,21 @@
-"""Role checks, enforced on the server for every view: experts are a group, admins are staff."""
+"""Role checks, enforced on the server for every view: experts are a group; staff pages each need a named Django
+permission (``staff_permission_required``), given to staff through the groups the migrations ship (README,
+"Who may do what")."""
 
 from functools import wraps
 
 from django.contrib.auth import get_user_model
 from django.contrib.auth.backends import ModelBackend
-from django.contrib.auth.decorators import login_required
+from django.contrib.auth.decorators import login_required, permission_required
 from django.contrib.auth.models import Group
 from django.core.exceptions import PermissionDenied
 from django.db.models import Exists, OuterRef
 
 EXPERTS_GROUP = "experts"
+# The staff groups annotation/migrations/0014_staff_groups.py ships.
+ANNOTATION_LEAD_GROUP = "annotation lead"
+ML_ENGINEER_GROUP = "ML engineer"
+VIEWER_GROUP = "viewer"
 
 
 class RoleBackend(ModelBackend):
@@ -50,12 +56,25 @@ def expert_required(view):
     return wrapper
 
 
-def admin_required(view):
-    @login_required
-    @wraps(view)
-    def wrapper(request, *args, **kwargs):
-        if not is_admin(request.user):
-            raise PermissionDenied("This page is for admins.")
-        return view(request, *args, **kwargs)
+def staff_permission_required(*perms: str):
+    """A staff page that needs every one of ``perms``: anonymous users go to the login page, everyone else
+    without them (staff included) gets 403. Superusers have every permission."""
 
-    return wrapper
+    def decorate(view):
+        @login_required
+        @permission_required(perms, raise_exception=True)
+        @wraps(view)
+        def wrapper(request, *args, **kwargs):
+            if not is_admin(request.user):
+                raise PermissionDenied("This page is for staff.")
+            return view(request, *args, **kwargs)
+
+        return wrapper
+
+    return decorate
+
+
+def require_permission(user, perm: str) -> None:
+    """For a permission that only one branch of a view needs (e.g. "and start generating" on a form)."""
+    if not user.has_perm(perm):
+        raise PermissionDenied(f"This needs the permission {perm}.")

@@ -19,7 +19,7 @@ from .roles import is_admin, is_expert
 def home(request: HttpRequest) -> HttpResponse:
     campaigns = Campaign.objects.filter(experts=request.user, is_active=True) if is_expert(request.user) else []
     jobs = []
-    if is_admin(request.user):
+    if is_admin(request.user) and request.user.has_perm("annotation.view_job"):
         mark_stale(models=[Job])  # a dead worker's job shows as failed, not running
         jobs = Job.objects.select_related("created_by")[:8]
     return render(request, "home.html", {
@@ -52,14 +52,13 @@ def _broker_ok() -> tuple[bool, str]:
 @never_cache
 @require_GET
 def healthz(request: HttpRequest) -> JsonResponse:
+    """200 or 503 for anyone (a load balancer); what answered and how (hosts, errors) only for staff."""
     db_ok, db_detail = _database_ok()
     broker_ok, broker_detail = _broker_ok()
     healthy = db_ok and broker_ok
-    body = {
-        "status": "ok" if healthy else "error",
-        "database": {"ok": db_ok, "detail": db_detail},
-        "broker": {"ok": broker_ok, "detail": broker_detail},
-    }
+    body = {"status": "ok" if healthy else "error", "database": {"ok": db_ok}, "broker": {"ok": broker_ok}}
+    if is_admin(request.user):
+        body["database"]["detail"], body["broker"]["detail"] = db_detail, broker_detail
     return JsonResponse(body, status=200 if healthy else 503)
 
 

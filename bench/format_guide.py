@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/format_guide.py                  # 4 demo samples x 4 candidates, 256 tokens
     .venv/bin/python bench/format_guide.py --samples 9 --temperature 0.7
+    .venv/bin/python bench/format_guide.py --smoke          # CI: 1 sample x 1 candidate, 16 tokens
 
 Builds the real extraction prompt (``annotation.prompts``, the version new work uses) for the first
 ``--samples`` researchers of the bundled demo abstracts (four abstracts each), generates the same candidates
@@ -67,14 +68,17 @@ def main() -> int:
     parser.add_argument("--temperature", type=float, default=0.5, help="the demo generator's (default 0.5)")
     parser.add_argument("--batch-size", type=int, default=2, help="samples per generate call")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--smoke", action="store_true", help="CI size: --samples 1 --candidates 1 --max-new-tokens 16")
     args = parser.parse_args()
+    if args.smoke:
+        args.samples, args.candidates, args.max_new_tokens = 1, 1, 16
 
     from annotation.prompts import build_extraction_messages
     from training.ml.generate import DecodingSettings
     from training.ml.models import get_model
 
     model, tokenizer = get_model("default", Path(os.environ.get("COMPX_MODEL_CACHE", REPO / "var" / "models")))
-    conversations = [build_extraction_messages(docs) for docs in demo_samples(args.samples)]
+    conversations = [build_extraction_messages(docs) for docs in demo_samples(args.samples, 1 if args.smoke else 4)]
     common = dict(temperature=args.temperature, top_p=0.95, repetition_penalty=1.15, seed=args.seed,
                   max_new_tokens=args.max_new_tokens, num_candidates=args.candidates)
     print(f"{len(conversations)} demo samples x {args.candidates} candidates, temperature {args.temperature}, "
@@ -89,6 +93,9 @@ def main() -> int:
           f"(load average now {os.getloadavg()[0]:.1f})")
     if guided["example"]:
         print("a valid guided candidate:\n" + guided["example"])
+    if not plain["tokens"] or not guided["tokens"]:
+        print("FAILED: a run generated no tokens")
+        return 1
     return 0
 
 

@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/judge_candidates.py                       # 9 samples x 3 temperatures x 4
     .venv/bin/python bench/judge_candidates.py --temperatures 0.5 --candidates 2
+    .venv/bin/python bench/judge_candidates.py --smoke   # CI: 1 sample x 1 candidate, 16 tokens, into a temp file
 
 Each demo researcher is one sample, grouped as ``seed_demo`` imports them (first author, up to five
 abstracts, file order). The prompt is the product's extraction prompt (``annotation.prompts``) and the
@@ -17,7 +18,9 @@ import argparse
 import collections
 import json
 import os
+import shutil
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -59,7 +62,12 @@ def main() -> int:
     parser.add_argument("--samples", default="", help="only these samples (comma-separated first authors)")
     parser.add_argument("--threads", type=int, default=0,
                         help="torch CPU threads (0: torch's default); 1 is much faster on a CPU shared with others")
+    parser.add_argument("--smoke", action="store_true",
+                        help="CI size: the first sample, 1 candidate at T=0.5, 16 tokens, into a temporary file")
     args = parser.parse_args()
+    if args.smoke:
+        args.temperatures, args.candidates, args.max_new_tokens = "0.5", 1, 16
+        args.out = Path(tempfile.mkdtemp(prefix="compx-smoke-")) / "candidates.jsonl"
     if args.threads:
         import torch
 
@@ -78,6 +86,8 @@ def main() -> int:
         if unknown:
             parser.error(f"--samples: no demo sample {', '.join(unknown)} (known: {', '.join(samples)})")
         samples = {name: samples[name] for name in wanted}
+    if args.smoke:
+        samples = dict(list(samples.items())[:1])
     done = done_batches(args.out)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     for t_index, temperature in enumerate(float(t) for t in args.temperatures.split(",")):
@@ -106,6 +116,12 @@ def main() -> int:
             valid = sum(parse_profile(c.text).valid and c.finish_reason == "stop" for c in candidates)
             print(f"{sample} T={temperature}: {valid}/{len(candidates)} valid, {tokens} tokens in {wall:.0f}s "
                   f"({tokens / wall:.1f} tok/s)", flush=True)
+    if args.smoke:
+        written = [json.loads(line) for line in args.out.read_text(encoding="utf-8").splitlines()]
+        shutil.rmtree(args.out.parent)
+        if len(written) != args.candidates or not all(row["completion_tokens"] for row in written):
+            print(f"FAILED: {len(written)} candidates written, {args.candidates} asked")
+            return 1
     return 0
 
 

@@ -1,6 +1,7 @@
 """Build bench/data/judge_pairs.jsonl from the generated candidates and the reader's labels.
 
     .venv/bin/python bench/judge_pairs.py
+    .venv/bin/python bench/judge_pairs.py --smoke   # CI: builds in memory, fails unless it equals the file
 
 Reads ``bench/data/judge_candidates.jsonl`` (``bench/judge_candidates.py``) and the hand-written labels
 ``bench/data/judge_labels.tsv`` (one pair a line: sample, candidate x, candidate y, winner x / y / tie, reason;
@@ -11,6 +12,7 @@ a judge that favours one side cannot look good by it. A bad line fails the whole
 
 from __future__ import annotations
 
+import argparse
 import json
 import random
 import sys
@@ -24,6 +26,10 @@ SEED = 15
 
 
 def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--smoke", action="store_true",
+                        help=f"write nothing; exit 1 unless {OUT.name} is what the candidates and labels give")
+    args = parser.parse_args()
     candidates = {}
     for row in map(json.loads, filter(str.strip, CANDIDATES.read_text(encoding="utf-8").splitlines())):
         candidates[f"{row['sample']}/{row['temperature']}/{row['candidate']}"] = row
@@ -59,7 +65,14 @@ def main() -> int:
             "b": {"text": candidates[second]["text"], "source": source(candidates[second], second)},
             "label": label, "reason": reason,
         })
-    OUT.write_text("".join(json.dumps(p, ensure_ascii=False) + "\n" for p in pairs), encoding="utf-8")
+    text = "".join(json.dumps(p, ensure_ascii=False) + "\n" for p in pairs)
+    if args.smoke:
+        if OUT.read_text(encoding="utf-8") != text:
+            print(f"{OUT} is not what {CANDIDATES.name} and {LABELS.name} give: run bench/judge_pairs.py", file=sys.stderr)
+            return 1
+        print(f"{OUT.name}: {len(pairs)} pairs, as the candidates and labels give")
+        return 0
+    OUT.write_text(text, encoding="utf-8")
     same = sum(p["kind"] == "same-sample" for p in pairs)
     print(f"{len(pairs)} pairs ({same} same-sample, {len(pairs) - same} with another researcher's profile) -> {OUT}")
     return 0

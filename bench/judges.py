@@ -1,12 +1,14 @@
 """Every judge against the labelled pair set: accuracy (Wilson 95%), Cohen's κ, high-margin verdicts.
 
     .venv/bin/python bench/judges.py                 # all pairs of bench/data/judge_pairs.jsonl
-    .venv/bin/python bench/judges.py --smoke         # CI: 6 pairs, the A/B judge on 2 of them
+    .venv/bin/python bench/judges.py --smoke         # CI (tests/test_judges_bench.py): 4 pairs, SmolLM2 only
     .venv/bin/python bench/judges.py --dtypes bf16,fp32 --ab-pairs 40
 
 Judges: the local A/B judge (SmolLM2 read at the verdict token, both orders, an order flip is no
-preference), the PMI scorer (``training.ml.scoring``) on SmolLM2 and on Gemma 3 270M, and the two scorers
-agreeing (a verdict only where both name the same profile). Each scorer reads every profile once per
+preference), the PMI scorer (``training.ml.scoring``) on SmolLM2 and on Gemma 3 270M, the two scorers
+agreeing (a verdict only where both name the same profile), and the product's scoring judge
+(``annotation.judging.backends.ScoringJudgeBackend``, what a judging job runs) with its default settings,
+whose decisions must equal the bench's own scorer's. Each scorer reads every profile once per
 context — its own sample's abstracts, another sample's abstracts ("other"), no abstracts ("none") — and
 every variant below is computed from those token log-probabilities: baseline other / none / no baseline
 at all (plain likelihood), whole profile / competency lines only.
@@ -170,7 +172,7 @@ def ab_verdicts(pairs: list[Pair], abstracts, dtype: str) -> tuple[list[Verdict]
     import django
 
     django.setup()
-    from annotation.judging import answer_probabilities, local_outcome
+    from annotation.judging.backends import answer_probabilities, local_outcome
     from annotation.prompts import build_judge_messages
     from annotation.judging.verdicts import combine_canonical, to_canonical
     from training.ml.models import load_model
@@ -193,6 +195,35 @@ def ab_verdicts(pairs: list[Pair], abstracts, dtype: str) -> tuple[list[Verdict]
     return verdicts, Timing(time.perf_counter() - started, passes=2 * len(pairs))
 
 
+def product_verdicts(name: str, pairs: list[Pair], abstracts, margin: float) -> tuple[list[Verdict], Timing]:
+    """The scoring judge as a judging job runs it: ScoringJudgeBackend on requests like the session's (the
+    pair's sample's abstracts, its baseline sample's), each (sample, text) one profile scored once."""
+    import django
+
+    django.setup()
+    from annotation.judging.backends import ScoringJudgeBackend, ScoringRequest
+    from annotation.models import Judge, JudgeBackend
+
+    judge = Judge(name=f"bench {name}", backend=JudgeBackend.SCORING, model=MODELS[name], score_margin=margin)
+    judge.clean()
+    backend = ScoringJudgeBackend(judge)
+    samples, ids = list(abstracts), {}
+    requests = []
+    for pair in pairs:
+        a, b = (ids.setdefault((pair.sample, text), len(ids)) for text in (pair.a, pair.b))
+        requests.append(ScoringRequest(samples.index(pair.sample), (a, pair.a), (b, pair.b), abstracts[pair.sample],
+                                       [abstracts[pair.baseline_sample]] if judge.score_baseline == "other" else []))
+    started = time.perf_counter()
+    verdicts: list[Verdict | None] = [None] * len(pairs)
+    for index, outcome in backend.run(requests):
+        raw = json.loads(outcome.text)
+        difference = raw["difference"]
+        verdicts[index] = Verdict({"A": "a", "B": "b"}.get(outcome.verdict.preferred, "tie"),
+                                  abs(difference) if difference is not None else 0.0)
+    return verdicts, Timing(time.perf_counter() - started, profiles=len(ids), passes=2 * len(ids),
+                            prompts=backend.scorer.encodings)
+
+
 def agreeing(x: list[Verdict], y: list[Verdict]) -> list[Verdict]:
     # Margins of different models are not on one scale: the weaker one's rank stands for both.
     return [Verdict(a.preferred if a.preferred == b.preferred else "tie", min(a.margin, b.margin))
@@ -212,21 +243,25 @@ def figures(pairs: list[Pair], verdicts: list[Verdict]) -> dict:
     margins = sorted((v.margin for _, v in both), reverse=True)
     cut = margins[max(0, math.ceil(len(margins) / 3) - 1)] if margins else math.inf
     high = [(label, v) for label, v in both if v.margin >= cut]
+    high_right = sum(label == v.preferred for label, v in high)
     return {
         "n": len(pairs), "reader_decided": len(decided), "judge_decided": len(both),
         "accuracy": right / len(both) if both else math.nan,
         "interval": stats.wilson_interval(right, len(both)) if both else (math.nan, math.nan),
         "kappa": stats.cohen_kappa(labels, said, labels=["a", "b", "tie"]),
-        "high_n": len(high), "high_accuracy": sum(l == v.preferred for l, v in high) / len(high) if high else math.nan,
+        "high_n": len(high), "high_accuracy": high_right / len(high) if high else math.nan,
+        "high_interval": stats.wilson_interval(high_right, len(high)) if high else (math.nan, math.nan),
         "high_cut": cut,
     }
 
 
 def row(name: str, f: dict) -> str:
     low, high = f["interval"]
+    high_low, high_high = f["high_interval"]
     share = f["judge_decided"] / f["reader_decided"] if f["reader_decided"] else math.nan
     return (f"{name:34} {pct(f['accuracy']):>5} [{pct(low)}–{pct(high)}] {f['judge_decided']:>3}/{f['reader_decided']:<3}"
-            f" ({pct(share):>4} decided)  κ {f['kappa']:+.2f}   high {pct(f['high_accuracy']):>4} (n={f['high_n']})")
+            f" ({pct(share):>4} decided)  κ {f['kappa']:+.2f}   high {pct(f['high_accuracy']):>4} "
+            f"[{pct(high_low)}–{pct(high_high)}] (n={f['high_n']})")
 
 
 def pct(x: float) -> str:
@@ -235,7 +270,7 @@ def pct(x: float) -> str:
 
 def table(title: str, pairs: list[Pair], judged: dict[str, list[Verdict]]) -> None:
     print(f"\n{title}  (n = {len(pairs)} pairs)")
-    print(f"{'judge':34} accuracy [Wilson 95%] judge/reader decided         κ       high-margin third")
+    print(f"{'judge':34} accuracy [Wilson 95%] judge/reader decided         κ       high-margin third [Wilson 95%]")
     for name, verdicts in judged.items():
         print(row(name, figures(pairs, verdicts)))
 
@@ -254,10 +289,14 @@ def main() -> int:
     parser.add_argument("--ab-pairs", type=int, default=None, help="judge only the first N pairs with the A/B judge "
                         "(it reads ~2k tokens twice per pair); 0 skips it")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (1 is faster on a shared CPU)")
-    parser.add_argument("--smoke", action="store_true", help="CI size: --pairs 6 --ab-pairs 2")
+    parser.add_argument("--product", default="smollm2", help="models to run through the product's scoring judge "
+                        "as well (its decisions must equal the bench's); empty skips it")
+    parser.add_argument("--smoke", action="store_true", help="CI size: --pairs 4 --models smollm2 --ab-pairs 1")
     args = parser.parse_args()
     if args.smoke:
-        args.pairs, args.ab_pairs = args.pairs or 6, 2 if args.ab_pairs is None else args.ab_pairs
+        args.pairs, args.ab_pairs = args.pairs or 4, 1 if args.ab_pairs is None else args.ab_pairs
+        if args.models == parser.get_default("models"):
+            args.models = "smollm2"
 
     import torch
 
@@ -291,6 +330,16 @@ def main() -> int:
                 main_verdicts[name] = verdicts
     if "smollm2" in main_verdicts and "gemma" in main_verdicts:
         judged["PMI smollm2 + gemma agreeing"] = agreeing(main_verdicts["smollm2"], main_verdicts["gemma"])
+    mismatched = 0
+    for name in filter(None, args.product.split(",")):
+        verdicts, timing = product_verdicts(name, pairs, abstracts, margin)
+        timings[f"scoring judge {name}"] = timing
+        judged[f"scoring judge {name} (product)"] = verdicts
+        if name in main_verdicts:
+            same = sum(x.preferred == y.preferred for x, y in zip(verdicts, main_verdicts[name]))
+            mismatched += same != len(pairs)
+            print(f"scoring judge {name} (product path): the same decision as the bench's scorer on {same}/{len(pairs)}"
+                  f" pairs")
     ab_n = len(pairs) if args.ab_pairs is None else min(args.ab_pairs, len(pairs))
     if ab_n:
         verdicts, timing = ab_verdicts(pairs[:ab_n], abstracts, dtypes[0])
@@ -331,12 +380,14 @@ def main() -> int:
     print("\nTime (one run, shared CPU: compare within the run)")
     for name, t in timings.items():
         if t.profiles:
-            print(f"  {name:20} {t.seconds:6.0f}s for {t.profiles} profiles in 3 contexts ({t.prompts} prompts "
+            print(f"  {name:20} {t.seconds:6.0f}s for {t.profiles} profiles in {t.passes // t.profiles} contexts ({t.prompts} prompts "
                   f"encoded): {t.seconds / t.profiles:.1f}s per profile, {2 * t.seconds / t.passes:.1f}s per "
                   f"profile with one baseline")
         else:
             print(f"  {name:20} {t.seconds:6.0f}s for {t.passes // 2} pairs: {2 * t.seconds / t.passes:.1f}s per pair")
-    return 0
+    if mismatched:
+        print("the product's scoring judge decided differently from the bench's scorer: see above")
+    return 1 if mismatched else 0
 
 
 if __name__ == "__main__":

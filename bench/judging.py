@@ -1,6 +1,7 @@
 """Judging throughput against a real OpenAI-compatible server: concurrent vs sequential requests.
 
     .venv/bin/python bench/judging.py [--comparisons 6] [--concurrency 6] [--max-tokens 32] [--no-continuous-batching]
+    .venv/bin/python bench/judging.py --smoke    # CI: 1 comparison, 8 tokens, concurrency 2
 
 Starts `transformers serve` on the offline model (SmolLM2-135M-Instruct, CPU) on 127.0.0.1, builds judge
 prompts for made-up comparisons, and judges every comparison in both orders through the same backend the
@@ -131,7 +132,10 @@ def main() -> int:
     parser.add_argument("--max-tokens", type=int, default=32, help="max tokens per answer (default 32)")
     parser.add_argument("--no-continuous-batching", action="store_true", help="serve without continuous batching")
     parser.add_argument("--json", type=Path, help="also write the numbers to this JSON file")
+    parser.add_argument("--smoke", action="store_true", help="CI size: --comparisons 1 --max-tokens 8 --concurrency 2")
     args = parser.parse_args()
+    if args.smoke:
+        args.comparisons, args.max_tokens, args.concurrency = 1, 8, 2
     # A SIGTERM (e.g. from `timeout`) must still stop the server in the `finally` below.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 

@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/review_load.py                      # 50 experts, queues of 1000 and 10000 pairs
     .venv/bin/python bench/review_load.py --experts 20 --votes 10 --sizes 100,1000
+    .venv/bin/python bench/review_load.py --smoke              # CI: 3 experts, 10 votes, queues of 40 and 80
 
 What it does: creates a throwaway database on the PostgreSQL server of $BENCH_DATABASE_URL (default
 postgres://postgres@127.0.0.1:5432/compx_bench_review), migrates it, seeds one campaign per queue size
@@ -573,7 +574,10 @@ def _parse() -> Config:
     parser.add_argument("--workers", type=int, default=defaults.workers)
     # Reveal mode answers a vote with the verdict, not the next pair, so it is no vote-plus-next round trip.
     parser.add_argument("--display", default=defaults.display, choices=["hidden", "alongside"])
+    parser.add_argument("--smoke", action="store_true", help="CI size: --experts 3 --votes 10 --sizes 40,80")
     args = parser.parse_args()
+    if args.smoke:  # 10 votes: each expert's 10th is sent twice, so the double-submit check runs too
+        args.experts, args.votes, args.sizes = 3, 10, "40,80"
     return Config(experts=args.experts, votes=args.votes, sizes=tuple(int(s) for s in args.sizes.split(",")),
                   workers=args.workers, display=args.display)
 

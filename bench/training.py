@@ -1,6 +1,7 @@
 """Training overhead: the same DPO steps through CompX's worker path and through a bare TRL script.
 
     .venv/bin/python bench/training.py [--steps 8] [--pairs 16] [--repeats 2] [--json out.json]
+    .venv/bin/python bench/training.py --smoke   # CI: 1 step on 1 pair, each path once, no warm-up
 
 CompX's path is what a Celery training worker runs: ``training.runs.run_training(run_id)`` — claim the run,
 train through ``training.ml.dpo.train`` with ``on_log`` / ``should_stop`` bound to the database (buffered
@@ -151,7 +152,11 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=2, help="timed runs per path (default 2)")
     parser.add_argument("--database-url", help="default: a throw-away SQLite file")
     parser.add_argument("--json", type=Path, help="also write the numbers to this JSON file")
+    parser.add_argument("--smoke", action="store_true",
+                        help="CI size: --steps 1 --pairs 1 --batch-size 1 --repeats 1 --max-length 320, no warm-up")
     args = parser.parse_args()
+    if args.smoke:
+        args.steps, args.pairs, args.batch_size, args.repeats, args.max_length = 1, 1, 1, 1, 320
     sys.stdout.reconfigure(line_buffering=True)
 
     workdir = Path(tempfile.mkdtemp(prefix="compx-bench-training-"))
@@ -173,8 +178,8 @@ def main() -> int:
           f"model {model_dir}, database {settings.DATABASES['default']['ENGINE'].rsplit('.', 1)[-1]}")
 
     instrument_callbacks()
-    # Warm-up: file cache, torch kernels, dataset cache; not timed.
-    bare_trl(model_dir, data_dir / "train.jsonl", workdir / "warmup", {**hp, "max_steps": 1})
+    if not args.smoke:  # warm-up: file cache, torch kernels, dataset cache; not timed
+        bare_trl(model_dir, data_dir / "train.jsonl", workdir / "warmup", {**hp, "max_steps": 1})
 
     times: dict[str, list[tuple[float, float]]] = {"bare": [], "compx": []}
     results: dict[str, tuple[float, int]] = {}
@@ -214,6 +219,10 @@ def main() -> int:
                                          "max_length": args.max_length, "times": times, "ratio": ratio,
                                          "cpu_ratio": cpu_ratio, "callback_s": CALLBACK_S[0], "last_loss": {k: v[0] for k, v in results.items()}},
                                         indent=2))
+    (bare_loss, bare_steps), (compx_loss, compx_steps) = results["bare"], results["compx"]
+    if bare_steps != compx_steps or abs(bare_loss - compx_loss) > 0.05:
+        print("FAILED: the two paths did not do the same work (steps or loss differ)")
+        return 1
     return 0
 
 

@@ -15,7 +15,7 @@ PRODUCTION_ENV = {
     "DEBUG": "false", "SECRET_KEY": "x" * 30 + "production-secret-key-for-the-check", "ALLOWED_HOSTS": "compx.example.org",
     "CSRF_TRUSTED_ORIGINS": "https://compx.example.org", "SECURE_COOKIES": "true", "SECURE_SSL_REDIRECT": "true",
     "SECURE_HSTS_SECONDS": "31536000", "SECURE_HSTS_INCLUDE_SUBDOMAINS": "true", "SECURE_HSTS_PRELOAD": "true",
-    "CACHE_URL": "redis://127.0.0.1:6379/14",
+    "CACHE_URL": "redis://127.0.0.1:6379/14", "PROXY_SSL_HEADER": "X-Forwarded-Proto",
 }
 # Reads a session written through the cache back from Redis alone, then from the database alone.
 SESSION_ROUND_TRIP = """

@@ -172,6 +172,14 @@ def test_an_invalid_profile_is_never_the_chosen_one(world, alice):
     assert export(policy="expert").counts["dropped"] == {"invalid_chosen_profile": 1}
 
 
+def test_a_sample_without_documents_gives_no_prompt_and_no_rows(world, alice):
+    campaign = world.campaign("c")
+    world.vote(campaign, world.comparison(world.sample("bare", documents=0)), alice, "a")
+    world.vote(campaign, world.comparison(world.sample("with abstracts")), alice, "a")
+    item = export(policy="expert")
+    assert item.counts["train"] == 1 and item.counts["dropped"] == {"sample_without_abstracts": 1}
+
+
 def test_a_snapshot_is_frozen_and_its_checksums_match(labelled, world, alice, bob):
     item = export(policy="expert")
     folder = Path(item.path)

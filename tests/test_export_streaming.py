@@ -1,7 +1,6 @@
 """The export streams: queries per batch of samples (never per row), and the same bytes however the rows
-are cut into batches, chunks and row groups, and whether a thread reads ahead or not."""
+are cut into batches and row groups."""
 
-import hashlib
 from pathlib import Path
 
 import pytest
@@ -12,7 +11,7 @@ from annotation.export import dataset as export_module
 from annotation.export.dataset import export_dataset
 from annotation.models import DatasetExport
 from tests.labels_factory import World
-from tests.test_export_bytes import EXPORTS, GOLDEN, golden, pinned  # noqa: F401 (golden is a fixture)
+from tests.test_export_bytes import golden  # noqa: F401 (a fixture)
 
 
 @pytest.fixture(autouse=True)
@@ -63,9 +62,8 @@ def test_batches_chunks_and_row_groups_do_not_change_the_bytes(golden, monkeypat
     options = dict(policy="expert_overrides", format=fmt, ties_as_kto=kto, test_fraction=0.75)
     whole = DatasetExport.objects.create(name="whole", **options)
     export_dataset(whole)
-    # One sample per batch, a chunk per JSON line, a row group per row.
+    # One sample per batch, a row group per row.
     monkeypatch.setattr(export_module, "BATCH_SAMPLES", 1)
-    monkeypatch.setattr(export_module, "CHUNK_BYTES", 1)
     monkeypatch.setattr(export_module, "ROW_GROUP_ROWS", 1)
     cut = DatasetExport.objects.create(name="cut", **options)
     export_dataset(cut)
@@ -82,25 +80,3 @@ def test_batches_chunks_and_row_groups_do_not_change_the_bytes(golden, monkeypat
                     == pq.read_table(Path(whole.path) / f"{split}.parquet").to_pylist())
     assert {k: v for k, v in cut.counts.items() if k != "files"} == {
         k: v for k, v in whole.counts.items() if k != "files"}
-
-
-@pytest.mark.django_db(transaction=True)
-def test_outside_a_transaction_a_thread_reads_ahead_and_the_bytes_are_the_same(golden, monkeypatch):  # noqa: F811
-    monkeypatch.setattr(export_module, "BATCH_SAMPLES", 1)  # three batches: the reader runs ahead of the writer
-    read_ahead = []
-    original = export_module._read_ahead
-
-    def spy(*args):
-        read_ahead.append(True)
-        return original(*args)
-
-    monkeypatch.setattr(export_module, "_read_ahead", spy)
-    for name, options in EXPORTS.items():
-        item = DatasetExport.objects.create(name=name, **options)
-        export_dataset(item)
-        item.refresh_from_db()
-        for split in ("train", "test"):
-            assert pinned(item, split, golden) == GOLDEN[name][split], f"{name} {split}.jsonl"
-            data = (Path(item.path) / f"{split}.jsonl").read_bytes()
-            assert item.counts["files"][f"{split}.jsonl"]["sha256"] == hashlib.sha256(data).hexdigest()
-    assert len(read_ahead) == len(EXPORTS)

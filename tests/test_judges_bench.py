@@ -5,6 +5,8 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -24,7 +26,8 @@ def bench():
 
 def test_the_labelled_set_is_complete_and_never_uses_a_profiles_own_sample_as_baseline(bench):
     pairs, abstracts = bench.load_pairs(bench.PAIRS, None)
-    assert len(pairs) >= 30 and {p.label for p in pairs} <= {"a", "b", "tie"}
+    assert len(pairs) >= 80 and {p.label for p in pairs} <= {"a", "b", "tie"}
+    assert sum(p.kind == "same-sample" for p in pairs) > len(pairs) / 2 > sum(p.kind == "other-researcher" for p in pairs)
     rows = [json.loads(line) for line in bench.PAIRS.read_text(encoding="utf-8").splitlines()]
     for pair, row in zip(pairs, rows):
         assert row["reason"] and pair.a != pair.b and abstracts[pair.sample]
@@ -56,3 +59,14 @@ def test_figures_of_a_judge_that_never_decides_are_undefined_not_zero(bench):
     pairs = [bench.Pair("1", "same-sample", "s", "x", "y", "a")]
     f = bench.figures(pairs, [bench.Verdict("tie", 0.0)])
     assert f["judge_decided"] == 0 and math.isnan(f["accuracy"])
+
+
+@pytest.mark.model
+def test_the_smoke_run_scores_through_the_product_and_agrees_with_the_bench():
+    """What CI runs: 4 pairs, SmolLM2's scorer, the product's scoring judge beside it, the A/B judge on one."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    done = subprocess.run([sys.executable, str(REPO / "bench" / "judges.py"), "--smoke", "--threads", "1"],
+                          capture_output=True, text=True, timeout=900, env=env, cwd=REPO)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "scoring judge smollm2 (product path): the same decision as the bench's scorer on 4/4 pairs" in done.stdout
+    assert "scoring judge smollm2 (product)" in done.stdout and "A/B judge smollm2 (both orders)" in done.stdout

@@ -177,6 +177,18 @@ def test_its_order_flips_and_first_position_are_not_applicable(scored_world, cli
     assert dashboard.count("not applicable (no order)") == 1  # the scorer's row; the A/B judge's has rates
 
 
+def test_the_review_screen_says_the_verdict_was_scored_not_shown_in_an_order(scored_world, alice):
+    from annotation.models import Assignment
+    from annotation.review.assignments import verdicts_on
+    from annotation.review.screen import Pair, judge_view
+
+    _, _, scorer, comparisons, _ = scored_world
+    assignment = Assignment.objects.get(item__comparison=comparisons[0], expert=alice)
+    view = judge_view(verdicts_on(assignment, scorer.pk), Pair.of(assignment))
+    assert view.outcome in ("left", "right") and "scoring each profile on its own" in view.headline
+    assert "presentation order it was asked" not in view.headline
+
+
 def test_judge_consensus_exports_take_its_verdicts_and_the_card_says_not_applicable(scored_world, settings,
                                                                                     tmp_path):
     settings.MEDIA_ROOT = tmp_path

@@ -95,9 +95,10 @@ def test_healthz_reports_a_broken_broker_as_503(client, settings):
     assert response.json()["broker"]["ok"] is False
 
 
-def test_healthz_reports_a_database_that_does_not_answer_as_503(client, monkeypatch):
+def test_healthz_reports_a_database_that_does_not_answer_as_503(client_for, admin_user, monkeypatch):
     from django.db import connection
 
+    client = client_for(admin_user)  # staff see what answered; anyone else only whether it did
     monkeypatch.setattr(connection, "is_usable", lambda: False)
     response = client.get("/healthz")
     assert response.status_code == 503

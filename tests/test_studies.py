@@ -229,7 +229,10 @@ def _rounded(value):
 
 
 def empty_database():
-    for model in (Campaign, Tournament, Comparison, Profile, Generator, Sample, Document, Judge):
+    from annotation.models import SupersededVote, Vote
+
+    # Answers are protected from every cascade (no user action destroys one): the test empties them first.
+    for model in (SupersededVote, Vote, Campaign, Tournament, Comparison, Profile, Generator, Sample, Document, Judge):
         model.objects.all().delete()
     get_user_model().objects.filter(username__in=[n.replace(" ", "_") for n in EXPERTS]).delete()
 

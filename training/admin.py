@@ -1,6 +1,7 @@
 """The admin of training runs and evaluations: "Add" opens the start form, actions cancel and resume."""
 
 from django.contrib import admin, messages
+from django.core.exceptions import PermissionDenied
 from django.shortcuts import redirect
 from django.template.response import TemplateResponse
 from django.urls import reverse
@@ -26,6 +27,8 @@ class TrainingLogInline(admin.TabularInline):
 
 @admin.register(TrainingRun)
 class TrainingRunAdmin(admin.ModelAdmin):
+    """Adding a run starts it, so "add" is the permission to start and cancel runs (run_training)."""
+
     list_display = ["name", "live_page", "export", "base_model", "status", "progress", "created_at", "finished_at"]
     list_filter = ["status"]
     search_fields = ["name", "base_model"]
@@ -51,7 +54,7 @@ class TrainingRunAdmin(admin.ModelAdmin):
     def add_view(self, request, form_url="", extra_context=None):
         """The "Add" button opens the start form: a run is started, never typed in."""
         if not self.has_add_permission(request):
-            return redirect("admin:training_trainingrun_changelist")
+            raise PermissionDenied("Starting a training run needs the permission training.run_training.")
         initial = {"export": request.GET.get("export")} if request.GET.get("export") else None
         form = StartTrainingForm(request.POST or None, initial=initial)
         if request.method == "POST" and form.is_valid():
@@ -67,12 +70,19 @@ class TrainingRunAdmin(admin.ModelAdmin):
                    "opts": self.model._meta}
         return TemplateResponse(request, "admin/training/trainingrun/start.html", context)
 
-    @admin.action(description="Cancel the selected runs")
+    def has_add_permission(self, request) -> bool:
+        return request.user.has_perm("training.run_training")
+
+    def has_run_training_permission(self, request) -> bool:
+        return request.user.has_perm("training.run_training")
+
+    @admin.action(description="Cancel the selected runs", permissions=("run_training",))
     def cancel_runs(self, request, queryset):
         for run in queryset.active():
             self.message_user(request, f"{run.name}: {run.request_cancel()}.")
 
-    @admin.action(description="Resume the selected runs from their last checkpoint")
+    @admin.action(description="Resume the selected runs from their last checkpoint",
+                  permissions=("run_training",))
     def resume_runs(self, request, queryset):
         for run in queryset:
             try:
@@ -105,7 +115,7 @@ class EvaluationRunAdmin(admin.ModelAdmin):
 
     def add_view(self, request, form_url="", extra_context=None):
         if not self.has_add_permission(request):
-            return redirect("admin:training_evaluationrun_changelist")
+            raise PermissionDenied("Starting an evaluation needs the permission training.run_evaluation.")
         run_id = request.GET.get("training_run")
         form = EvaluationForm(request.POST or None, initial={"training_run": run_id} if run_id else None)
         if request.method == "POST" and form.is_valid():
@@ -125,7 +135,13 @@ class EvaluationRunAdmin(admin.ModelAdmin):
                    "opts": self.model._meta}
         return TemplateResponse(request, "admin/training/evaluationrun/start.html", context)
 
-    @admin.action(description="Cancel the selected evaluations")
+    def has_add_permission(self, request) -> bool:
+        return request.user.has_perm("training.run_evaluation")
+
+    def has_run_evaluation_permission(self, request) -> bool:
+        return request.user.has_perm("training.run_evaluation")
+
+    @admin.action(description="Cancel the selected evaluations", permissions=("run_evaluation",))
     def cancel_evaluations(self, request, queryset):
         for evaluation in queryset.active():
             self.message_user(request, f"{evaluation.name}: {evaluation.request_cancel()}.")
@@ -133,7 +149,8 @@ class EvaluationRunAdmin(admin.ModelAdmin):
 
 @admin.register(Round)
 class RoundAdmin(admin.ModelAdmin):
-    """"Add" starts a round (generate → label → export → train → evaluate) in a training worker."""
+    """"Add" starts a round (generate → label → export → train → evaluate) in a training worker, so "add" is the
+    permission to start and cancel rounds (run_round)."""
 
     list_display = ["name", "live_page", "preset", "status", "done", "message", "created_at"]
     list_filter = ["status", "preset"]
@@ -153,7 +170,7 @@ class RoundAdmin(admin.ModelAdmin):
 
     def add_view(self, request, form_url="", extra_context=None):
         if not self.has_add_permission(request):
-            return redirect("admin:training_round_changelist")
+            raise PermissionDenied("Starting a round needs the permission training.run_round.")
         form = RoundForm(request.POST or None)
         if request.method == "POST" and form.is_valid():
             try:
@@ -168,12 +185,18 @@ class RoundAdmin(admin.ModelAdmin):
                    "opts": self.model._meta}
         return TemplateResponse(request, "admin/training/round/start.html", context)
 
-    @admin.action(description="Cancel the selected rounds")
+    def has_add_permission(self, request) -> bool:
+        return request.user.has_perm("training.run_round")
+
+    def has_run_round_permission(self, request) -> bool:
+        return request.user.has_perm("training.run_round")
+
+    @admin.action(description="Cancel the selected rounds", permissions=("run_round",))
     def cancel_rounds(self, request, queryset):
         for row in queryset.active():
             self.message_user(request, f"{row.name}: {row.request_cancel()}.")
 
-    @admin.action(description="Run the selected rounds again (same preset and generator)")
+    @admin.action(description="Run the selected rounds again (same preset and generator)", permissions=("run_round",))
     def run_again(self, request, queryset):
         from .round import Preset
 

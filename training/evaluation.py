@@ -334,7 +334,7 @@ def expert_figures(evaluation: EvaluationRun) -> dict[str, Any] | None:
     comparisons = {c.pk: c for c in Comparison.objects.filter(campaign_items__campaign=campaign)
                    .select_related("profile_a")}
     votes: dict[int, list[str]] = {}
-    for comparison_id, choice in Vote.objects.in_campaign(campaign).values_list("comparison_id", "choice"):
+    for comparison_id, choice in Vote.objects.counted().in_campaign(campaign).values_list("comparison_id", "choice"):
         votes.setdefault(comparison_id, []).append(choice)
     candidate_is_a = {pk: c.profile_a.generator_id == evaluation.candidate_id for pk, c in comparisons.items()}
     voted = sorted(votes)

@@ -26,6 +26,9 @@ class TrainingRun(Work):
     stops_when = "after the current step, with a checkpoint"
 
     class Meta(Work.Meta):
+        # Starting a run is "run_training" too: the admin's Add button starts one (training.admin).
+        permissions = [("run_training", "Can start and cancel training runs"),
+                       ("download_trainingrun", "Can download training artefacts")]
         constraints = [
             *Work.Meta.constraints,
             models.CheckConstraint(condition=Q(done__lte=models.F("total")) | Q(total=0),
@@ -90,6 +93,7 @@ class EvaluationRun(Work):
     stops_when = "after the current batch"
 
     class Meta(Work.Meta):
+        permissions = [("run_evaluation", "Can start and cancel evaluations and send them to experts")]
         constraints = [
             *Work.Meta.constraints,
             models.CheckConstraint(condition=~Q(candidate=models.F("baseline")), name="evaluation_distinct_models"),
@@ -140,6 +144,9 @@ class Round(Work):
     results = models.JSONField(default=dict, blank=True)
 
     stops_when = "after the step in progress stops"
+
+    class Meta(Work.Meta):
+        permissions = [("run_round", "Can start and cancel rounds")]
 
     def __str__(self) -> str:
         return self.name

@@ -17,7 +17,7 @@ from django.views.decorators.http import require_GET, require_POST
 from annotation.jobs.liveness import mark_stale
 from annotation.jobs.views import live_page
 from annotation.models import Sample, Split
-from annotation.roles import admin_required
+from annotation.roles import require_permission, staff_permission_required
 from annotation.start import start_generation
 
 from . import runs
@@ -77,14 +77,14 @@ def _run_context(run: TrainingRun) -> dict:
     }
 
 
-@admin_required
+@staff_permission_required("training.view_trainingrun")
 @require_GET
 def run_detail(request: HttpRequest, pk: int) -> HttpResponse:
     run = _get_run(pk)
     return live_page(request, "training/run.html", "live", _run_context(run), finished=run.is_finished)
 
 
-@admin_required
+@staff_permission_required("training.run_training")
 @require_POST
 def run_cancel(request: HttpRequest, pk: int) -> HttpResponse:
     run = _get_run(pk)
@@ -92,7 +92,7 @@ def run_cancel(request: HttpRequest, pk: int) -> HttpResponse:
     return redirect("training:run", pk=pk)
 
 
-@admin_required
+@staff_permission_required("training.run_training")
 @require_POST
 def run_resume(request: HttpRequest, pk: int) -> HttpResponse:
     run = _get_run(pk)
@@ -105,7 +105,7 @@ def run_resume(request: HttpRequest, pk: int) -> HttpResponse:
     return redirect("training:run", pk=new.pk)
 
 
-@admin_required
+@staff_permission_required("training.run_training")
 @require_POST
 def run_merge(request: HttpRequest, pk: int) -> HttpResponse:
     run = _get_run(pk)
@@ -117,7 +117,7 @@ def run_merge(request: HttpRequest, pk: int) -> HttpResponse:
     return redirect("training:run", pk=pk)
 
 
-@admin_required
+@staff_permission_required("training.download_trainingrun")
 @require_GET
 def run_download(request: HttpRequest, pk: int, name: str) -> FileResponse:
     run = _get_run(pk)
@@ -142,7 +142,7 @@ def _adapter_zip(run: TrainingRun) -> FileResponse:
     return FileResponse(buffer, as_attachment=True, filename=f"run-{run.pk}-adapter.zip")
 
 
-@admin_required
+@staff_permission_required("annotation.add_generator")
 @require_POST
 def run_make_generator(request: HttpRequest, pk: int) -> HttpResponse:
     run = _get_run(pk)
@@ -156,6 +156,7 @@ def run_make_generator(request: HttpRequest, pk: int) -> HttpResponse:
 
 def _next_round(request: HttpRequest, generator) -> HttpResponse:
     if request.POST.get("generate"):
+        require_permission(request.user, "annotation.run_jobs")
         job = start_generation(generator, Sample.objects.filter(split=Split.TRAIN), user=request.user)
         messages.success(request, f"{generator.name} is generating candidates for {job.total} train samples.")
         return redirect("job_detail", pk=job.pk)
@@ -204,7 +205,7 @@ def _evaluation_context(evaluation: EvaluationRun, form: SendToExpertsForm | Non
     }
 
 
-@admin_required
+@staff_permission_required("training.view_evaluationrun")
 @require_GET
 def evaluation_detail(request: HttpRequest, pk: int) -> HttpResponse:
     evaluation = _get_evaluation(pk)
@@ -212,7 +213,7 @@ def evaluation_detail(request: HttpRequest, pk: int) -> HttpResponse:
                      finished=evaluation.is_finished)
 
 
-@admin_required
+@staff_permission_required("training.run_evaluation")
 @require_POST
 def evaluation_cancel(request: HttpRequest, pk: int) -> HttpResponse:
     evaluation = _get_evaluation(pk)
@@ -220,7 +221,7 @@ def evaluation_cancel(request: HttpRequest, pk: int) -> HttpResponse:
     return redirect("training:evaluation", pk=pk)
 
 
-@admin_required
+@staff_permission_required("training.run_evaluation", "annotation.add_campaign")
 @require_POST
 def evaluation_send(request: HttpRequest, pk: int) -> HttpResponse:
     from . import evaluation as evaluations
@@ -241,7 +242,7 @@ def evaluation_send(request: HttpRequest, pk: int) -> HttpResponse:
     return redirect("training:evaluation", pk=pk)
 
 
-@admin_required
+@staff_permission_required("annotation.add_generator")
 @require_POST
 def evaluation_make_generator(request: HttpRequest, pk: int) -> HttpResponse:
     from . import evaluation as evaluations
@@ -302,14 +303,14 @@ def _round_context(row: Round) -> dict:
     }
 
 
-@admin_required
+@staff_permission_required("training.view_round")
 @require_GET
 def round_detail(request: HttpRequest, pk: int) -> HttpResponse:
     row = _get_round(pk)
     return live_page(request, "training/round.html", "live", _round_context(row), finished=row.is_finished)
 
 
-@admin_required
+@staff_permission_required("training.run_round")
 @require_POST
 def round_cancel(request: HttpRequest, pk: int) -> HttpResponse:
     row = _get_round(pk)

@@ -17,7 +17,7 @@ from django.shortcuts import get_object_or_404, render
 from django.views.decorators.http import require_GET
 
 from ..models import Campaign, DatasetExport
-from ..roles import admin_required
+from ..roles import staff_permission_required
 
 # agreement and stats pull in numpy, scipy and scikit-learn: the URLconf imports this module in every
 # web process, so the views below import them when a staff member opens the dashboard.
@@ -32,7 +32,7 @@ BLUE, ORANGE, GREEN, PURPLE = "#0072B2", "#D55E00", "#009E73", "#7B3294"  # colo
 # --- views -------------------------------------------------------------------------------------------
 
 
-@admin_required
+@staff_permission_required("annotation.view_agreement")
 @require_GET
 def agreement_dashboard(request: HttpRequest) -> HttpResponse:
     from . import figures as agreement
@@ -80,7 +80,7 @@ class _Echo:
         return value
 
 
-@admin_required
+@staff_permission_required("annotation.view_agreement")
 @require_GET
 def agreement_csv(request: HttpRequest) -> StreamingHttpResponse:
     from . import figures as agreement
@@ -98,7 +98,7 @@ def agreement_csv(request: HttpRequest) -> StreamingHttpResponse:
                                  headers={"Content-Disposition": f'attachment; filename="{name}"'})
 
 
-@admin_required
+@staff_permission_required("annotation.view_agreement")
 @require_GET
 def rankings_csv(request: HttpRequest) -> HttpResponse:
     """The dashboard's rankings (experts and the selected judge), grouped as on the page, as CSV."""
@@ -121,7 +121,7 @@ def rankings_csv(request: HttpRequest) -> HttpResponse:
     return response
 
 
-@admin_required
+@staff_permission_required("annotation.download_datasetexport")
 @require_GET
 def export_file(request: HttpRequest, pk: int, name: str) -> FileResponse:
     """One file of a finished snapshot; only names the snapshot's manifest lists are served."""

@@ -39,7 +39,8 @@ from django.db.models import Count, Exists, F, Max, OuterRef, Q
 
 from .. import stats
 from ..models import (
-    Campaign, Comparison, Generator, Judge, JudgeDisplay, JudgeOrders, JudgeVerdict, TournamentPreference, Vote,
+    Campaign, Comparison, Generator, Judge, JudgeDisplay, JudgeOrders, JudgeVerdict, SupersededVote,
+    TournamentPreference, Vote,
 )
 from ..judging.rankings import ELO_K, GeneratorRank, rank_generators
 from ..judging.figures import JudgeTally, score, tally_verdict
@@ -67,12 +68,23 @@ class Scope:
     def comparisons(self):
         if self.campaign is None:
             return Comparison.objects.all()
-        return Comparison.objects.filter(campaign_items__campaign=self.campaign)
+        return Comparison.objects.filter(campaign_items__campaign=self.campaign,
+                                         campaign_items__withdrawn_at__isnull=True)
 
     def votes(self):
-        if self.campaign is None:
-            return Vote.objects.all()
-        return Vote.objects.in_campaign(self.campaign)
+        """The current answers that count: superseded ones are another table, withdrawn items' left out."""
+        votes = Vote.objects.counted()
+        return votes if self.campaign is None else votes.in_campaign(self.campaign)
+
+    def superseded(self) -> int:
+        """Answers replaced by an undo or a revision: kept, never counted."""
+        superseded = SupersededVote.objects.all()
+        return superseded.count() if self.campaign is None else superseded.filter(campaign=self.campaign).count()
+
+    def withdrawn(self) -> int:
+        """Current votes on items withdrawn from their campaign: kept, never counted."""
+        votes = Vote.objects.all() if self.campaign is None else Vote.objects.in_campaign(self.campaign)
+        return votes.exclude(pk__in=Vote.objects.counted().values("pk")).count()
 
     def verdicts(self):
         verdicts = JudgeVerdict.objects.all()
@@ -136,6 +148,9 @@ class Labels:
     judge_labels: dict[int, dict[int, str]]
     # Votes on pairs with an invalid profile: stored, left out of ``votes`` and of every figure.
     votes_on_invalid: int = 0
+    # Answers kept but not counted: replaced by an undo or a revision, or on a withdrawn item.
+    superseded: int = 0
+    withdrawn: int = 0
 
     def group_keys(self) -> list[str]:
         """The attribute names the generators in scope carry: what rankings can be grouped by."""
@@ -167,7 +182,8 @@ def gather(campaign: Campaign | None = None, voted_only: bool = False) -> Labels
     judges, judge_labels = _tally_verdicts(scope, valid)
     votes_on_invalid = scope.votes().filter(
         Q(comparison__profile_a__is_valid=False) | Q(comparison__profile_b__is_valid=False)).count()
-    return Labels(scope, votes, comparisons, judges, judge_labels, votes_on_invalid)
+    return Labels(scope, votes, comparisons, judges, judge_labels, votes_on_invalid, scope.superseded(),
+                  scope.withdrawn())
 
 
 _VALID = ComparisonInfo("", "", "", 0, 0)

@@ -10,5 +10,5 @@ urlpatterns = [
     path("agreement/", dashboard.agreement_dashboard, name="agreement"),
     path("agreement/comparisons.csv", dashboard.agreement_csv, name="agreement_csv"),
     path("agreement/rankings.csv", dashboard.rankings_csv, name="rankings_csv"),
-    path("exports/<int:pk>/files/<path:name>", dashboard.export_file, name="export_file"),
+    path("exports/<id:pk>/files/<path:name>", dashboard.export_file, name="export_file"),
 ]

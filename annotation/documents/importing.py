@@ -119,7 +119,8 @@ def detect_format(path: Path, explicit: str = "") -> str:
 def _decoded_lines(handle, problems: list[Problem]) -> Iterator[tuple[int, str]]:
     for number, raw in enumerate(handle, start=1):
         try:
-            yield number, raw.decode("utf-8")
+            # utf-8-sig on the first line: Excel's "CSV UTF-8" starts the file with a byte-order mark.
+            yield number, raw.decode("utf-8-sig" if number == 1 else "utf-8")
         except UnicodeDecodeError as exc:
             problems.append(Problem(number, "", f"not UTF-8 (byte {exc.start + 1} is 0x{raw[exc.start]:02x})"))
 
@@ -187,7 +188,17 @@ def _text_field(record: dict, name: str, line: int, problems: list[Problem], req
         return ""
     if not value.strip() and required:
         problems.append(Problem(line, name, "empty"))
+    if "\x00" in value:
+        problems.append(Problem(line, name, "contains a NUL byte, which no text column can hold"))
+    limit = TEXT_LIMITS.get(name)
+    if limit and len(value.strip()) > limit:
+        problems.append(Problem(line, name, f"{len(value.strip())} characters; at most {limit}"))
     return value.strip()
+
+
+# Checked before the database sees a row, so a long id is a line in the report, not a failed transaction.
+TEXT_LIMITS = {"id": Document._meta.get_field("external_id").max_length,
+               "sample": Sample._meta.get_field("name").max_length}
 
 
 def validate_record(line: int, record: dict, problems: list[Problem], allow_title_only: bool = False) -> Row | None:
@@ -205,6 +216,8 @@ def validate_record(line: int, record: dict, problems: list[Problem], allow_titl
         problems.append(Problem(line, "authors", "missing" if "authors" not in record else "empty"))
     elif not isinstance(authors, list) or not all(isinstance(a, str) and a.strip() for a in authors):
         problems.append(Problem(line, "authors", "expected a list of names"))
+    elif any("\x00" in a for a in authors):
+        problems.append(Problem(line, "authors", "contains a NUL byte, which no text column can hold"))
     year = record.get("year")
     if year is not None and (not isinstance(year, int) or isinstance(year, bool) or not 1000 <= year <= 2100):
         problems.append(Problem(line, "year", f"expected a year such as 2021, got {year!r}"))

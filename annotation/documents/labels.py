@@ -113,11 +113,21 @@ def run_rows(path: Path, handle_row: Callable[[dict, Imported], None], finish: C
     return result
 
 
-def text_field(record: dict, name: str) -> str:
+def text_field(record: dict, name: str, max_length: int | None = None) -> str:
     value = record.get(name)
     if not isinstance(value, str) or not value.strip():
         raise RowError(name, "missing" if value is None else "expected non-empty text")
-    return value.strip()
+    if max_length and len(value.strip()) > max_length:
+        raise RowError(name, f"{len(value.strip())} characters; at most {max_length}")
+    return no_nul(value.strip(), name)
+
+
+def no_nul(value: str, name: str) -> str:
+    """Checked before the database sees it: PostgreSQL refuses a NUL byte in any text, and the whole import
+    would fail on a database error instead of a line in the report."""
+    if "\x00" in value:
+        raise RowError(name, "contains a NUL byte, which no text column can hold")
+    return value
 
 
 def choice_field(record: dict, name: str, allowed: list[str]) -> str:
@@ -137,16 +147,19 @@ def sample_of(record: dict) -> Sample:
 
 def _candidate(record: dict, name: str = "candidate") -> int:
     value = record.get(name, 0)
-    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-        raise RowError(name, f"expected a whole number ≥ 0, got {value!r}")
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= CANDIDATE_MAX:
+        raise RowError(name, f"expected a whole number from 0 to {CANDIDATE_MAX}, got {value!r}")
     return value
+
+
+CANDIDATE_MAX = 32767  # Profile.candidate_index is a PositiveSmallIntegerField
 
 
 # --- profiles ----------------------------------------------------------------------------------------
 
 
 def _generator(record: dict) -> Generator:
-    name = text_field(record, "generator")
+    name = text_field(record, "generator", Generator._meta.get_field("name").max_length)
     try:
         attributes = clean_attributes(record.get("attributes"))
     except ValueError as exc:
@@ -234,15 +247,16 @@ def _import_vote(record: dict, campaign_name: str, result: Imported) -> None:
     if "judge" in record:
         preferred = choice_field(record, "preferred", Preferred.values)
         order = choice_field(record, "order", ["ab", "ba"])
-        outcome = store_verdict(judge_named(text_field(record, "judge")), comparison, swapped, order, preferred,
-                                str(record.get("reasoning") or ""))
+        outcome = store_verdict(judge_named(text_field(record, "judge", Judge._meta.get_field("name").max_length)),
+                                comparison, swapped, order, preferred,
+                                no_nul(str(record.get("reasoning") or ""), "reasoning"))
     else:
         if not campaign_name:
             raise RowError("expert", "expert votes need --campaign")
         campaign = Campaign.objects.get_or_create(name=campaign_name)[0]
         expert = expert_named(text_field(record, "expert"), result)
         outcome = store_vote(campaign, expert, comparison, swap(choice_field(record, "choice", Choice.values), swapped),
-                             str(record.get("rationale") or ""))
+                             no_nul(str(record.get("rationale") or ""), "rationale"))
     result.outcomes[outcome] += 1
     if on_invalid and outcome != "unchanged":
         result.on_invalid[outcome] += 1
@@ -317,12 +331,17 @@ def expert_named(name: str, result: Imported | None = None):
             if earlier:
                 raise RowError("expert", f"{name!r} and {earlier!r} would both be the username {username!r}")
             result.renamed[name] = username
+    experts = Group.objects.get_or_create(name=EXPERTS_GROUP)[0]
     if user is None:
         user = get_user_model()(username=username, first_name=name if username != name else "")
         # Imported people can be analysed but cannot log in until an admin sets a password.
         user.set_unusable_password()
         user.save()
-    user.groups.add(Group.objects.get_or_create(name=EXPERTS_GROUP)[0])
+        user.groups.add(experts)
+    elif not user.groups.filter(pk=experts.pk).exists():
+        # An import never gives an existing account a role (a staff member, someone without one).
+        raise RowError("expert", f"{username!r} is an existing account that is not an expert; add it to the "
+                                 f"experts group first (Admin → Users), or name a new expert")
     return user
 
 

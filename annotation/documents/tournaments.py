@@ -301,7 +301,7 @@ def _votes(campaign: Campaign, comparisons):
     judge_matches = set(in_tournaments.filter(tournament__judge__isnull=False)
                         .values_list("comparison_id", "tournament__judge_id"))
     related = ["comparison__sample", "comparison__profile_a__generator", "comparison__profile_b__generator"]
-    for vote in Vote.objects.in_campaign(campaign).select_related("expert", *related).order_by("comparison_id", "id"):
+    for vote in Vote.objects.counted().in_campaign(campaign).select_related("expert", *related).order_by("comparison_id", "id"):
         if (vote.comparison_id, vote.expert_id) in expert_matches:
             continue
         row = _pair(vote.comparison)

@@ -51,6 +51,7 @@ class DatasetExport(models.Model):
 
     class Meta:
         ordering = ["-created_at"]
+        permissions = [("download_datasetexport", "Can download dataset exports")]
         constraints = [
             models.CheckConstraint(condition=Q(test_fraction__gte=0, test_fraction__lt=1), name="export_test_fraction"),
             models.CheckConstraint(condition=Q(policy__in=ExportPolicy.values), name="export_policy_valid"),

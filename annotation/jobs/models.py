@@ -173,6 +173,9 @@ class Job(Work):
 
     stops_when = "after the current batch"
 
+    class Meta(Work.Meta):
+        permissions = [("run_jobs", "Can run judges and generation, and cancel jobs")]
+
     def __str__(self) -> str:
         return f"{self.get_kind_display()} #{self.pk} ({self.status})"
 

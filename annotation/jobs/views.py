@@ -7,7 +7,7 @@ from django.views.decorators.http import require_POST
 from django_htmx.http import HttpResponseStopPolling
 
 from ..models import Job
-from ..roles import admin_required
+from ..roles import staff_permission_required
 from .liveness import mark_stale
 
 
@@ -33,7 +33,7 @@ def parameter_rows(params: dict, shown: int = 12) -> list[tuple[str, str]]:
     return rows
 
 
-@admin_required
+@staff_permission_required("annotation.view_job")
 def job_detail(request: HttpRequest, pk: int) -> HttpResponse:
     # Opening (or polling) the page is one of the moments a dead worker's job gets noticed (annotation.jobs.liveness).
     mark_stale(models=[Job])
@@ -50,7 +50,7 @@ def live_page(request: HttpRequest, template: str, partial: str, context: dict, 
     return render(request, template, {**admin.site.each_context(request), **context})
 
 
-@admin_required
+@staff_permission_required("annotation.run_jobs")
 @require_POST
 def job_cancel(request: HttpRequest, pk: int) -> HttpResponse:
     job = get_object_or_404(Job, pk=pk)

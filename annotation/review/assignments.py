@@ -20,7 +20,7 @@ from django.db.models import Count, Exists, Max, OuterRef, Subquery, Sum
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
-from ..models import Assignment, Campaign, CampaignItem, Document, JudgeVerdict, Vote
+from ..models import Assignment, Campaign, CampaignItem, Document, JudgeVerdict, SupersededReason, SupersededVote, Vote
 
 # Each failed attempt means another expert took that item a moment ago; a handful is plenty.
 CLAIM_ATTEMPTS = 5
@@ -64,7 +64,7 @@ def _campaign_totals(campaign: Campaign) -> tuple[int, int]:
     settings.REVIEW_PROGRESS_CACHE_SECONDS in each process: the count reads every item of the campaign."""
 
     def count() -> tuple[int, int]:
-        totals = CampaignItem.objects.filter(campaign=campaign, gold_answer="").aggregate(
+        totals = CampaignItem.objects.filter(campaign=campaign, gold_answer="", withdrawn_at__isnull=True).aggregate(
             items=Count("pk"), taken=Coalesce(Sum("assignment_count"), 0))
         return totals["items"], totals["taken"]
 
@@ -75,7 +75,7 @@ def _campaign_totals(campaign: Campaign) -> tuple[int, int]:
 def has_work(expert, campaign: Campaign) -> bool:
     """Whether the expert has anything left to do in the campaign (a pair waiting, or one to claim), without
     claiming it."""
-    waiting = Assignment.objects.waiting_for(expert).filter(item__campaign=campaign)
+    waiting = Assignment.objects.waiting_for(expert).filter(item__campaign=campaign, item__withdrawn_at__isnull=True)
     claimable = CampaignItem.objects.claimable_for(expert, campaign)
     return Campaign.objects.filter(pk=campaign.pk).filter(Exists(waiting) | Exists(claimable)).exists()
 
@@ -117,7 +117,7 @@ def next_assignment(expert, campaign: Campaign, *, may_have_open: bool = True) -
     # Counted before a claim, so the bar shows where the campaign stood when the expert asked for the pair.
     progress = campaign_progress(campaign, expert)
     if may_have_open:
-        waiting = (Assignment.objects.waiting_for(expert).filter(item__campaign=campaign)
+        waiting = (Assignment.objects.waiting_for(expert).filter(item__campaign=campaign, item__withdrawn_at__isnull=True)
                    .select_related(*(f"item__{path}" for path in PAIR)).order_by("created_at", "pk"))
         open_one = waiting.first()
         if open_one is not None:
@@ -145,9 +145,15 @@ def claim(expert, campaign: Campaign) -> Assignment | None:
     return None
 
 
-def record_vote(assignment: Assignment, *, choice: str, rationale: str, flags: dict) -> Vote | None:
-    """Store the expert's answer, in canonical terms; None if the assignment was already answered."""
+def record_vote(assignment: Assignment, *, choice: str, rationale: str, flags: dict,
+                revealed: bool = False) -> Vote | None:
+    """Store the expert's answer, in canonical terms; None if the assignment was already answered.
+
+    ``revealed``: the judge's verdict is shown next. A blind answer kept from before an undo stays the first
+    choice (``Assignment.blind_choice``).
+    """
     now = timezone.now()
+    first_choice = assignment.blind_choice or choice
     with transaction.atomic():
         if not assignment.mark_answered("voted_at", now):
             return None
@@ -158,7 +164,9 @@ def record_vote(assignment: Assignment, *, choice: str, rationale: str, flags: d
             comparison_id=assignment.item.comparison_id,
             campaign_id=assignment.item.campaign_id,
             choice=choice,
-            first_choice=choice,
+            first_choice=first_choice,
+            revised_after_reveal=choice != first_choice,
+            revealed=revealed or bool(assignment.blind_choice),
             rationale=rationale,
             competency_flags=flags,
             shown_flipped=assignment.flipped,
@@ -176,21 +184,26 @@ def skip(assignment: Assignment) -> bool:
 
 
 def revise(vote: Vote, *, choice: str, rationale: str, flags: dict) -> None:
-    """The expert's final answer after seeing the judge; the first one stays in ``first_choice``."""
-    Vote.objects.filter(pk=vote.pk).update(
-        choice=choice,
-        revised_after_reveal=choice != vote.first_choice,
-        rationale=rationale,
-        competency_flags=flags,
-        updated_at=timezone.now(),
-    )
+    """The expert's final answer after seeing the judge; the first one stays in ``first_choice``, and the answer
+    it replaces is kept as a ``SupersededVote``."""
+    with transaction.atomic():
+        SupersededVote.record(vote, SupersededReason.REVISED)
+        Vote.objects.filter(pk=vote.pk).update(
+            choice=choice,
+            revised_after_reveal=choice != vote.first_choice,
+            rationale=rationale,
+            competency_flags=flags,
+            updated_at=timezone.now(),
+        )
 
 
 def undo_last_vote(expert, campaign: Campaign, vote_id: int) -> int | None:
     """Take back ``vote_id`` if it is still the expert's latest vote in the campaign; the reopened
     assignment's id, or None.
 
-    Naming the vote keeps a repeated undo (a double key press, a stale page) from reaching further back.
+    Naming the vote keeps a repeated undo (a double key press, a stale page) from reaching further back. The
+    undone answer is kept as a ``SupersededVote``; once the judge was shown after it, its blind first choice
+    stays the pair's first choice (``Assignment.blind_choice``).
     """
     with transaction.atomic():
         latest = (
@@ -202,7 +215,10 @@ def undo_last_vote(expert, campaign: Campaign, vote_id: int) -> int | None:
         )
         if latest is None or latest.pk != vote_id:
             return None
-        latest.delete()
+        SupersededVote.record(latest, SupersededReason.UNDONE)
+        # The row goes, its answer kept above: the pair's one current vote is the next one given.
+        Vote.objects.filter(pk=latest.pk).delete()
         # The clock restarts: the next vote's time is measured from this showing.
-        Assignment.objects.filter(pk=latest.assignment_id).update(voted_at=None, shown_at=timezone.now())
+        Assignment.objects.filter(pk=latest.assignment_id).update(
+            voted_at=None, shown_at=timezone.now(), blind_choice=latest.first_choice if latest.revealed else "")
     return latest.assignment_id

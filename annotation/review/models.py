@@ -39,6 +39,7 @@ class Campaign(models.Model):
 
     class Meta:
         ordering = ["-created_at"]
+        permissions = [("view_agreement", "Can view agreement")]
         constraints = [
             models.CheckConstraint(condition=Q(overlap__gte=1), name="campaign_overlap_positive"),
             models.CheckConstraint(condition=Q(judge_display__in=JudgeDisplay.values), name="campaign_display_valid"),
@@ -67,7 +68,12 @@ class CampaignItemQuerySet(models.QuerySet):
         overlap is met; gold items go to every expert, uncapped."""
         theirs = Assignment.objects.filter(expert=expert, item__comparison=OuterRef("comparison"))
         open_slot = Q(assignment_count__lt=campaign.overlap) | ~Q(gold_answer="")
-        return self.filter(open_slot, ~Exists(theirs), campaign=campaign).order_by("assignment_count", "id")
+        return self.filter(open_slot, ~Exists(theirs), campaign=campaign, withdrawn_at__isnull=True).order_by(
+            "assignment_count", "id")
+
+    def answered(self):
+        """Items someone voted on: they are withdrawn, never deleted (their answers stay)."""
+        return self.filter(Exists(Vote.objects.filter(assignment__item=OuterRef("pk"))))
 
 
 class CampaignItem(models.Model):
@@ -78,6 +84,9 @@ class CampaignItem(models.Model):
     # Live assignments that count toward the overlap (skips give theirs back; gold items, shown to every
     # expert, never count). Denormalised so "least reviewed first" is one indexed ORDER BY, not a join.
     assignment_count = models.PositiveSmallIntegerField(default=0)
+    # A withdrawn item is kept with its votes but handed out no more, and left out of progress, exports and
+    # figures: an item with answers is never deleted.
+    withdrawn_at = models.DateTimeField(null=True, blank=True)
 
     objects = CampaignItemQuerySet.as_manager()
 
@@ -115,8 +124,9 @@ class AssignmentQuerySet(models.QuerySet):
         return self.waiting().filter(expert=expert)
 
     def of_expert(self, expert):
-        """The expert's own assignments, in the active campaigns they still review in."""
-        return self.filter(expert=expert, item__campaign__is_active=True, item__campaign__experts=expert)
+        """The expert's own assignments, in the active campaigns they still review in, on items not withdrawn."""
+        return self.filter(expert=expert, item__campaign__is_active=True, item__campaign__experts=expert,
+                           item__withdrawn_at__isnull=True)
 
 
 class Assignment(models.Model):
@@ -130,6 +140,9 @@ class Assignment(models.Model):
     # Set in the vote's own transaction by a conditional UPDATE that only one request can win, so a double
     # submit, a stale page or a skip from another tab can never add a second answer (on SQLite too).
     voted_at = models.DateTimeField(null=True, blank=True)
+    # In reveal-after-vote campaigns, the blind answer once the judge was shown: an undo keeps it here, and the
+    # vote given next keeps it as its first choice (the judge's verdict can no longer leave it unseen).
+    blind_choice = models.CharField(max_length=8, choices=Choice.choices, blank=True)
 
     objects = AssignmentQuerySet.as_manager()
 
@@ -159,21 +172,32 @@ class VoteQuerySet(models.QuerySet):
         """Newest first: the latest is the one with the highest id (what undo and revise take back)."""
         return self.order_by("-pk")
 
+    def counted(self):
+        """The votes figures and exports count: not those on an item withdrawn from its campaign."""
+        withdrawn = CampaignItem.objects.filter(campaign=OuterRef("campaign"), comparison=OuterRef("comparison"),
+                                                withdrawn_at__isnull=False)
+        return self.filter(~Exists(withdrawn))
+
 
 class Vote(models.Model):
-    assignment = models.OneToOneField(Assignment, on_delete=models.CASCADE, related_name="vote")
-    expert = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="votes")
-    comparison = models.ForeignKey(Comparison, on_delete=models.CASCADE, related_name="votes")
+    """An expert's current answer to a pair. What it replaced (an undone or revised answer) is a
+    ``SupersededVote``; nothing a user does deletes either (PROTECT on every relation)."""
+
+    assignment = models.OneToOneField(Assignment, on_delete=models.PROTECT, related_name="vote")
+    expert = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="votes")
+    comparison = models.ForeignKey(Comparison, on_delete=models.PROTECT, related_name="votes")
     # The assignment's campaign, kept on the vote: an expert's votes in a campaign are read on every review
     # round trip, and through assignment → item that read grows with all the votes the expert ever gave. Its
     # one index is (campaign, expert) in Meta: an index on the campaign alone tempts a plan made for any expert
     # into reading every vote of the campaign.
-    campaign = models.ForeignKey(Campaign, on_delete=models.CASCADE, related_name="votes", db_index=False)
+    campaign = models.ForeignKey(Campaign, on_delete=models.PROTECT, related_name="votes", db_index=False)
     # Canonical terms ('a' is comparison.profile_a), whatever side it was shown on.
     choice = models.CharField(max_length=8, choices=Choice.choices)
     # In reveal-after-vote campaigns the choice before the judge was shown; equal to choice otherwise.
     first_choice = models.CharField(max_length=8, choices=Choice.choices)
     revised_after_reveal = models.BooleanField(default=False)
+    # The judge's verdict was shown right after this vote (reveal-after-vote, and the judge had one).
+    revealed = models.BooleanField(default=False)
     rationale = models.TextField(blank=True)
     # {"a": {"<competency name>": "irrelevant" | "unsupported"}, "b": {...}}
     competency_flags = models.JSONField(default=dict, blank=True)
@@ -199,3 +223,48 @@ class Vote(models.Model):
     def __str__(self) -> str:
         return f"{self.expert} → {self.choice} on {self.comparison}"
 
+
+
+class SupersededReason(models.TextChoices):
+    UNDONE = "undone", "Undone"
+    REVISED = "revised", "Revised after the reveal"
+
+
+class SupersededVote(models.Model):
+    """An answer as it stood before an undo or a revision replaced it: written once, never changed or deleted.
+
+    ``vote_id`` is the vote it was: a revised vote still exists with its new answer; an undone one's pair was
+    answered again by the next vote on the same assignment.
+    """
+
+    vote_id = models.BigIntegerField()
+    reason = models.CharField(max_length=8, choices=SupersededReason.choices)
+    assignment = models.ForeignKey(Assignment, on_delete=models.PROTECT, related_name="superseded_votes")
+    expert = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
+    comparison = models.ForeignKey(Comparison, on_delete=models.PROTECT, related_name="+")
+    campaign = models.ForeignKey(Campaign, on_delete=models.PROTECT, related_name="superseded_votes")
+    choice = models.CharField(max_length=8, choices=Choice.choices)
+    first_choice = models.CharField(max_length=8, choices=Choice.choices)
+    revised_after_reveal = models.BooleanField(default=False)
+    revealed = models.BooleanField(default=False)
+    rationale = models.TextField(blank=True)
+    competency_flags = models.JSONField(default=dict, blank=True)
+    shown_flipped = models.BooleanField(default=False)
+    seconds_spent = models.FloatField(null=True, blank=True)
+    answered_at = models.DateTimeField()
+    superseded_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["superseded_at", "pk"]
+        indexes = [models.Index(fields=["campaign", "expert"], name="superseded_vote_campaign")]
+
+    def __str__(self) -> str:
+        return f"{self.expert} → {self.choice} on {self.comparison} ({self.get_reason_display().lower()})"
+
+    @classmethod
+    def record(cls, vote: Vote, reason: str) -> "SupersededVote":
+        fields = ["assignment_id", "expert_id", "comparison_id", "campaign_id", "choice", "first_choice",
+                  "revised_after_reveal", "revealed", "rationale", "competency_flags", "shown_flipped",
+                  "seconds_spent"]
+        return cls.objects.create(vote_id=vote.pk, reason=reason, answered_at=vote.updated_at,
+                                  **{name: getattr(vote, name) for name in fields})

@@ -6,10 +6,10 @@ app_name = "annotation"
 
 urlpatterns = [
     path("", views.queue, name="queue"),
-    path("<int:pk>/", views.campaign_queue, name="campaign"),
-    path("<int:pk>/undo", views.undo, name="undo"),
-    path("assignment/<int:pk>/", views.assignment_detail, name="assignment"),
-    path("assignment/<int:pk>/vote", views.vote, name="vote"),
-    path("assignment/<int:pk>/skip", views.skip, name="skip"),
-    path("assignment/<int:pk>/revise", views.revise, name="revise"),
+    path("<id:pk>/", views.campaign_queue, name="campaign"),
+    path("<id:pk>/undo", views.undo, name="undo"),
+    path("assignment/<id:pk>/", views.assignment_detail, name="assignment"),
+    path("assignment/<id:pk>/vote", views.vote, name="vote"),
+    path("assignment/<id:pk>/skip", views.skip, name="skip"),
+    path("assignment/<id:pk>/revise", views.revise, name="revise"),
 ]

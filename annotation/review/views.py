@@ -30,11 +30,25 @@ ALREADY_ANSWERED = "That pair already had your answer, which stands. Here is the
 NOT_REVISABLE = "That answer can no longer be changed. Here is the next pair."
 NOTHING_TO_UNDO = "Nothing to undo: that vote is no longer your latest."
 MISSING_CHOICE = "Choose A, B, tie or both bad first."
+RATIONALE_MAX = 4000
 
 
 class VoteForm(forms.Form):
     choice = forms.ChoiceField(choices=[(value, label) for value, label, _ in DISPLAY_CHOICES])
-    rationale = forms.CharField(required=False, max_length=4000)
+    rationale = forms.CharField(required=False, max_length=RATIONALE_MAX)
+
+    def problem(self) -> str:
+        """What to tell the expert about an invalid form, in their terms."""
+        if "rationale" in self.errors:
+            return (f"The rationale is {len(self.data.get('rationale', '')):,} characters; at most {RATIONALE_MAX:,} "
+                    f"fit. It is shown cut to {RATIONALE_MAX:,}: shorten it and submit again.")
+        return MISSING_CHOICE
+
+    def posted(self) -> QueryDict:
+        """The post to show again: a rationale over the limit cut to it, not echoed whole."""
+        posted = self.data.copy()
+        posted["rationale"] = posted.get("rationale", "")[:RATIONALE_MAX]
+        return posted
 
 
 def server_timing(view):
@@ -191,28 +205,31 @@ def vote(request: HttpRequest, pk: int) -> HttpResponse:
     form = VoteForm(request.POST)
     if not form.is_valid():
         progress = assignments.campaign_progress(campaign, request.user)
-        return _render(request, campaign, _with_pair(assignment), progress, error=MISSING_CHOICE,
-                       posted=request.POST, status=422)
+        return _render(request, campaign, _with_pair(assignment), progress, error=form.problem(),
+                       posted=form.posted(), status=422)
     flags = Pair.of(_with_pair(assignment)).flags_from(request.POST) if has_flags(request.POST) else {}
+    # Read before the vote is stored, so the vote records whether the judge is shown after it (what keeps
+    # its blind answer through an undo); the same one query as reading them after.
+    verdicts = _verdicts(campaign, assignment, revealed=True) if campaign.judge_display == JudgeDisplay.REVEAL else None
+    revealed = bool(verdicts) and any(verdict.is_valid for verdict in verdicts)
     recorded = assignments.record_vote(
         assignment,
         choice=canonical_choice(form.cleaned_data["choice"], flipped=assignment.flipped),
         rationale=form.cleaned_data["rationale"],
         flags=flags,
+        revealed=revealed,
     )
     if recorded is None:
         return _next(request, campaign, notice=ALREADY_ANSWERED, may_have_open=assignment.others_open)
     request.answer_saved = True
-    if campaign.judge_display == JudgeDisplay.REVEAL:
-        return _reveal(request, campaign, assignment, recorded)
+    if revealed:
+        return _reveal(request, campaign, assignment, recorded, verdicts)
     return _next(request, campaign, may_have_open=assignment.others_open)
 
 
-def _reveal(request: HttpRequest, campaign: Campaign, assignment: Assignment, recorded: Vote) -> HttpResponse:
-    """Show the judge's verdict on the pair just voted on, so the expert may revise; straight on if none."""
-    verdicts = _verdicts(campaign, assignment, revealed=True)
-    if not verdicts or not any(verdict.is_valid for verdict in verdicts):
-        return _next(request, campaign, may_have_open=assignment.others_open)
+def _reveal(request: HttpRequest, campaign: Campaign, assignment: Assignment, recorded: Vote,
+            verdicts: list[JudgeVerdict]) -> HttpResponse:
+    """Show the judge's verdict on the pair just voted on, so the expert may revise."""
     if not request.htmx:
         return redirect("annotation:assignment", assignment.pk)
     _with_pair(assignment)
@@ -244,8 +261,8 @@ def revise(request: HttpRequest, pk: int) -> HttpResponse:
     form = VoteForm(request.POST)
     if not form.is_valid():
         progress = assignments.campaign_progress(campaign, request.user)
-        return _render(request, campaign, assignment, progress, error=MISSING_CHOICE, revealed=True,
-                       posted=request.POST, status=422)
+        return _render(request, campaign, assignment, progress, error=form.problem(), revealed=True,
+                       posted=form.posted(), status=422)
     pair = Pair.of(assignment)
     assignments.revise(
         assignment.vote,

@@ -42,8 +42,14 @@ def page(browser, live_server):
         dialog.dismiss()
 
     page.on("dialog", record)
+    # The site's Content-Security-Policy is on in these tests as in production: Chromium reports each thing it
+    # refused on the console, and a test whose pages broke the policy fails.
+    page.csp_violations = []
+    page.on("console", lambda message: page.csp_violations.append(message.text)
+            if "Content Security Policy" in message.text else None)
     yield page
     context.close()
+    assert page.csp_violations == [], page.csp_violations
 
 
 @pytest.fixture

@@ -3,9 +3,14 @@
 Each conversation (system + user messages) is rendered with the model's chat template, the assistant turn
 is prefilled with ``"Domain:"`` (``continue_final_message=True``) so that a small model starts writing a
 profile instead of drifting, and k candidates per conversation are produced. Several conversations'
-k candidates go through one ``model.generate`` call (left padding), which is what makes a CPU or GPU
-busy enough to be fast; :func:`generate_naive` does the same work one prompt and one candidate at a time
-and exists as the benchmark baseline and as a correctness reference (greedy outputs must match).
+k candidates are decoded together (left padding), which is what makes a CPU or GPU busy enough to be
+fast; :func:`generate_naive` does the same work one prompt and one candidate at a time and exists as a
+correctness reference (greedy outputs must match).
+
+Greedy decoding and sampling run on one of two engines (``DecodingSettings.engine``): ``"loop"``, our own
+decoding loop (training/ml/decoding.py), the default, about 10x faster per CPU-second with the format guide
+(bench/generation.py); or ``"generate"``, transformers' ``model.generate`` with the repetition penalty and
+the guide as logits processors, kept as the baseline it is measured and tested against.
 
 Decoding modes, chosen by :class:`DecodingSettings`:
 
@@ -34,6 +39,7 @@ ProgressCallback = Callable[[int, int, int], None]  # (conversations done, total
 StopCallback = Callable[[], bool]
 
 DEFAULT_PREFILL = "Domain:"
+ENGINES = ("loop", "generate")
 
 
 @dataclass
@@ -50,6 +56,9 @@ class DecodingSettings:
     diversity_penalty: float = 0.0
     seed: int | None = 0
     format_guide: bool = False  # keep the output on the profile's line structure (training.ml.guide)
+    # How greedy decoding and sampling run: "loop" (training.ml.decoding, fast) or "generate" (transformers'
+    # model.generate, the baseline it is measured against). Beam searches have one implementation each.
+    engine: str = "loop"
 
     @property
     def mode(self) -> str:
@@ -94,6 +103,8 @@ class DecodingSettings:
                 fail("diversity_penalty", "diverse beam search (num_beam_groups > 1) needs a penalty > 0")
             if self.temperature > 0:
                 fail("temperature", "diverse beam search is deterministic; set temperature=0")
+        if self.engine not in ENGINES:
+            fail("engine", f"must be one of {', '.join(ENGINES)}")
         if self.format_guide and mode in ("beam", "diverse_beam"):
             fail("format_guide", "works with greedy decoding and sampling, not with beam search")
         return self
@@ -200,6 +211,8 @@ def _generate_rows(
     import torch
     from transformers import LogitsProcessorList
 
+    from .decoding import decode  # imports transformers, which a web process that only validates never needs
+
     device = _model_device(model)
     # Left padding whatever the tokenizer's default (TRL sets right padding): prompts must end together.
     enc = tokenizer(prompts, return_tensors="pt", padding=True, padding_side="left", add_special_tokens=False)
@@ -215,7 +228,14 @@ def _generate_rows(
 
     mode = settings.mode
     with torch.inference_mode():
-        if mode == "diverse_beam":
+        if mode in ("greedy", "sample") and settings.engine == "loop":
+            generated = decode(
+                model, input_ids, attention_mask, num_return=num_return, max_new_tokens=settings.max_new_tokens,
+                temperature=settings.temperature, top_p=settings.top_p,
+                repetition_penalty=settings.repetition_penalty, eos_ids=eos_ids, pad_id=pad_id,
+                guide_vocabulary=_vocabulary(tokenizer, eos_ids) if settings.format_guide else None,
+            )
+        elif mode == "diverse_beam":
             generated = _diverse_beam_search(model, input_ids, attention_mask, pad_lens, settings, eos_ids, pad_id)
         else:
             rows_per_prompt = settings.num_beams if mode == "beam" else num_return

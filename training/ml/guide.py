@@ -76,6 +76,7 @@ class Vocabulary:
         self.colon = torch.tensor([ok and ":" in t for ok, t in zip(inline, texts)])
         # A quote may only close the domain (end the token): `"X", "Y"` would be two domains on one line.
         self.no_inner_quote = torch.tensor([ok and '"' not in t.rstrip('"') for ok, t in zip(inline, texts)])
+        self.banned_masks: dict[int, dict[tuple, torch.Tensor]] = {}  # filled by _Masks
 
 
 class FormatGuide:
@@ -88,17 +89,31 @@ class FormatGuide:
         self.rows: list[_Row] | None = None
 
     def __call__(self, input_ids: "torch.Tensor", scores: "torch.Tensor") -> "torch.Tensor":
+        started = self.rows is not None and input_ids.shape[1] > self.prompt_length
+        last = input_ids[:, -1].tolist() if started else None
+        written = input_ids.shape[1] - self.prompt_length
+        return self.apply(scores, last, None if self.max_new_tokens is None else self.max_new_tokens - written)
+
+    def apply(self, scores: "torch.Tensor", last_tokens: list[int] | None, tokens_left: int | None) -> "torch.Tensor":
+        """Advance every row by the token it just got (None on the first step), then mask ``scores`` in place.
+
+        The entry point for a decoding loop that keeps no ``input_ids`` (training.ml.decoding).
+        """
         if self.rows is None:
-            self.rows = [_Row() for _ in range(input_ids.shape[0])]
-        elif input_ids.shape[1] > self.prompt_length:
-            for row, token in zip(self.rows, input_ids[:, -1].tolist()):
+            self.rows = [_Row() for _ in range(scores.shape[0])]
+        elif last_tokens is not None:
+            for row, token in zip(self.rows, last_tokens):
                 self._advance(row, token)
-        left = None if self.max_new_tokens is None else self.max_new_tokens - (input_ids.shape[1] - self.prompt_length)
-        allowed = self._allowed_masks(scores.shape[-1], left)
+        masks = _Masks(self.vocab, scores.shape[-1])
         for index, row in enumerate(self.rows):
             if row.phase != DONE:
-                scores[index].masked_fill_(~allowed(row), float("-inf"))
+                scores[index].masked_fill_(masks.banned(self._allowed(row, tokens_left)), float("-inf"))
         return scores
+
+    def keep_rows(self, indices: list[int]) -> None:
+        """Keep only these rows, in this order: the decoding loop drops rows that have finished."""
+        if self.rows is not None:
+            self.rows = [self.rows[i] for i in indices]
 
     def _advance(self, row: _Row, token: int) -> None:
         if row.phase == DONE or token in self.vocab.eos_ids:
@@ -118,46 +133,58 @@ class FormatGuide:
         else:
             row.phase, row.line = (ITEM if row.phase in (ITEM_START, ITEM) else row.phase), row.line + text
 
-    def _allowed_masks(self, width: int, tokens_left: int | None):
+    def _allowed(self, row: _Row, tokens_left: int | None) -> tuple:
+        """The tokens this row may write next, as a key of :class:`_Masks` (a class name or token ids)."""
+        vocab = self.vocab
+        if row.phase == FORCED:
+            return (row.forced.pop(0),) if row.forced else ("word_start",)
+        if row.phase == ITEM_START:
+            return ("word_start",)
+        if row.phase == LINE_START:
+            low = tokens_left is not None and tokens_left < ITEM_RESERVE_TOKENS
+            if row.items >= MAX_ITEMS or (low and row.items >= MIN_ITEMS):
+                return tuple(vocab.eos_ids)
+            return (vocab.dash, *vocab.eos_ids) if row.items >= MIN_ITEMS else (vocab.dash,)
+        if row.phase == DOMAIN:
+            text = row.line.strip()
+            if text.startswith('"') and len(text) > 1 and text.endswith('"'):
+                return (vocab.blank_line,)
+            long_enough = len(text.strip('"')) >= MIN_DOMAIN_CHARS
+            return ("no_inner_quote", vocab.blank_line) if long_enough else ("no_inner_quote",)
+        name, has_colon, description = row.line.partition(":")
+        if not has_colon:
+            return ("colon",) if len(name) >= MAX_NAME_CHARS else ("inline",)
+        complete = name.strip() and len(description.strip()) >= MIN_DESCRIPTION_CHARS
+        return ("inline", vocab.single_newline) if complete else ("inline",)
+
+
+class _Masks:
+    """The banned-token masks for one logits width, built once per key and kept on the vocabulary.
+
+    Building a 49k-entry mask per row and step cost more than the model's own step once decoding was fast.
+    """
+
+    def __init__(self, vocabulary: Vocabulary, width: int):
+        self.vocab = vocabulary
+        self.width = width
+        self.cache = vocabulary.banned_masks.setdefault(width, {})
+
+    def banned(self, key: tuple) -> "torch.Tensor":
+        mask = self.cache.get(key)
+        if mask is None:
+            mask = self.cache[key] = ~self._allowed(key)
+        return mask
+
+    def _allowed(self, key: tuple) -> "torch.Tensor":
         import torch
 
-        vocab = self.vocab
-        pad = width - vocab.size  # the model's vocabulary may be padded beyond the tokenizer's
-
-        def extend(mask: torch.Tensor) -> torch.Tensor:
-            return torch.cat([mask, torch.zeros(pad, dtype=torch.bool)]) if pad > 0 else mask[:width]
-
-        def only(*ids: int) -> torch.Tensor:
-            mask = torch.zeros(width, dtype=torch.bool)
-            mask[list(ids)] = True
-            return mask
-
-        inline, word_start = extend(vocab.inline), extend(vocab.word_start)
-        colon, no_inner_quote = extend(vocab.colon), extend(vocab.no_inner_quote)
-
-        def allowed(row: _Row) -> torch.Tensor:
-            if row.phase == FORCED:
-                return only(row.forced.pop(0)) if row.forced else word_start
-            if row.phase == ITEM_START:
-                return word_start
-            if row.phase == LINE_START:
-                low = tokens_left is not None and tokens_left < ITEM_RESERVE_TOKENS
-                if row.items >= MAX_ITEMS or (low and row.items >= MIN_ITEMS):
-                    return only(*vocab.eos_ids)
-                return only(vocab.dash, *vocab.eos_ids) if row.items >= MIN_ITEMS else only(vocab.dash)
-            if row.phase == DOMAIN:
-                return _domain(row.line)
-            name, has_colon, description = row.line.partition(":")
-            if not has_colon:
-                return colon if len(name) >= MAX_NAME_CHARS else inline
-            complete = name.strip() and len(description.strip()) >= MIN_DESCRIPTION_CHARS
-            return inline | only(vocab.single_newline) if complete else inline
-
-        def _domain(line: str) -> torch.Tensor:
-            text = line.strip()
-            if text.startswith('"') and len(text) > 1 and text.endswith('"'):
-                return only(vocab.blank_line)
-            long_enough = len(text.strip('"')) >= MIN_DOMAIN_CHARS
-            return no_inner_quote | only(vocab.blank_line) if long_enough else no_inner_quote
-
+        vocab, width = self.vocab, self.width
+        allowed = torch.zeros(width, dtype=torch.bool)
+        for part in key:
+            if isinstance(part, str):
+                # The model's vocabulary may be padded beyond the tokenizer's: those ids are never allowed.
+                token_class = getattr(vocab, part)[:width]
+                allowed[: len(token_class)] |= token_class
+            else:
+                allowed[part] = True
         return allowed
