@@ -57,7 +57,7 @@ PRESETS = {
     # A valid profile needs room: at 128 or 160 tokens most SmolLM2 candidates are cut off or too short
     # (1 of 6 and 4 of 16 valid); at 256 about half are valid (README).
     "tiny": Preset("tiny", train_samples=2, heldout_samples=1, candidates=4, eval_candidates=1, max_new_tokens=256,
-                   label_margin=0.0, grader_model="default",
+                   label_margin=0.0, grader_model="default", abstracts_per_sample=2,
                    training={"max_steps": 2, "gradient_accumulation_steps": 1, "max_length": 1024,
                              "activation_checkpointing": False, "save_steps": 50}),
     # ≤ 60 minutes on two CPU cores: two abstracts per sample (prompts of ~600 tokens instead of ~1,500); eight
