@@ -143,6 +143,7 @@ def test_the_newest_complete_checkpoint_is_the_one_to_resume(tmp_path):
 
 @pytest.mark.model
 def test_two_step_run_saves_a_reloadable_adapter(preference_file, tmp_path, model_dir, model_cache):
+    import torch
     from peft import PeftModel
 
     from training.ml.models import load_model
@@ -155,11 +156,15 @@ def test_two_step_run_saves_a_reloadable_adapter(preference_file, tmp_path, mode
     history = losses(result.log_history)
     assert len(history) == 2
     assert history[0] == pytest.approx(LN2, abs=1e-3)  # adapter starts at zero: policy == reference
-    assert [entry["step"] for entry in logs] == [1, 2]
-    for entry in logs:
+    steps = [entry for entry in logs if entry["kind"] != "status"]
+    assert [entry["step"] for entry in steps] == [1, 2]
+    for entry in steps:
         assert ON_LOG_KEYS <= entry.keys()
         assert entry["total_steps"] == 2 and entry["kind"] == "train"
-    assert logs[0]["loss"] == pytest.approx(LN2, abs=1e-3)
+    assert steps[0]["loss"] == pytest.approx(LN2, abs=1e-3)
+    # Between the logging steps, where the run stands: the model loaded, then each step under way.
+    assert [entry["kind"] for entry in logs][0] == "status" and all(entry["message"] for entry in logs
+                                                                     if entry["kind"] == "status")
 
     assert (out / "adapter_model.safetensors").is_file() and (out / "adapter_config.json").is_file()
     assert yaml.safe_load((out / CONFIG_FILE).read_text())["max_steps"] == 2
@@ -167,10 +172,16 @@ def test_two_step_run_saves_a_reloadable_adapter(preference_file, tmp_path, mode
     assert metrics["status"] == "completed" and losses(metrics["log_history"]) == history
     assert metrics["processes"] == 1 and metrics["device"] == "cpu"
 
-    model, _ = load_model(str(model_dir), model_cache, adapter_path=result.adapter_dir, device="cpu", dtype="fp32")
-    assert isinstance(model, PeftModel)
-    lora_b = [p for name, p in model.named_parameters() if "lora_B" in name]
+    adapter = PeftModel.from_pretrained(load_model(str(model_dir), model_cache, device="cpu", dtype="fp32")[0],
+                                        str(result.adapter_dir))
+    lora_b = [p for name, p in adapter.named_parameters() if "lora_B" in name]
     assert lora_b and any(p.abs().sum() > 0 for p in lora_b)  # trained, not the zero init
+    # load_model folds the adapter into the weights: the trained layers differ from the base model's.
+    tuned, _ = load_model(str(model_dir), model_cache, adapter_path=result.adapter_dir, device="cpu", dtype="fp32")
+    base, _ = load_model(str(model_dir), model_cache, device="cpu", dtype="fp32")
+    tuned_weights, base_weights = dict(tuned.named_parameters()), dict(base.named_parameters())
+    assert not isinstance(tuned, PeftModel) and tuned_weights.keys() == base_weights.keys()
+    assert any(not torch.equal(weight, base_weights[name]) for name, weight in tuned_weights.items())
 
 
 @pytest.mark.model
