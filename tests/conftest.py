@@ -16,6 +16,10 @@ REPO = Path(__file__).resolve().parent.parent
 # Per test process: two runs on one machine must never read each other's worker logs.
 LOG_DIR = Path(tempfile.mkdtemp(prefix="compx-test-logs-"))
 PASSWORD = "correct horse battery staple"
+# Seeded generation repeats only on a fixed number of CPU threads (a reduction in another order can sample
+# another token); by default the decoding loop picks its threads from the machine's load. Workers the tests
+# start inherit this.
+os.environ.setdefault("COMPX_TORCH_THREADS", "1")
 
 
 @pytest.fixture(autouse=True)

@@ -6,7 +6,7 @@ through the review queue, the admin reads the agreement dashboard, exports a DPO
 training run, watches it finish and evaluates the tuned model on the held-out sample.
 
 Everything is as small as still makes a real loop: two researchers with two abstracts each (one train sample,
-one held-out), six candidates for the train sample (three are valid: three pairs), a two-step training run, three
+one held-out), six candidates for the train sample (three are valid: three pairs), a two-step training run, six
 profiles per model on the held-out sample. Generation and training are seeded, so on one machine these settings
 give the same profiles every time; when a step yields nothing to go on (no two pairable profiles, no pair in the
 campaign, no training row, no pair for the evaluation's judge) the test says so.
@@ -46,6 +46,9 @@ TRAIN_SAMPLE, HELDOUT_SAMPLE = "Ana Rivera #1", "Elif Demir #1"
 # The smallest decoding that still writes whole profiles; generation is seeded (DecodingSettings.seed = 0), so
 # these settings give the same candidates on every run on the same machine.
 GENERATOR = {"name": "smollm2-loop", "temperature": "0.5", "max_new_tokens": "256", "candidates": "6"}
+# Profiles per model on the held-out sample: the evaluation pairs the i-th of each, and a pair is judged only
+# when both are valid; at this model's validity (about a third) six give the judge a pair to read.
+EVAL_CANDIDATES = 6
 
 
 def abstracts_jsonl() -> bytes:
@@ -311,18 +314,18 @@ def test_the_whole_loop_in_the_browser(browser, page, live_server, log_in, admin
         page.select_option("#id_baseline", label=GENERATOR["name"])  # the tuned model copies its decoding
         page.select_option("#id_judge", label="smollm2-judge")
         page.fill("#id_sample_limit", "1")
-        page.fill("#id_candidates", "3")
+        page.fill("#id_candidates", str(EVAL_CANDIDATES))
         page.click("input[type=submit][value='Start evaluation']")
         page.wait_for_url("**/training/evaluations/*/")
         wait_until_finished(page, "#evaluation-live", "the evaluation")
         evaluation = EvaluationRun.objects.get()
         valid, versus = evaluation.results["valid"], evaluation.results["versus"]["baseline"]
-        assert valid["candidate"]["total"] == valid["baseline"]["total"] == 3, valid
+        assert valid["candidate"]["total"] == valid["baseline"]["total"] == EVAL_CANDIDATES, valid
         assert versus["comparison_ids"], f"no held-out pair had two valid profiles for the judge: {valid}"
-        assert versus["with_forfeits"]["n"] == 3
+        assert versus["with_forfeits"]["n"] == EVAL_CANDIDATES
         assert page.get_by_role("heading", name="Valid profiles", exact=True).is_visible()
         assert page.get_by_role("heading", name=f"Tuned vs {GENERATOR['name']}", exact=True).is_visible()
-        assert Profile.objects.filter(sample__name=HELDOUT_SAMPLE, generator__source_run=run).count() == 3
+        assert Profile.objects.filter(sample__name=HELDOUT_SAMPLE, generator__source_run=run).count() == EVAL_CANDIDATES
         assert page.get_by_role("button", name="Send to experts").is_visible()
         page.screenshot(path=str(shots / "5-evaluation.png"), full_page=True)
         steps.done(f"evaluation ({evaluation.message})")
