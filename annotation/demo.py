@@ -8,7 +8,6 @@ being generated. Like ``annotation.start`` it sends tasks, so it may import ``an
 from __future__ import annotations
 
 from django.contrib.auth import get_user_model
-from django.db import transaction
 from django.db.models import Sum
 from django.db.models.functions import Length
 from django.utils import timezone

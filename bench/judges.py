@@ -357,7 +357,7 @@ def main() -> int:
         for name in main_verdicts:
             subset[f"PMI {name} {default_baseline}/{default_part}"] = main_verdicts[name][:ab_n]
         table(f"A/B judge beside the scorers, first {ab_n} pairs", ab_pairs, subset)
-        table(f"  same-sample of those", [ab_pairs[i] for i in ab_same],
+        table("  same-sample of those", [ab_pairs[i] for i in ab_same],
               {k: [v[i] for i in ab_same] for k, v in subset.items()})
 
     for name in main_verdicts:

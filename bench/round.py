@@ -21,7 +21,6 @@ pairs with the interval's lower bound ≥ 70%, with no rise in copy share that e
 from __future__ import annotations
 
 import argparse
-import io
 import os
 import sys
 import tempfile

@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 
 import krippendorff
 import numpy as np
-from django.db.models import Count, Exists, F, Max, OuterRef, Q
+from django.db.models import Exists, F, OuterRef, Q
 
 from .. import stats
 from ..models import (
