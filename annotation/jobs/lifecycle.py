@@ -9,10 +9,12 @@ again) does nothing. While the work runs a heartbeat thread proves the worker al
 from __future__ import annotations
 
 import logging
+import time
 
 from django.utils import timezone
 
 from ..models import Job, JobStatus
+from .eta import add_point
 from .liveness import Heartbeat
 
 logger = logging.getLogger(__name__)
@@ -55,6 +57,13 @@ class JobProgress:
         self._update(**fields)
         if self.job.cancel_wanted():
             raise JobCancelled
+
+    def within(self, done: float, message: str = "", **stats) -> None:
+        """Progress inside a step (a batch half decoded): ``done`` as a fraction of items goes into the rate and
+        the ETA (``progress_points``), the row's whole ``done`` stays as it is."""
+        stats = {**self.job.stats, **stats}
+        point = add_point(self.job.progress_points, time.time(), done, *self.job.counted_with({"stats": stats}))
+        self._update(progress_points=point, stats=stats, message=message, heartbeat_at=timezone.now())
 
     def finish(self, status: str, message: str = "", error: str = "") -> None:
         if not self.job.finish(status, message, error):
