@@ -5,7 +5,7 @@ Other apps (training) use annotation only through ``PUBLIC`` below; tests/test_l
 
 PUBLIC = {
     "annotation.models": "*",  # every model, ``Work`` (the job lifecycle) and the choices
-    "annotation.jobs.lifecycle": {"create_job", "run_job"},  # run a job in this worker, visible on the jobs page
+    "annotation.jobs.lifecycle": {"create_job", "run_job", "WorkRunner", "Cancelled", "Lost"},  # run work in this worker
     "annotation.jobs.liveness": {"Heartbeat", "mark_stale"},  # keep a row alive; fail rows whose worker died
     "annotation.jobs.views": {"live_page"},  # a staff page that polls itself while the work runs
     "annotation.profiles.generation": {"run_generation"},  # the generation job's work

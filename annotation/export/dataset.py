@@ -50,7 +50,7 @@ from django.utils import timezone
 from django.utils.text import slugify
 
 from ..agreement import figures as agreement
-from ..jobs.lifecycle import JobCancelled, run_job
+from ..jobs.lifecycle import Cancelled, run_job
 from ..models import (
     DatasetExport, Document, ExportFormat, ExportPolicy, Job, JobKind, JobStatus, Judge, JudgeOrders, JudgeVerdict,
     Profile, Sample, SampleDocument, Split,
@@ -567,7 +567,7 @@ def _check_target(target: Path) -> None:
 
 
 def _status_for(exc: BaseException) -> str:
-    return JobStatus.CANCELLED if isinstance(exc, JobCancelled) else JobStatus.FAILED
+    return JobStatus.CANCELLED if isinstance(exc, Cancelled) else JobStatus.FAILED
 
 
 def _set_status(export: DatasetExport, status: str, error: str = "") -> None:
