@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 from contextlib import ExitStack, nullcontext
 
+from django.core.management import CommandError
 from django.utils import timezone
 
 from ..models import Job, JobStatus, Work
@@ -191,6 +192,17 @@ def run_job(job_id: int, work, worker: str = "") -> str:
     recorded. A job that is not queued (finished, cancelled, or running in some worker, alive or dead) is left
     alone."""
     return _JobRunner.start(job_id, worker or _current_worker(), work=work)
+
+
+def follow_in(command, job: Job, no_wait: bool = False) -> None:
+    """What a management command does once it queued a job: return at once (``--no-wait``), or show the job's
+    progress until it ends and say how it ended (a CommandError unless it succeeded)."""
+    if no_wait:
+        return
+    job = follow(job, command.stderr)
+    if job.status != JobStatus.SUCCEEDED:
+        raise CommandError(f"job #{job.pk} {job.status}: {job.error or job.message}")
+    command.stdout.write(command.style.SUCCESS(job.message))
 
 
 def follow(job: Job, stream, poll_s: float = 0.5) -> Job:
