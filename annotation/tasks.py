@@ -7,10 +7,11 @@ tasks and must not load the model and numeric libraries those need (tests/test_r
 import socket
 
 from celery import shared_task
-from celery.signals import worker_ready
+from celery.signals import worker_init, worker_ready
 
 from .jobs.lifecycle import run_job
 from .jobs.liveness import on_worker_ready
+from .jobs.slots import remember_worker
 
 
 @shared_task(bind=True)
@@ -46,3 +47,9 @@ def _on_worker_ready(sender=None, **kwargs) -> None:
     # Whatever this worker was running before it (re)started has died with it (jobs, training runs,
     # evaluations); then keep watching every worker's heartbeats.
     on_worker_ready(getattr(sender, "hostname", "") or "")
+
+
+@worker_init.connect
+def _on_worker_init(sender=None, **kwargs) -> None:
+    # Its slots and queues, before the pool forks: a task asks them before it waits for another (jobs.slots).
+    remember_worker(sender)

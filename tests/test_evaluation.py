@@ -312,3 +312,61 @@ def test_the_command_starts_the_same_evaluation(db, django_capture_on_commit_cal
         tuned, base, 5, 3)
     with pytest.raises(CommandError, match="no judge"):
         call_command("start_evaluation", "--candidate", "tuned", "--judge", "nobody", "--no-wait")
+
+
+class Ticking:
+    """A clock 10 s further on at each reading: the evaluation's rate is then known whatever the machine."""
+
+    def __init__(self):
+        import time
+
+        self.now = time.time()
+
+    def time(self) -> float:
+        self.now += 10
+        return self.now
+
+
+def test_the_page_counts_profiles_generated_then_pairs_judged_live(db, monkeypatch, client_for, admin_user):
+    """The evaluation's own done/total move with its jobs (a batch half generated moves the points), and its page
+    shows them with a rate and an ETA."""
+    from annotation.jobs import lifecycle
+    from training import evaluation as evaluations
+
+    monkeypatch.setattr(evaluations, "time", Ticking())
+    monkeypatch.setattr(lifecycle, "time", Ticking())
+    world = World()
+    samples = [world.sample(split=Split.HELDOUT, documents=1) for _ in range(2)]
+    tuned, base, judge = world.generator("tuned"), world.generator("base"), world.judge("independent")
+    evaluation = EvaluationRun.objects.create(name="live", candidate=tuned, baseline=base, judge=judge,
+                                              sample_limit=2, candidates=1)
+    seen, pages = [], []
+
+    def now():
+        row = EvaluationRun.objects.get(pk=evaluation.pk)
+        seen.append((row.done, row.total, row.progress_points[-1][1]))
+
+    def generate(job, progress):
+        progress.start(total=len(samples))
+        for n, sample in enumerate(samples, start=1):
+            progress.within(n - 0.5, "half a sample written")
+            now()
+            world.profile(sample, Generator.objects.get(pk=job.params["generator_id"]).name)
+            progress.advance(n)
+            now()
+
+    def judging(job, progress):
+        progress.start(total=4)  # two pairs in two orders
+        for n in (2, 4):
+            progress.advance(n)
+            now()
+            pages.append(client_for(admin_user).get(f"/training/evaluations/{evaluation.pk}/").content.decode())
+
+    monkeypatch.setattr(evaluations, "run_generation", generate)
+    monkeypatch.setattr(evaluations, "run_judging", judging)
+    assert evaluations.run_evaluation(evaluation.pk) == JobStatus.SUCCEEDED
+    # Four profiles (two samples, two models), then two pairs for the one judge.
+    assert seen == [(0, 4, 0.5), (1, 4, 1), (1, 4, 1.5), (2, 4, 2), (2, 4, 2.5), (3, 4, 3), (3, 4, 3.5), (4, 4, 4),
+                    (1, 2, 1), (2, 2, 2)]
+    assert "1 / 2 pairs judged" in pages[0] and "10 s per pair" in pages[0] and "about 10 s left" in pages[0]
+    assert 'hx-trigger="every 2s"' in pages[0]

@@ -97,6 +97,78 @@ def test_cancelling_stops_between_batches_and_leaves_no_half_written_sample(monk
     assert Profile.objects.count() == 2
 
 
+class Clock:
+    """Time that moves only when told: the throttle and the rate see whole seconds, whatever the machine."""
+
+    def __init__(self):
+        self.now = 1_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def time(self) -> float:
+        return self.now
+
+    monotonic = time
+
+
+@pytest.mark.django_db
+def test_the_job_row_moves_while_one_batch_decodes(monkeypatch, client_for, admin_user):
+    """Tokens reach the row and its page during the batch (throttled), before any sample is stored."""
+    from annotation.jobs import lifecycle
+
+    clock = Clock()
+    monkeypatch.setattr(lifecycle, "time", clock)
+    monkeypatch.setattr(generation, "time", clock)
+    samples = make_samples(2)
+    generator = local_generator(max_new_tokens=100)
+    job = create_job(JobKind.GENERATE, {"generator_id": generator.pk, "sample_ids": [s.pk for s in samples]})
+    seen = []
+
+    class Backend:
+        batch_samples = 4
+
+        def generate(self, conversations, k, on_tokens=None):
+            if seen:  # the second batch: only the first one is watched
+                return [[Output("Domain: x", 5, 30, 1) for _ in range(k)] for _ in conversations]
+            for step, written in enumerate((10, 20, 40, 60)):
+                clock.now += 1.5  # reports come each 1.5 s: every other one is saved
+                on_tokens(written)
+                row = Job.objects.get(pk=job.pk)
+                seen.append((row.done, row.stats.get("tokens"), len(row.progress_points)))
+                if step == 3:
+                    seen.append(client_for(admin_user).get(f"/jobs/{job.pk}/").content.decode())
+            return [[Output("Domain: x", 5, 30, 1) for _ in range(k)] for _ in conversations]
+
+    monkeypatch.setattr(generation, "backend_for", lambda g: Backend())
+    run_job(job.pk, run_generation)
+    *rows, page = seen
+    # The first batch is one sample of two candidates (generation.batches): 200 tokens expected.
+    assert rows == [(0, None, 0), (0, 20, 1), (0, 20, 1), (0, 60, 2)]
+    job.refresh_from_db()
+    assert job.status == JobStatus.SUCCEEDED and job.stats["tokens"] == 4 * 30
+    # 40 tokens and a fifth of a sample in the 3 s between the two saves.
+    assert "13.3 tokens/s" in page and "15 s per sample" in page and "60 tokens written" in page
+    # The row's own done stayed 0 while the points carried the batch's share: 60 of 200 tokens of one sample.
+    assert job.progress_points[1][1] == pytest.approx(0.3)
+
+
+def test_a_batch_never_shows_as_done_before_it_is_stored():
+    heard = []
+
+    class Progress:
+        def within(self, done, message="", **stats):
+            heard.append(done)
+
+    clock = Clock()
+    live = generation.BatchProgress(Progress(), done=3, total=9, samples=2, tokens_before=0, expected_tokens=100,
+                                    clock=clock)
+    for written in (50, 150):
+        clock.now += generation.LIVE_EVERY_S
+        live(written)
+    assert heard == [4.0, 3 + 2 * generation.LIVE_AT_MOST]
+
+
 def openai_generator(server, **overrides) -> Generator:
     fields = {"name": "served", "backend": Backend.OPENAI, "model": server["model"], "base_url": server["base_url"],
               "max_new_tokens": 16, "candidates": 2, "concurrency": 2}

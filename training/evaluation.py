@@ -16,6 +16,7 @@ abstracts (``training.ml.copying``), beside its valid-profile rate.
 from __future__ import annotations
 
 import random
+import time
 from collections import Counter
 from collections.abc import Iterable
 from contextlib import contextmanager
@@ -24,6 +25,7 @@ from typing import Any
 from django.db import transaction
 from django.utils import timezone
 
+from annotation.jobs.eta import add_point
 from annotation.jobs.lifecycle import Cancelled, WorkRunner, create_job, run_job
 from annotation.judging.strategies import run_judging
 from annotation.models import (
@@ -148,20 +150,46 @@ class _Runner(WorkRunner):
                 or self.evaluation.cancel_wanted():
             raise Cancelled
 
-    def run_job(self, kind: str, params: dict, work) -> Job:
+    def run_job(self, kind: str, params: dict, work, track=None) -> Job:
         job = create_job(kind, {**params, "evaluation_id": self.evaluation.pk})
         self.results["jobs"].append(job.pk)
         self.say(f"{job.get_kind_display().lower()}: {params.get('generator') or params.get('judge')}")
-        run_job(job.pk, work)
+        run_job(job.pk, work if track is None else _tracked(work, lambda sub_job: self.track(track(sub_job))))
         job.refresh_from_db()
         if job.status == JobStatus.CANCELLED:
             raise Cancelled
         return job
 
+    # --- its own progress: profiles generated of all, then pairs judged of all (the sub-jobs count otherwise) ---
+
+    def phase(self, name: str, total: int) -> None:
+        """A new count from 0 (EvaluationRun.unit names it), with a rate and ETA of its own."""
+        self.results["phase"] = name
+        self.evaluation.save_progress(done=0, total=total, progress_points=[[round(time.time(), 3), 0]],
+                                      results=self.results, heartbeat_at=timezone.now())
+
+    def track(self, done: float) -> None:
+        """Where the phase stands; a fraction (a batch half generated) moves the rate and the ETA, not ``done``."""
+        ev = self.evaluation
+        done = min(done, ev.total)
+        # A row that has ended refuses the write: the next ``say`` stops the evaluation.
+        ev.save_progress(done=int(done), progress_points=add_point(ev.progress_points, time.time(), done),
+                         heartbeat_at=timezone.now())
+
+    def profiles_generated(self, job: Job | None = None) -> float:
+        stored = Profile.objects.filter(generator__in=self.models.values(), sample__in=self.samples,
+                                        candidate_index__lt=self.k).count()
+        # The batch being decoded, as the generation job's own points guess it: a share of a sample.
+        partial = job.progress_points[-1][1] - job.done if job and job.progress_points else 0
+        return stored + max(0.0, partial) * self.k
+
+    def pairs_judged(self, judges_before: int, pairs: int):
+        return lambda job: (judges_before + (min(1.0, job.done / job.total) if job.total else 0.0)) * pairs
+
     def generate(self, generator: Generator) -> None:
         params = {"generator_id": generator.pk, "generator": generator.name, "candidates": self.k,
                   "sample_ids": [s.pk for s in self.samples]}
-        self.run_job(JobKind.GENERATE, params, run_generation)
+        self.run_job(JobKind.GENERATE, params, run_generation, track=self.profiles_generated)
 
     def profiles(self, generator: Generator) -> dict[tuple[int, int], Profile]:
         rows = Profile.objects.filter(generator=generator, sample__in=self.samples, candidate_index__lt=self.k)
@@ -183,9 +211,10 @@ class _Runner(WorkRunner):
                                                 PairingSource.EVALUATION)
         return [(c, c.profile_a_id == own.pk) for c, (own, _) in zip(comparisons, to_judge)], forfeits
 
-    def judge(self, judge, comparisons: list[Comparison]) -> None:
+    def judge(self, judge, comparisons: list[Comparison], judges_before: int = 0) -> None:
         self.run_job(JobKind.JUDGE, {"judge_id": judge.pk, "judge": judge.name, "pairing": "existing",
-                                     "comparison_ids": [c.pk for c in comparisons]}, run_judging)
+                                     "comparison_ids": [c.pk for c in comparisons]}, run_judging,
+                     track=self.pairs_judged(judges_before, len(comparisons)))
 
     def graders(self) -> tuple[list, set[int]]:
         """The evaluation's judge first, then each judge that labelled the training data (reported apart).
@@ -206,7 +235,9 @@ class _Runner(WorkRunner):
         ev = self.evaluation
         graders, labelling = self.graders()
         models = {"candidate": ev.candidate, "baseline": ev.baseline, "third": ev.third}
-        models = {role: g for role, g in models.items() if g is not None}
+        models = self.models = {role: g for role, g in models.items() if g is not None}
+        self.phase("generate", len(self.samples) * self.k * len(models))
+        self.track(self.profiles_generated())  # what an earlier attempt stored counts as done
         for generator in models.values():
             self.generate(generator)
         profiles = {role: self.profiles(g) for role, g in models.items()}
@@ -221,9 +252,10 @@ class _Runner(WorkRunner):
         pairs = {role: self.pair_up(profiles["candidate"], profiles[role]) for role in models if role != "candidate"}
         everything = [c for judged, _ in pairs.values() for c, _ in judged]
         self.results["judges"] = []
-        for judge in graders:
+        self.phase("judge", len(everything) * len(graders))
+        for n, judge in enumerate(graders):
             if everything:
-                self.judge(judge, everything)
+                self.judge(judge, everything, judges_before=n)
             versus = self.versus(judge, pairs, models, everything)
             self.results["judges"].append({"judge": judge.name, "judge_id": judge.pk, "backend": judge.backend,
                                            "labelled_training_data": judge.pk in labelling,
@@ -258,6 +290,28 @@ class _Runner(WorkRunner):
             yield
         finally:
             clear_model_cache()  # the training worker needs the memory back for the next run
+
+
+class _Tracked:
+    """A sub-job's progress that tells the evaluation after each update (``after(job)``)."""
+
+    def __init__(self, progress, after):
+        self._progress, self._after = progress, after
+
+    def __getattr__(self, name: str):
+        return getattr(self._progress, name)
+
+    def advance(self, *args, **kwargs) -> None:
+        self._progress.advance(*args, **kwargs)
+        self._after(self._progress.job)
+
+    def within(self, *args, **kwargs) -> None:
+        self._progress.within(*args, **kwargs)
+        self._after(self._progress.job)
+
+
+def _tracked(work, after):
+    return lambda job, progress: work(job, _Tracked(progress, after))
 
 
 def headline(results: dict[str, Any]) -> str:

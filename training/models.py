@@ -104,6 +104,17 @@ class EvaluationRun(Work):
     def __str__(self) -> str:
         return self.name
 
+    # What ``done`` counts in each phase of training.evaluation (results["phase"]).
+    PHASES = {"generate": ("profile", "profiles generated"), "judge": ("pair", "pairs judged")}
+
+    @property
+    def unit(self) -> str:
+        return self.PHASES.get(self.results.get("phase"), ("item", ""))[0]
+
+    @property
+    def phase_text(self) -> str:
+        return self.PHASES.get(self.results.get("phase"), ("item", ""))[1]
+
     def sub_jobs(self):
         """The generation and judging jobs it ran, each visible on the jobs page."""
         return Job.objects.filter(params__evaluation_id=self.pk)

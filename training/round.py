@@ -15,7 +15,8 @@ Each step is the row it always is, on its own page: the round page links them an
 Where the steps run. The round itself is a training-queue task. Generation, labelling and export are sent to
 their own queues (generation, judging, default) and the round waits for each, keeping its heartbeat;
 training and evaluation are training-queue work, and the round, which holds the training worker's one slot,
-runs them itself in its process (sending them would wait for the slot the round holds). ``inline=True`` runs
+runs them itself in its process (sending them would wait for the slot the round holds); so are the other steps
+in a one-slot worker that also consumes their queue (annotation.jobs.slots). ``inline=True`` runs
 every step in the calling process instead, through the same function the step's task runs: what
 ``manage.py run_round`` does by default, so that a round runs on a machine without workers (a CPU box, a
 benchmark, a test) and one process keeps the loaded models.
@@ -32,6 +33,7 @@ from django.utils import timezone
 
 from annotation.export.dataset import run_export_task
 from annotation.jobs.lifecycle import Cancelled, WorkRunner, create_job, run_job
+from annotation.jobs.slots import would_wait_on_itself
 from annotation.judging.strategies import run_judging
 from annotation.models import DatasetExport, ExportFormat, ExportPolicy, Job, JobKind, JobStatus, Profile, Sample, Split
 from annotation.profiles.generation import run_generation
@@ -75,7 +77,7 @@ class _Runner(WorkRunner):
         job = create_job(kind, {**params, "round_id": self.row.pk}, total=total)
         self.steps["jobs"][step] = job.pk
         self.say(f"{step}: {job.get_kind_display().lower()} #{job.pk}")
-        if self.inline:
+        if self.inline or would_wait_on_itself(TASKS[kind]):  # sent, it would wait for the slot this round holds
             work(job)
         else:
             current_app.send_task(TASKS[kind], args=[task_arg or job.pk])

@@ -10,12 +10,14 @@ revive it. Background jobs are created in the web request (``create_job``) and r
 from __future__ import annotations
 
 import logging
+import time
 from contextlib import ExitStack, nullcontext
 
 from django.core.management import CommandError
 from django.utils import timezone
 
 from ..models import Job, JobStatus, Work
+from .eta import add_point
 from .liveness import Heartbeat
 
 logger = logging.getLogger(__name__)
@@ -67,6 +69,13 @@ class JobProgress:
         self._update(**fields)
         if self.job.cancel_wanted():
             raise Cancelled
+
+    def within(self, done: float, message: str = "", **stats) -> None:
+        """Progress inside a step (a batch half decoded): ``done`` as a fraction of items goes into the rate and
+        the ETA (``progress_points``), the row's whole ``done`` stays as it is."""
+        stats = {**self.job.stats, **stats}
+        point = add_point(self.job.progress_points, time.time(), done, *self.job.counted_with({"stats": stats}))
+        self._update(progress_points=point, stats=stats, message=message, heartbeat_at=timezone.now())
 
     def finish(self, status: str, message: str = "", error: str = "") -> None:
         finish(self.job, status, message, error)
@@ -207,8 +216,6 @@ def follow_in(command, job: Job, no_wait: bool = False) -> None:
 
 def follow(job: Job, stream, poll_s: float = 0.5) -> Job:
     """Show a job's progress as a terminal progress bar until it ends; used by the management commands."""
-    import time
-
     from tqdm import tqdm
 
     with tqdm(total=job.total or None, desc=job.get_kind_display(), unit="item", file=stream) as bar:

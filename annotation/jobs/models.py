@@ -128,7 +128,7 @@ class Work(models.Model):
 
     def save_progress(self, **fields) -> bool:
         """Write ``fields`` unless the row has ended (or is gone); False then, and the work should stop."""
-        if "done" in fields:
+        if "done" in fields and "progress_points" not in fields:  # a caller may bring points of its own
             fields["progress_points"] = add_point(self.progress_points, time.time(), fields["done"],
                                                   *self.counted_with(fields))
         if not type(self).objects.filter(pk=self.pk).exclude(status__in=FINISHED_STATUSES).update(**fields):

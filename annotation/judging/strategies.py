@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 from django.db import transaction
 from django.db.models import Avg, Count, QuerySet
 
-from ..jobs.lifecycle import JobProgress
+from ..jobs.lifecycle import JobProgress, run_job
+from ..jobs.slots import would_wait_on_itself
 from ..llm_client import EndpointError
 from ..models import (
     Campaign, Comparison, Generator, Job, JobStatus, Judge, JudgeVerdict, PairingSource, Profile, Sample,
@@ -32,6 +33,7 @@ COMPARISONS_PER_STEP = 200
 ACTIVE_DEFAULT_LIMIT = 20
 # How often a judging job that follows a generation job looks for samples it has finished.
 FOLLOW_POLL_S = 2.0
+GENERATE_TASK = "annotation.tasks.generate_profiles_task"  # what a judging job that follows generation waits for
 
 
 class GenerationFailed(Exception):
@@ -79,6 +81,22 @@ def generated_samples(generation: Job) -> set[int]:
                .values_list("sample_id", flat=True))
 
 
+def generate_here_if_none_else_can(generation: Job, progress: JobProgress) -> bool:
+    """Run the queued generation job in this process when this worker's one slot, the slot this judging job
+    holds, is the only one that could (annotation.jobs.slots): waiting for it would never end. True if it ran."""
+    from ..profiles.generation import run_generation
+
+    if generation.status != JobStatus.QUEUED or not would_wait_on_itself(GENERATE_TASK):
+        return False
+    progress.advance(progress.job.done, f"generating here first: this worker's one slot would wait for job "
+                     f"#{generation.pk} forever")
+    try:
+        run_job(generation.pk, run_generation, worker=progress.job.worker)
+    except Exception:  # the generation job keeps its error; what it stored is judged, then this job fails
+        pass
+    return True
+
+
 def pause_for_generation() -> None:
     time.sleep(FOLLOW_POLL_S)
 
@@ -97,7 +115,8 @@ def judge_as_generated(session: Session, sample_ids: Sequence[int], campaign: Ca
         if not now:
             progress.advance(session.tally.done, f"waiting for generation: {generation.done} of "
                              f"{generation.total} samples generated", **stats)
-            pause_for_generation()
+            if not generate_here_if_none_else_can(generation, progress):
+                pause_for_generation()
             continue
         progress.advance(session.tally.done, progress.job.message, **stats)
         for sample_id in now:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from django.conf import settings
 from django.db import transaction
+from django.db.models import Avg
 
 from ..jobs.lifecycle import JobProgress
 from ..llm_client import chat, make_client
@@ -24,6 +25,10 @@ from ..prompts import EXTRACTION_PROMPT_VERSION, build_extraction_messages
 
 # Samples per local `generate` call (each with k candidates): big enough to keep the CPU busy.
 LOCAL_BATCH_SAMPLES = 4
+# The job row hears the tokens a batch has written at most this often: its page and ETA move during a batch.
+LIVE_EVERY_S = 2.0
+# A batch is never shown as more than this share done before its candidates are stored.
+LIVE_AT_MOST = 0.95
 
 
 @dataclass
@@ -62,13 +67,13 @@ class LocalBackend:
             format_guide=generator.format_guide and generator.num_beams == 1,
         )
 
-    def generate(self, conversations: list[list[dict]], k: int) -> list[list[Output]]:
+    def generate(self, conversations: list[list[dict]], k: int, on_tokens=None) -> list[list[Output]]:
         from training.ml.generate import generate_batch
 
         self.settings.num_candidates = k
         started = time.monotonic()
         results = generate_batch(self.model, self.tokenizer, conversations, self.settings,
-                                 batch_size=len(conversations))
+                                 batch_size=len(conversations), on_tokens=on_tokens)
         # One generate call made them all: each candidate is charged an equal share of its wall time,
         # so summed latencies give the real time and tokens / latency the real throughput.
         share = int((time.monotonic() - started) * 1000 / max(1, sum(len(r) for r in results)))
@@ -90,7 +95,8 @@ class OpenAIBackend:
                       max_tokens=g.max_new_tokens)
         return Output(result.text, result.prompt_tokens, result.completion_tokens, result.latency_ms, result.truncated)
 
-    def generate(self, conversations: list[list[dict]], k: int) -> list[list[Output]]:
+    def generate(self, conversations: list[list[dict]], k: int, on_tokens=None) -> list[list[Output]]:
+        # An endpoint's answers come whole: the job moves as each batch of them is stored.
         with ThreadPoolExecutor(max_workers=self.generator.concurrency) as pool:
             futures = [[pool.submit(self._one, c) for _ in range(k)] for c in conversations]
             return [[f.result() for f in row] for row in futures]
@@ -146,12 +152,43 @@ def run_generation(job: Job, progress: JobProgress) -> str:
     backend = backend_for(generator)
     done = tokens = 0
     for chunk in batches(todo, backend.batch_samples):
-        outputs = backend.generate([conversation_for(s) for s, _ in chunk], max(len(m) for _, m in chunk))
+        k_chunk = max(len(m) for _, m in chunk)
+        live = BatchProgress(progress, done, len(todo), len(chunk), tokens,
+                             expected_tokens=len(chunk) * k_chunk * tokens_per_candidate(generator))
+        outputs = backend.generate([conversation_for(s) for s, _ in chunk], k_chunk, on_tokens=live)
         for (sample, missing), candidates in zip(chunk, outputs):
             tokens += store_candidates(generator, sample, missing, candidates)
         done += len(chunk)
         progress.advance(done, f"{done} of {len(todo)} samples", tokens=tokens)
     return summary(generator, [s.pk for s, _ in todo])
+
+
+def tokens_per_candidate(generator: Generator) -> float:
+    """What one candidate is expected to cost: the mean of the generator's stored ones, else its token limit."""
+    mean = Profile.objects.filter(generator=generator, completion_tokens__isnull=False).aggregate(
+        mean=Avg("completion_tokens"))["mean"]
+    return float(mean or generator.max_new_tokens)
+
+
+class BatchProgress:
+    """Saves on the job what a batch has written while it decodes, at most every LIVE_EVERY_S: the tokens (so
+    tokens/s), and the samples done as a fraction (so the ETA), the batch's share guessed from its tokens."""
+
+    def __init__(self, progress: JobProgress, done: int, total: int, samples: int, tokens_before: int,
+                 expected_tokens: float, clock=None):
+        self.progress, self.done, self.total, self.samples = progress, done, total, samples
+        self.tokens_before, self.expected = tokens_before, max(1.0, expected_tokens)
+        self.clock = clock or time.monotonic
+        self.last = self.clock()
+
+    def __call__(self, written: int) -> None:
+        if self.clock() - self.last < LIVE_EVERY_S:
+            return
+        self.last = self.clock()
+        share = min(LIVE_AT_MOST, written / self.expected)
+        self.progress.within(self.done + share * self.samples,
+                             f"{self.done} of {self.total} samples · {written} tokens written for the next "
+                             f"{self.samples}", tokens=self.tokens_before + written)
 
 
 def summary(generator: Generator, sample_ids: list[int]) -> str:

@@ -129,6 +129,48 @@ def test_sampling_is_seeded_and_gives_k_guided_candidates(fp32_model, conversati
         assert all(c.text.startswith('Domain:') and 1 <= c.completion_tokens <= 24 for c in cands)
 
 
+def test_the_token_report_waits_its_interval_and_always_tells_the_end():
+    now = [0.0]
+    heard = []
+    report = decoding._Report(heard.append, every_s=2.0, clock=lambda: now[0])
+    for writing, at in ((3, 0.5), (3, 1.5), (3, 2.1), (2, 2.5), (1, 4.2)):
+        now[0] = at
+        report.step(writing)
+    report.step(0, final=True)
+    assert heard == [9, 12, 12]  # at 2.1 s, at 4.2 s, and at the end
+
+
+def test_written_tokens_count_each_row_up_to_its_first_eos():
+    eos = [2]
+    generated = torch.tensor([[5, 6, 2, 2, 2], [5, 6, 7, 8, 9], [2, 0, 0, 0, 0]])
+    assert generate.written_tokens(generated, eos) == 3 + 5 + 1
+
+
+def test_the_generate_engine_reports_what_it_has_written(monkeypatch):
+    monkeypatch.setattr(decoding, "REPORT_EVERY_S", 0.0)
+    heard = []
+    report = generate._TokenReport(heard.append, prompt_length=2, eos_ids=[2])
+    scores = torch.zeros(2, 10)
+    assert report(torch.tensor([[7, 7, 5, 2], [7, 7, 5, 6]]), scores) is scores  # it only watches
+    report(torch.tensor([[7, 7, 5, 2, 2], [7, 7, 5, 6, 2]]), scores)
+    assert heard == [4, 5]
+
+
+@pytest.mark.model
+def test_a_batch_reports_its_tokens_while_it_decodes(fp32_model, conversations, monkeypatch):
+    """Every step reports (interval 0): the count grows during the batch and ends at the candidates' own."""
+    monkeypatch.setattr(decoding, "REPORT_EVERY_S", 0.0)
+    model, tokenizer = fp32_model
+    settings = DecodingSettings(temperature=0.7, num_candidates=2, max_new_tokens=16, seed=1)
+    heard: list[int] = []
+    results = generate_batch(model, tokenizer, conversations, settings, batch_size=2, on_tokens=heard.append)
+    written = sum(c.completion_tokens for cands in results for c in cands)
+    first_batch = sum(c.completion_tokens for cands in results[:2] for c in cands)
+    assert heard == sorted(heard) and len(set(heard)) > 4, heard
+    assert 0 < [n for n in heard if n > 0][0] < first_batch  # heard before the first batch ended
+    assert heard[-1] == written
+
+
 @pytest.mark.model
 def test_the_bench_runs_both_engines_at_smoke_size(tmp_path, model_dir):
     out = tmp_path / "generation.json"

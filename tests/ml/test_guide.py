@@ -7,7 +7,8 @@ import re
 import pytest
 
 from training.ml.generate import DecodingSettings, generate_batch
-from training.ml.guide import MAX_NAME_CHARS, FormatGuide, Vocabulary
+from training.ml.guide import (ITEM_RESERVE_TOKENS, LONG_DESCRIPTION_CHARS, MAX_DESCRIPTION_CHARS, MAX_DOMAIN_CHARS,
+                               MAX_NAME_CHARS, FormatGuide, Vocabulary)
 
 # What every guided answer that ends by itself looks like, whatever the words.
 STRUCTURE = re.compile(r'Domain:[^\n]+\n\nCompetencies:\n(- [A-Za-z(][^\n:]*:[^\n]+\n){3,8}')
@@ -45,13 +46,21 @@ def newline_tokens(vocab) -> set[int]:
     return {i for i, text in enumerate(vocab.texts) if "\n" in text}
 
 
-def test_the_domain_line_cannot_end_early_and_must_end_at_its_closing_quote(tokenizer, vocab):
+def test_the_domain_is_quoted_cannot_end_early_and_must_end_at_its_closing_quote(tokenizer, vocab):
+    _, allowed = run(vocab, [])
+    assert allowed == set(ids(tokenizer, ' "'))
     _, allowed = run(vocab, ids(tokenizer, ' "G'))
     assert not allowed & newline_tokens(vocab)
     _, allowed = run(vocab, ids(tokenizer, ' "Genomics of liver'))
-    assert vocab.blank_line in allowed and vocab.single_newline not in allowed
+    assert set(ids(tokenizer, '"')) <= allowed and not allowed & newline_tokens(vocab)
     _, allowed = run(vocab, ids(tokenizer, ' "Genomics of liver"'))
     assert allowed == {vocab.blank_line}
+
+
+def test_a_domain_that_runs_on_is_closed_at_a_short_domain_length(tokenizer, vocab):
+    topics = ' "' + "; ".join(["Renewable energy"] * (MAX_DOMAIN_CHARS // 18 + 1))
+    _, allowed = run(vocab, ids(tokenizer, topics))
+    assert allowed == set(ids(tokenizer, '"'))
 
 
 def test_the_header_and_first_dash_are_forced_then_a_word_starts_the_item(tokenizer, vocab):
@@ -82,6 +91,40 @@ def test_an_item_ends_only_once_it_has_a_name_and_a_description(tokenizer, vocab
     assert vocab.single_newline not in allowed
     _, allowed = run(vocab, start + ids(tokenizer, " Sequencing: profiles 21,480 liver cells"))
     assert vocab.single_newline in allowed and vocab.blank_line not in allowed
+
+
+def test_a_long_description_ends_at_its_next_sentence_end_and_at_the_limit_in_any_case(tokenizer, vocab):
+    start = profile_tokens(tokenizer, vocab, []) + ids(tokenizer, " Sequencing:")
+    sentence = " Profiles liver cells one by one across many donors"
+    short = ids(tokenizer, sentence + ".")
+    _, allowed = run(vocab, start + short)
+    assert vocab.single_newline in allowed and len(allowed) > 1  # short: may go on
+    long_words = ids(tokenizer, sentence * (LONG_DESCRIPTION_CHARS // len(sentence) + 1))
+    _, allowed = run(vocab, start + long_words)
+    assert vocab.single_newline in allowed and len(allowed) > 1  # long, mid-sentence: may finish it
+    _, allowed = run(vocab, start + long_words + ids(tokenizer, "."))
+    assert allowed == {vocab.single_newline}
+    endless = ids(tokenizer, sentence * (MAX_DESCRIPTION_CHARS // len(sentence) + 1))
+    _, allowed = run(vocab, start + endless)
+    assert allowed == {vocab.single_newline}
+
+
+def test_an_item_ends_early_when_the_budget_needs_the_items_still_to_come(tokenizer, vocab):
+    import torch
+
+    tokens = profile_tokens(tokenizer, vocab, ["Skill 0: shown in the second abstract"])
+    tokens += [vocab.dash] + ids(tokenizer, " Skill 1: shown in the first abstract")
+    allowed = {}
+    # After this item one more is needed: room for it (and a newline and the end) or not.
+    for budget in (len(tokens) + ITEM_RESERVE_TOKENS + 10, len(tokens) + ITEM_RESERVE_TOKENS):
+        guide = FormatGuide(vocab, 1, max_new_tokens=budget)
+        for end in range(len(tokens) + 1):
+            scores = torch.zeros(1, vocab.size)
+            guide(torch.tensor([[0] + tokens[:end]]), scores)
+        allowed[budget] = set(torch.isfinite(scores[0]).nonzero().flatten().tolist())
+    roomy, tight = allowed.values()
+    assert vocab.single_newline in roomy and len(roomy) > 1
+    assert tight == {vocab.single_newline}
 
 
 def test_a_name_that_runs_on_must_reach_its_colon(tokenizer, vocab):
@@ -138,8 +181,6 @@ def test_the_real_model_writes_guided_profiles(fp32_model, conversations):
 
 def test_no_item_is_begun_that_the_token_budget_cannot_finish(tokenizer, vocab):
     import torch
-
-    from training.ml.guide import ITEM_RESERVE_TOKENS
 
     tokens = profile_tokens(tokenizer, vocab, [f"Skill {n}: shown in the second abstract" for n in range(3)])
     allowed = {}

@@ -25,7 +25,7 @@ import contextlib
 import math
 import os
 import time
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING, Callable, Iterator
 
 from transformers.cache_utils import Cache, DynamicLayer
 
@@ -38,6 +38,9 @@ if TYPE_CHECKING:
 TOP_P_CANDIDATES = 64  # tokens sorted per row for top-p; rows whose top 64 hold < top_p are sorted in full
 COMPACT_WHEN_DONE = 0.25  # drop finished rows once this share of the batch has finished
 THREADS_ENV = "COMPX_TORCH_THREADS"  # fixes the CPU threads of a decode, e.g. on a machine of its own
+REPORT_EVERY_S = 1.0  # how often ``on_tokens`` hears the tokens written: a page moves while one batch decodes
+
+TokensCallback = Callable[[int], None]  # tokens written so far (each row's EOS counted, its padding not)
 
 _last_run = (0, 0.0)  # (threads, monotonic end) of this process's last CPU decode: its share of the load
 
@@ -194,20 +197,42 @@ def decode(
     eos_ids: list[int],
     pad_id: int,
     guide_vocabulary: Vocabulary | None = None,
+    on_tokens: TokensCallback | None = None,
+    report_every_s: float | None = None,
 ) -> "torch.Tensor":
     """Decode ``num_return`` rows per left-padded prompt; return generated ids [prompts * num_return, T].
 
     Rows are in generate's order (prompt 0's rows first). A row that ended has its EOS and then ``pad_id``;
     T is the number of steps until every row ended or ``max_new_tokens``. ``temperature == 0`` is greedy.
     The caller seeds torch's global generator, as for ``generate``. On CPU it runs on :func:`cpu_threads`.
+    ``on_tokens(written)`` is called at most every ``report_every_s`` (REPORT_EVERY_S) during the decode and once
+    at its end.
     """
+    every_s = REPORT_EVERY_S if report_every_s is None else report_every_s
+    report = _Report(on_tokens, every_s) if on_tokens is not None else None
     with _cpu_threads(input_ids.device):
         return _decode(model, input_ids, attention_mask, num_return, max_new_tokens, temperature, top_p,
-                       repetition_penalty, eos_ids, pad_id, guide_vocabulary)
+                       repetition_penalty, eos_ids, pad_id, guide_vocabulary, report)
+
+
+class _Report:
+    """Counts the tokens written step by step and tells ``on_tokens`` at most every ``every_s`` seconds."""
+
+    def __init__(self, on_tokens: TokensCallback, every_s: float, clock: Callable[[], float] = time.monotonic):
+        self.on_tokens, self.every_s, self.clock = on_tokens, every_s, clock
+        self.written = 0
+        self.last = clock()
+
+    def step(self, writing: int, final: bool = False) -> None:
+        """``writing`` rows wrote a token this step (finished rows only pad)."""
+        self.written += writing
+        if final or self.clock() - self.last >= self.every_s:
+            self.last = self.clock()
+            self.on_tokens(self.written)
 
 
 def _decode(model, input_ids, attention_mask, num_return, max_new_tokens, temperature, top_p, repetition_penalty,
-            eos_ids, pad_id, guide_vocabulary):
+            eos_ids, pad_id, guide_vocabulary, report=None):
     import torch
 
     prompts, prompt_length = input_ids.shape
@@ -247,8 +272,12 @@ def _decode(model, input_ids, attention_mask, num_return, max_new_tokens, temper
         tokens = tokens.masked_fill(done, pad_id)  # a finished row only pads, as in generate
         generated[live.cpu(), step] = tokens.cpu()
         steps = step + 1
+        writing = int((~done).sum()) if report is not None else 0
         done |= torch.isin(tokens, eos)
-        if bool(done.all()) or steps == max_new_tokens:
+        finished = bool(done.all()) or steps == max_new_tokens
+        if report is not None:
+            report.step(writing, final=finished)
+        if finished:
             break
         if done.float().mean().item() >= COMPACT_WHEN_DONE:
             keep = (~done).nonzero().flatten()

@@ -36,6 +36,7 @@ if TYPE_CHECKING:
 
 Conversation = list[dict[str, str]]
 ProgressCallback = Callable[[int, int, int], None]  # (conversations done, total, completion tokens so far)
+TokensCallback = Callable[[int], None]  # completion tokens written so far, the batch being decoded included
 StopCallback = Callable[[], bool]
 
 DEFAULT_PREFILL = "Domain:"
@@ -206,8 +207,12 @@ def _generate_rows(
     settings: DecodingSettings,
     num_return: int,
     seed: int | None,
+    on_tokens: TokensCallback | None = None,
 ) -> tuple["torch.Tensor", "torch.Tensor"]:
-    """Run one generate call; return (generated ids [len(prompts)*num_return, T], prompt lengths)."""
+    """Run one generate call; return (generated ids [len(prompts)*num_return, T], prompt lengths).
+
+    ``on_tokens(written)`` hears the tokens written during the call (greedy decoding and sampling, both engines;
+    beam searches report nothing until they end)."""
     import torch
     from transformers import LogitsProcessorList
 
@@ -234,6 +239,7 @@ def _generate_rows(
                 temperature=settings.temperature, top_p=settings.top_p,
                 repetition_penalty=settings.repetition_penalty, eos_ids=eos_ids, pad_id=pad_id,
                 guide_vocabulary=_vocabulary(tokenizer, eos_ids) if settings.format_guide else None,
+                on_tokens=on_tokens,
             )
         elif mode == "diverse_beam":
             generated = _diverse_beam_search(model, input_ids, attention_mask, pad_lens, settings, eos_ids, pad_id)
@@ -246,6 +252,8 @@ def _generate_rows(
             if settings.format_guide:
                 processors.append(FormatGuide(_vocabulary(tokenizer, eos_ids), input_ids.shape[1],
                                               settings.max_new_tokens))
+            if on_tokens is not None and mode in ("greedy", "sample"):
+                processors.append(_TokenReport(on_tokens, input_ids.shape[1], eos_ids))
             kwargs: dict[str, Any] = dict(
                 max_new_tokens=settings.max_new_tokens,
                 num_return_sequences=num_return,
@@ -264,6 +272,35 @@ def _generate_rows(
             out = model.generate(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
             generated = out[:, input_ids.shape[1]:]
     return generated.cpu(), prompt_lens
+
+
+class _TokenReport:
+    """A logits processor that only watches: tells ``on_tokens`` what ``model.generate`` has written so far, at
+    most every REPORT_EVERY_S (the loop engine's ``decode`` reports the same itself)."""
+
+    def __init__(self, on_tokens: TokensCallback, prompt_length: int, eos_ids: list[int]):
+        import time
+
+        from .decoding import REPORT_EVERY_S
+
+        self.on_tokens, self.prompt_length, self.eos_ids = on_tokens, prompt_length, eos_ids
+        self.every_s, self.clock = REPORT_EVERY_S, time.monotonic
+        self.last = self.clock()
+
+    def __call__(self, input_ids: "torch.Tensor", scores: "torch.Tensor") -> "torch.Tensor":
+        if self.clock() - self.last >= self.every_s:
+            self.last = self.clock()
+            self.on_tokens(written_tokens(input_ids[:, self.prompt_length:], self.eos_ids))
+        return scores
+
+
+def written_tokens(generated: "torch.Tensor", eos_ids: list[int]) -> int:
+    """Tokens rows have written: each row's up to its first EOS, that EOS included (the padding after it not)."""
+    import torch
+
+    eos = torch.isin(generated, torch.tensor(eos_ids, device=generated.device)).long()
+    before_first_eos = (eos.cumsum(dim=1) - eos) == 0
+    return int(before_first_eos.sum())
 
 
 def _rows_to_candidates(
@@ -309,13 +346,15 @@ def generate_batch(
     batch_size: int = 8,
     on_progress: ProgressCallback | None = None,
     should_stop: StopCallback | None = None,
+    on_tokens: TokensCallback | None = None,
 ) -> list[list[Candidate]]:
     """Generate ``settings.num_candidates`` candidates for each conversation.
 
     ``batch_size`` conversations (times k candidates) share one ``generate`` call. Between batches,
     ``on_progress(done, total, completion_tokens)`` is called and ``should_stop()`` is polled; when it
     returns True generation stops and the results so far are returned: a prefix of ``conversations``,
-    so ``zip(conversations, results)`` pairs them up.
+    so ``zip(conversations, results)`` pairs them up. While a batch decodes, ``on_tokens(completion_tokens)``
+    hears every second or so how many tokens are written so far, this batch's included.
 
     Deterministic for a given seed and batch_size: batch b is seeded with ``seed + index of its first
     conversation``.
@@ -333,7 +372,9 @@ def generate_batch(
             break
         chunk = prompts[start:start + batch_size]
         seed = None if settings.seed is None else settings.seed + start
-        generated, prompt_lens = _generate_rows(model, tokenizer, chunk, settings, k, seed)
+        before = tokens
+        report = None if on_tokens is None else (lambda written: on_tokens(before + written))
+        generated, prompt_lens = _generate_rows(model, tokenizer, chunk, settings, k, seed, report)
         batch = _rows_to_candidates(tokenizer, generated, prompt_lens, k, eos_ids, prefill)
         results.extend(batch)
         tokens += sum(c.completion_tokens for cands in batch for c in cands)

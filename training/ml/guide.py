@@ -5,11 +5,16 @@ demo abstracts 0 of 28 unguided candidates parsed as profiles, so no sample had 
 compare. The guide is a logits processor that decides only *where lines begin and end*; every word is the
 model's own choice:
 
-- the domain line may end only with a blank line, after at least a few characters, and must end once its
-  closing quote is written;
+- the domain is written in quotes: the opening quote is forced, the line may end only with a blank line,
+  after at least a few characters, must end once its closing quote is written, and is closed at a short
+  domain's length (a 135M model otherwise lists topics until the token limit);
 - then ``Competencies:`` and the first ``-`` are forced;
 - an item's text starts with a word; its name must reach its colon within a name's length; the item may
-  end (with one newline) only once it has a ``Name: description`` shape; a new line must start another item (``-``) or, after at least 3 items, end the answer;
+  end (with one newline) only once it has a ``Name: description`` shape, and ends at the first sentence end
+  past a long description's length, or at the parser's limit in any case; a new line must start another item
+  (``-``) or, after at least 3 items, end the answer;
+- an item ends early, once it has its shape, when the tokens left are only enough for the items still
+  needed (and the answer's end): a profile of three items beats one cut off in its second;
 - after 8 items the answer ends, and so it does, after 3, when too few tokens are left to write another
   item (an item begun then would be cut off and the whole answer lost).
 
@@ -35,6 +40,9 @@ MIN_DOMAIN_CHARS = 3
 MIN_DESCRIPTION_CHARS = 12
 ITEM_RESERVE_TOKENS = 40  # a typical item is 20–40 tokens
 MAX_NAME_CHARS = 60  # the parser allows 80; a name that has not closed by now never will
+MAX_DOMAIN_CHARS = 80  # "a short domain description"; the parser allows 150
+LONG_DESCRIPTION_CHARS = 160  # "one or two sentences": past this, the next sentence end ends the item
+MAX_DESCRIPTION_CHARS = 300  # the parser allows 500; the end is forced here even mid-sentence
 HEADER = "Competencies:\n-"
 
 DOMAIN, FORCED, ITEM_START, ITEM, LINE_START, DONE = range(6)  # a row's phase
@@ -64,11 +72,15 @@ class Vocabulary:
         self.single_newline = tokenizer.convert_tokens_to_ids("Ċ")
         self.blank_line = tokenizer.convert_tokens_to_ids("ĊĊ")
         self.dash = tokenizer.convert_tokens_to_ids("-")
+        self.open_quote = tokenizer.encode(' "', add_special_tokens=False)
+        self.close_quote = tokenizer.encode('"', add_special_tokens=False)
         self.header_ids = tokenizer.encode(HEADER, add_special_tokens=False)
         if tokenizer.decode([self.single_newline]) != "\n" or tokenizer.decode([self.blank_line]) != "\n\n":
             raise ValueError("the format guide needs a byte-level BPE tokenizer with '\\n' and '\\n\\n' tokens")
         if tokenizer.decode(self.header_ids) != HEADER or tokenizer.decode([self.dash]) != "-":
             raise ValueError("the format guide cannot spell the profile's header with this tokenizer")
+        if len(self.open_quote) != 1 or len(self.close_quote) != 1:
+            raise ValueError("the format guide needs single tokens for ' \"' and '\"'")
         # Inside a line no token may carry a newline (or be special): line ends are the guide's decision.
         inline = [bool(t) and "\n" not in t and "\r" not in t and i not in special for i, t in enumerate(texts)]
         self.inline = torch.tensor(inline)
@@ -146,16 +158,39 @@ class FormatGuide:
                 return tuple(vocab.eos_ids)
             return (vocab.dash, *vocab.eos_ids) if row.items >= MIN_ITEMS else (vocab.dash,)
         if row.phase == DOMAIN:
-            text = row.line.strip()
-            if text.startswith('"') and len(text) > 1 and text.endswith('"'):
-                return (vocab.blank_line,)
-            long_enough = len(text.strip('"')) >= MIN_DOMAIN_CHARS
-            return ("no_inner_quote", vocab.blank_line) if long_enough else ("no_inner_quote",)
+            return self._domain(row.line.strip())
         name, has_colon, description = row.line.partition(":")
         if not has_colon:
             return ("colon",) if len(name) >= MAX_NAME_CHARS else ("inline",)
-        complete = name.strip() and len(description.strip()) >= MIN_DESCRIPTION_CHARS
-        return ("inline", vocab.single_newline) if complete else ("inline",)
+        description = description.strip()
+        if not name.strip() or len(description) < MIN_DESCRIPTION_CHARS:
+            return ("inline",)
+        if _item_must_end(description, row.items, tokens_left):
+            return (vocab.single_newline,)
+        return ("inline", vocab.single_newline)
+
+    def _domain(self, text: str) -> tuple:
+        vocab = self.vocab
+        if not text:
+            return tuple(vocab.open_quote)
+        if len(text) > 1 and text.endswith('"'):
+            return (vocab.blank_line,)
+        if len(text) >= MAX_DOMAIN_CHARS:
+            return tuple(vocab.close_quote)
+        long_enough = len(text.strip('"')) >= MIN_DOMAIN_CHARS
+        return ("no_inner_quote", *vocab.close_quote) if long_enough else ("no_inner_quote",)
+
+
+def _item_must_end(description: str, items: int, tokens_left: int | None) -> bool:
+    """Whether an item that has its shape must end now: long enough, or the budget needs the rest."""
+    if len(description) >= MAX_DESCRIPTION_CHARS:
+        return True
+    if len(description) >= LONG_DESCRIPTION_CHARS and description.endswith((".", "!", "?", ";")):
+        return True
+    if tokens_left is None:
+        return False
+    still_needed = max(0, MIN_ITEMS - items - 1)
+    return tokens_left <= 2 + still_needed * ITEM_RESERVE_TOKENS
 
 
 class _Masks:
