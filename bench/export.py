@@ -45,6 +45,9 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+from bench.refs import unpack  # noqa: E402
+
 SERVER = os.environ.get("BENCH_PG", "postgres://postgres@127.0.0.1:5432")
 DATABASE = os.environ.get("BENCH_DB", "compx_bench")  # created and dropped for each size
 TEMPLATE = f"{DATABASE}_template"
@@ -90,7 +93,7 @@ def main() -> int:
     failed = 0
     try:
         if args.against:
-            trees = {args.against[:8]: _unpack(args.against), **trees}
+            trees = {args.against[:8]: unpack(args.against), **trees}
         for size in sizes:
             failed += _run_size(size, formats, trees)
         print(f"load average {os.getloadavg()[0]:.1f} at the end")
@@ -140,15 +143,6 @@ def _run_size(size: int, formats: list[str], trees: dict[str, Path]) -> int:
             print(f"{'':>12} {fmt}: this checkout's export takes {seconds[fmt, 'this'] / seconds[fmt, before]:.2f}x "
                   f"the time of {before}'s")
     return failed
-
-
-def _unpack(ref: str) -> Path:
-    """The tree of git ref ``ref`` in a temporary folder (only its files: the bench runs its code from there)."""
-    tree = Path(tempfile.mkdtemp(prefix="compx-bench-ref-")) / "tree"
-    tree.mkdir()
-    archive = subprocess.run(["git", "archive", "--format=tar", ref], cwd=REPO, capture_output=True, check=True)
-    subprocess.run(["tar", "-x", "-C", str(tree)], input=archive.stdout, check=True)
-    return tree
 
 
 def _make_template() -> None:

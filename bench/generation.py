@@ -1,6 +1,7 @@
 """Generation throughput and validity: the decoding engines side by side, on the same prompts and seeds.
 
     nice -n 0 .venv/bin/python bench/generation.py              # 4 demo samples x 4 candidates, 256 tokens
+    .venv/bin/python bench/generation.py --against 6341ed8^ --rounds 2   # against the code before the loop
     .venv/bin/python bench/generation.py --samples 2 --max-new-tokens 96 --rounds 2
     .venv/bin/python bench/generation.py --smoke                # seconds: what the test runs
 
@@ -10,6 +11,11 @@ for the first ``--samples`` researchers of the demo abstracts and decodes them a
 engine: ``generate`` (transformers' ``model.generate`` with the guide as a logits processor, torch's
 default threads: the baseline) and ``loop`` (training/ml/decoding.py, the default). The engines alternate
 within each round, so both see the same load; every candidate is parsed by the product's strict parser.
+
+``--against GIT_REF`` measures that version's own ``generate_batch`` (its default path, its format guide and
+threads) instead of this checkout's ``generate`` engine: "today's" code of issue 19 is ``6341ed8^``, the
+commit before the loop engine and the guide's cached masks. Both sides then run in child processes, one
+each per round, alternating, and every text is parsed by this checkout's parser.
 
 Prints, per engine: completion tokens per second of wall time and per CPU-second of this process (the
 steadier figure when other processes share the cores), threads, valid profiles / candidates with a 95%
@@ -23,12 +29,15 @@ import argparse
 import collections
 import json
 import os
+import shutil
+import subprocess
 import sys
 import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+from bench.refs import unpack  # noqa: E402
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # before transformers is imported
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
@@ -72,6 +81,53 @@ def run_engine(engine, model, tokenizer, conversations, settings, batch_size):
     }, [c.text for c in candidates]
 
 
+def run_child(tree: Path, args: argparse.Namespace) -> tuple[dict, list[str]]:
+    """This bench's ``--child`` mode in a new process, with ``tree``'s code first on the path."""
+    command = [sys.executable, __file__, "--child", str(tree), "--samples", str(args.samples), "--candidates",
+               str(args.candidates), "--max-new-tokens", str(args.max_new_tokens), "--batch-size",
+               str(args.batch_size), "--temperature", str(args.temperature), "--seed", str(args.seed)]
+    done = subprocess.run(command, cwd=tree, capture_output=True, text=True)
+    if done.returncode:
+        raise SystemExit(f"the child on {tree} failed:\n{done.stderr[-3000:]}")
+    result = json.loads(done.stdout.splitlines()[-1])
+    from annotation.profiles.format import parse_profile
+
+    texts = result.pop("texts")
+    result["valid"] = sum(parse_profile(t).valid for t in texts)
+    return result, texts
+
+
+def child(tree: Path, args: argparse.Namespace) -> int:
+    """Generate with ``tree``'s code and print one JSON line: what ``run_engine`` measures, and the texts."""
+    sys.path.insert(0, str(tree))
+    import dataclasses
+
+    import torch
+
+    from annotation.prompts import build_extraction_messages
+    from training.ml.generate import DecodingSettings, generate_batch
+    from training.ml.models import get_model
+
+    model, tokenizer = get_model("default", Path(os.environ.get("COMPX_MODEL_CACHE", REPO / "var" / "models")))
+    conversations = [build_extraction_messages(docs) for docs in demo_samples(args.samples)]
+    known = {f.name for f in dataclasses.fields(DecodingSettings)}
+    settings = DecodingSettings(**{k: v for k, v in dict(
+        temperature=args.temperature, top_p=0.95, repetition_penalty=1.15, max_new_tokens=args.max_new_tokens,
+        num_candidates=args.candidates, seed=args.seed, format_guide=True).items() if k in known})
+    generate_batch(model, tokenizer, conversations[:1], DecodingSettings(**{k: v for k, v in dict(
+        temperature=0, num_candidates=1, max_new_tokens=4, format_guide=True).items() if k in known}))
+    threads = torch.get_num_threads()
+    start, cpu_start = time.perf_counter(), time.process_time()
+    results = generate_batch(model, tokenizer, conversations, settings, batch_size=args.batch_size)
+    wall, cpu = time.perf_counter() - start, time.process_time() - cpu_start
+    candidates = [c for cands in results for c in cands]
+    print(json.dumps({"tokens": sum(c.completion_tokens for c in candidates), "wall": wall, "cpu": cpu,
+                      "n": len(candidates), "threads": threads,
+                      "stopped": sum(c.finish_reason == "stop" for c in candidates),
+                      "texts": [c.text for c in candidates]}))
+    return 0
+
+
 def add(total: dict, run: dict) -> None:
     for key, value in run.items():
         total[key] = value if key == "threads" else total.get(key, 0) + value
@@ -101,7 +157,11 @@ def main(argv: list[str] | None = None) -> int:
                         help="torch threads for the generate baseline (default: torch's, as the worker has today)")
     parser.add_argument("--smoke", action="store_true", help="1 sample, 2 candidates, 4 tokens: checks it runs")
     parser.add_argument("--json", type=Path, help="also write the numbers to this JSON file")
+    parser.add_argument("--against", metavar="GIT_REF", help="compare with this version's own generate_batch")
+    parser.add_argument("--child", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.child:
+        return child(args.child, args)
     if args.smoke:
         args.samples, args.candidates, args.max_new_tokens, args.rounds = 1, 2, 4, 1
     sys.stdout.reconfigure(line_buffering=True)  # progress shows up even when piped
@@ -135,26 +195,37 @@ def main(argv: list[str] | None = None) -> int:
         generate_batch(model, tokenizer, conversations[:1], DecodingSettings(
             temperature=0, num_candidates=1, max_new_tokens=4, format_guide=True, engine=engine))
 
+    # With --against, that version's code stands where the generate engine would (a child process each).
+    trees = {"generate": unpack(args.against), "loop": REPO} if args.against else {}
+    labels = {"generate": args.against[:10], "loop": "this"} if args.against else {e: e for e in ENGINES}
+
+    def measure(engine: str) -> tuple[dict, list[str]]:
+        if trees:
+            return run_child(trees[engine], args)
+        return run_engine(engine, model, tokenizer, conversations, settings, args.batch_size)
+
     totals: dict[str, dict] = {engine: {} for engine in ENGINES}
     loads = [os.getloadavg()[0]]
     same_texts = True
     for round_index in range(args.rounds):
         texts = {}
         for engine in ENGINES if round_index % 2 == 0 else ENGINES[::-1]:
-            run, texts[engine] = run_engine(engine, model, tokenizer, conversations, settings, args.batch_size)
+            run, texts[engine] = measure(engine)
             add(totals[engine], run)
             loads.append(os.getloadavg()[0])
-            print(f"round {round_index + 1} " + describe(engine, run) + f" (load {loads[-1]:.1f})")
+            print(f"round {round_index + 1} " + describe(labels[engine], run) + f" (load {loads[-1]:.1f})")
         same_texts = same_texts and texts["generate"] == texts["loop"]
 
+    if trees:
+        shutil.rmtree(trees["generate"].parent, ignore_errors=True)
     print("total:")
     for engine in ENGINES:
-        print("  " + describe(engine, totals[engine]))
+        print("  " + describe(labels[engine], totals[engine]))
     base, fast = totals["generate"], totals["loop"]
     wall_ratio = (fast["tokens"] / fast["wall"]) / (base["tokens"] / base["wall"])
     cpu_ratio = (fast["tokens"] / fast["cpu"]) / (base["tokens"] / base["cpu"])
     verdict = f"goal >= {GOAL:g}x {'met' if wall_ratio >= GOAL else 'NOT met'}"
-    print(f"loop / generate: {wall_ratio:.1f}x tokens/s ({verdict}), {cpu_ratio:.1f}x tokens per CPU-second; "
+    print(f"{labels['loop']} / {labels['generate']}: {wall_ratio:.1f}x tokens/s ({verdict}), {cpu_ratio:.1f}x tokens per CPU-second; "
           f"load average {min(loads):.1f}–{max(loads):.1f} on {os.cpu_count()} cores"
           + ("; the same texts from both engines" if same_texts else ""))
 

@@ -63,10 +63,10 @@ PRESETS = {
     # ≤ 60 minutes on two CPU cores: two abstracts per sample (prompts of ~600 tokens instead of ~1,500); eight
     # candidates per train sample (about four valid: six pairs); twelve per held-out sample and model on every
     # held-out sample, since only pairs with both profiles valid are judged (about a quarter of them).
-    "cpu": Preset("cpu", train_samples=None, heldout_samples=None, candidates=8, eval_candidates=12,
-                  max_new_tokens=256, abstracts_per_sample=2,
-                  training={"max_steps": 32, "gradient_accumulation_steps": 1, "max_length": 1024,
-                            "activation_checkpointing": False, "learning_rate": 5e-5, "beta": 0.1, "lora_r": 16,
+    "cpu": Preset("cpu", train_samples=None, heldout_samples=None, candidates=8, eval_candidates=6,
+                  max_new_tokens=256, abstracts_per_sample=2, label_margin=0.1,
+                  training={"max_steps": 40, "gradient_accumulation_steps": 2, "max_length": 1024,
+                            "activation_checkpointing": False, "learning_rate": 1e-4, "beta": 0.1, "lora_r": 16,
                             "lora_alpha": 32, "save_steps": 50}),
     # One GPU: the demo's full prompts, more candidates, longer training; bf16 is picked by the worker.
     "gpu": Preset("gpu", train_samples=None, heldout_samples=None, candidates=8, eval_candidates=10,
