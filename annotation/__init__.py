@@ -5,7 +5,7 @@ Other apps (training) use annotation only through ``PUBLIC`` below; tests/test_l
 
 PUBLIC = {
     "annotation.models": "*",  # every model, ``Work`` (the job lifecycle) and the choices
-    "annotation.jobs.lifecycle": {"create_job", "run_job"},  # run a job in this worker, visible on the jobs page
+    "annotation.jobs.lifecycle": {"create_job", "run_job", "WorkRunner", "Cancelled", "Lost"},  # run work in this worker
     "annotation.jobs.liveness": {"Heartbeat", "mark_stale"},  # keep a row alive; fail rows whose worker died
     "annotation.jobs.eta": {"add_point"},  # a progress point for a row's live rate and ETA
     "annotation.jobs.slots": {"would_wait_on_itself"},  # whether waiting for a task here could never end

@@ -87,6 +87,23 @@ def test_the_task_refuses_a_labelling_judge_made_by_hand(world_with_run):
     assert not evaluation.sub_jobs().exists()  # refused before generating anything
 
 
+def test_an_evaluation_whose_worker_shuts_down_ends_failed_at_once_saying_what_to_do(world_with_run, monkeypatch):
+    world, run, labeller, other, base, tuned = world_with_run
+    evaluation = EvaluationRun.objects.create(name="stopped", training_run=run, candidate=tuned, baseline=base,
+                                              judge=other)
+
+    def shut_down(*args):
+        raise SystemExit(1)  # what a worker's cold shutdown raises in the task
+
+    monkeypatch.setattr("training.evaluation.check_grader", shut_down)
+    with pytest.raises(SystemExit):  # the worker goes on shutting down
+        run_evaluation(evaluation.pk, worker="w@h")
+    evaluation.refresh_from_db()
+    assert evaluation.status == JobStatus.FAILED and evaluation.message == "the worker stopped"
+    assert evaluation.error == ("The worker stopped during the evaluation run (SystemExit). Start it again: "
+                                "generation fills in only what is missing.")
+
+
 def test_the_admin_form_refuses_and_the_override_warns_on_the_page(world_with_run, client_for, admin_user,
                                                                   django_capture_on_commit_callbacks):
     world, run, labeller, other, base, tuned = world_with_run

@@ -11,7 +11,7 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
-from annotation.jobs.lifecycle import JobLost, JobProgress, create_job, run_job
+from annotation.jobs.lifecycle import JobProgress, Lost, create_job, run_job
 from annotation.jobs.liveness import mark_stale, mark_worker_restarted
 from annotation.models import DatasetExport, ExportPolicy, Job, JobKind, JobStatus
 
@@ -154,10 +154,10 @@ def test_a_job_failed_behind_the_workers_back_stops_it_and_stays_failed():
         progress.advance(1, "one")
         Job.objects.filter(pk=job.pk).update(status=JobStatus.FAILED, error="No heartbeat: the worker died")
         seen.append("failed")
-        progress.advance(2, "two")  # raises JobLost: the job is not this worker's any more
+        progress.advance(2, "two")  # raises Lost: the job is not this worker's any more
         seen.append("went on")
 
-    with pytest.raises(JobLost):  # an evaluation running the job, or the task's log, hears of it
+    with pytest.raises(Lost):  # an evaluation running the job, or the task's log, hears of it
         run_job(job.pk, work)
     assert seen == ["failed"]
     job.refresh_from_db()

@@ -1,7 +1,7 @@
 import pytest
 from django.utils import timezone
 
-from annotation.jobs.lifecycle import JobCancelled, JobProgress, create_job, run_job
+from annotation.jobs.lifecycle import Cancelled, JobProgress, create_job, run_job
 from annotation.models import Job, JobKind, JobStatus
 
 pytestmark = pytest.mark.django_db
@@ -55,7 +55,7 @@ def test_cancel_asks_a_running_job_to_stop_and_the_task_obeys(client_for, admin_
     Job.objects.filter(pk=job.pk).update(status=JobStatus.RUNNING, started_at=timezone.now())
     client_for(admin_user).post(f"/jobs/{job.pk}/cancel")
     progress = JobProgress(Job.objects.get(pk=job.pk))
-    with pytest.raises(JobCancelled):
+    with pytest.raises(Cancelled):
         progress.advance(1)
 
 

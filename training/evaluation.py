@@ -15,19 +15,18 @@ abstracts (``training.ml.copying``), beside its valid-profile rate.
 
 from __future__ import annotations
 
-import logging
 import random
 import time
 from collections import Counter
 from collections.abc import Iterable
+from contextlib import contextmanager
 from typing import Any
 
 from django.db import transaction
 from django.utils import timezone
 
 from annotation.jobs.eta import add_point
-from annotation.jobs.lifecycle import create_job, run_job
-from annotation.jobs.liveness import Heartbeat
+from annotation.jobs.lifecycle import Cancelled, WorkRunner, create_job, run_job
 from annotation.judging.strategies import run_judging
 from annotation.models import (
     Backend, Campaign, Comparison, Generator, Job, JobKind, JobStatus, JudgeDisplay, JudgeVerdict, PairingSource,
@@ -41,13 +40,7 @@ from .models import EvaluationRun
 from .grading import Provenance, check_grader, provenance
 from .runs import TrainingError, tuned_generator, unique_name
 
-logger = logging.getLogger(__name__)
-
 WIN, LOSS, TIE, INCONSISTENT, INVALID = "win", "loss", "tie", "inconsistent", "invalid"
-
-
-class EvaluationCancelled(Exception):
-    pass
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -141,8 +134,12 @@ def _num(value: float) -> float | None:
 # Running (the task)
 
 
-class _Runner:
+class _Runner(WorkRunner):
+    model = EvaluationRun
+    starting = "starting"
+
     def __init__(self, evaluation: EvaluationRun):
+        super().__init__(evaluation)
         self.evaluation = evaluation
         self.samples = list(Sample.objects.heldout()[:evaluation.sample_limit])
         self.k = evaluation.candidates
@@ -151,7 +148,7 @@ class _Runner:
     def say(self, message: str) -> None:
         if not self.evaluation.save_progress(message=message, heartbeat_at=timezone.now(), results=self.results) \
                 or self.evaluation.cancel_wanted():
-            raise EvaluationCancelled
+            raise Cancelled
 
     def run_job(self, kind: str, params: dict, work, track=None) -> Job:
         job = create_job(kind, {**params, "evaluation_id": self.evaluation.pk})
@@ -160,7 +157,7 @@ class _Runner:
         run_job(job.pk, work if track is None else _tracked(work, lambda sub_job: self.track(track(sub_job))))
         job.refresh_from_db()
         if job.status == JobStatus.CANCELLED:
-            raise EvaluationCancelled
+            raise Cancelled
         return job
 
     # --- its own progress: profiles generated of all, then pairs judged of all (the sub-jobs count otherwise) ---
@@ -282,6 +279,18 @@ class _Runner:
             }
         return found
 
+    def ending(self, status: str) -> dict[str, Any]:
+        return {"results": self.results}
+
+    @contextmanager
+    def running(self):
+        from training.ml.models import clear_model_cache
+
+        try:
+            yield
+        finally:
+            clear_model_cache()  # the training worker needs the memory back for the next run
+
 
 class _Tracked:
     """A sub-job's progress that tells the evaluation after each update (``after(job)``)."""
@@ -325,28 +334,7 @@ def _ci(ci: list) -> str:
 
 def run_evaluation(evaluation_id: int, worker: str = "") -> str:
     """Generate, pair, judge and report one queued evaluation; returns its final status."""
-    from training.ml.models import clear_model_cache
-
-    evaluation = EvaluationRun.claim(evaluation_id, worker, message="starting")
-    if evaluation is None:
-        logger.info("evaluation %s is not queued: nothing to do", evaluation_id)
-        return "skipped"
-    runner = _Runner(evaluation)
-    with Heartbeat(EvaluationRun, evaluation.pk):
-        try:
-            message = runner.run()
-        except EvaluationCancelled:
-            evaluation.finish(JobStatus.CANCELLED, "cancelled by an admin", results=runner.results)
-            return JobStatus.CANCELLED
-        except Exception as exc:
-            logger.exception("evaluation %s failed", evaluation.pk)
-            evaluation.finish(JobStatus.FAILED, "failed", error=f"{type(exc).__name__}: {exc}", results=runner.results)
-            return JobStatus.FAILED
-        finally:
-            # The training worker needs the memory back for the next run.
-            clear_model_cache()
-    evaluation.finish(JobStatus.SUCCEEDED, message, results=runner.results)
-    return JobStatus.SUCCEEDED
+    return _Runner.start(evaluation_id, worker)
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -24,7 +24,6 @@ benchmark, a test) and one process keeps the loaded models.
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import Callable
 from typing import Any
@@ -33,8 +32,7 @@ from celery import current_app
 from django.utils import timezone
 
 from annotation.export.dataset import run_export_task
-from annotation.jobs.lifecycle import create_job, run_job
-from annotation.jobs.liveness import Heartbeat
+from annotation.jobs.lifecycle import Cancelled, WorkRunner, create_job, run_job
 from annotation.jobs.slots import would_wait_on_itself
 from annotation.judging.strategies import run_judging
 from annotation.models import DatasetExport, ExportFormat, ExportPolicy, Job, JobKind, JobStatus, Profile, Sample, Split
@@ -46,8 +44,6 @@ from .grading import create_evaluation
 from .presets import STEPS, Preset, samples_of
 from .runs import TrainingError, build_config, create_run, run_training, unique_name
 
-logger = logging.getLogger(__name__)
-
 WAIT_POLL_S = 2.0
 # The steps' own tasks, sent by name: the round's logic does not import the tasks that run it.
 TASKS = {JobKind.GENERATE: "annotation.tasks.generate_profiles_task",
@@ -55,17 +51,16 @@ TASKS = {JobKind.GENERATE: "annotation.tasks.generate_profiles_task",
          JobKind.EXPORT: "annotation.tasks.export_dataset_task"}
 
 
-class RoundCancelled(Exception):
-    pass
-
-
 # ---------------------------------------------------------------------------------------------------------
 # Running it
 
 
-class _Runner:
+class _Runner(WorkRunner):
+    model = Round
+    starting = "starting"
+
     def __init__(self, row: Round, inline: bool):
-        self.row = row
+        super().__init__(row)
         self.inline = inline
         self.preset = Preset(**row.settings)
         self.steps: dict[str, Any] = {"jobs": {}, "seconds": {}}
@@ -74,7 +69,7 @@ class _Runner:
     def say(self, message: str, **fields: Any) -> None:
         if not self.row.save_progress(message=message, heartbeat_at=timezone.now(), steps=self.steps, **fields) \
                 or self.row.cancel_wanted():
-            raise RoundCancelled
+            raise Cancelled
 
     def job(self, step: str, kind: str, params: dict, work: Callable, task_arg: int | None = None) -> Job:
         """Create the step's job; run ``work`` here (inline) or send the job's own task and wait for it."""
@@ -102,7 +97,7 @@ class _Runner:
 
     def ended(self, row, step: str):
         if row.status == JobStatus.CANCELLED:
-            raise RoundCancelled
+            raise Cancelled
         if row.status != JobStatus.SUCCEEDED:
             raise TrainingError(f"step {step!r} {row.get_status_display().lower()}: {row.error or row.message}")
         return row
@@ -183,6 +178,11 @@ class _Runner:
         self.row.results = summary(self.row, export, run, evaluation)
         return headline(self.row.results)
 
+    def ending(self, status: str) -> dict[str, Any]:
+        if status == JobStatus.SUCCEEDED:
+            return {"steps": self.steps, "results": self.row.results, "done": len(STEPS)}
+        return {"steps": self.steps}
+
 
 def summary(row: Round, export: DatasetExport, run: TrainingRun, evaluation: EvaluationRun) -> dict[str, Any]:
     """The round's figures in one place: what bench/round.py prints and the round page shows."""
@@ -217,20 +217,4 @@ def headline(results: dict[str, Any]) -> str:
 
 def run_round(round_id: int, worker: str = "", inline: bool = False) -> str:
     """Run one queued round to its end; returns its final status."""
-    row = Round.claim(round_id, worker or "inline", message="starting")
-    if row is None:
-        logger.info("round %s is not queued: nothing to do", round_id)
-        return "skipped"
-    runner = _Runner(row, inline)
-    with Heartbeat(Round, row.pk):
-        try:
-            message = runner.run()
-        except RoundCancelled:
-            row.finish(JobStatus.CANCELLED, "cancelled by an admin", steps=runner.steps)
-            return JobStatus.CANCELLED
-        except Exception as exc:
-            logger.exception("round %s failed", row.pk)
-            row.finish(JobStatus.FAILED, "failed", error=f"{type(exc).__name__}: {exc}", steps=runner.steps)
-            return JobStatus.FAILED
-    row.finish(JobStatus.SUCCEEDED, message, steps=runner.steps, results=row.results, done=len(STEPS))
-    return JobStatus.SUCCEEDED
+    return _Runner.start(round_id, worker or "inline", inline=inline)

@@ -9,7 +9,6 @@ import logging
 import os
 import socket
 import time
-import traceback
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -18,7 +17,7 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from annotation.jobs.liveness import Heartbeat
+from annotation.jobs.lifecycle import Cancelled, Lost, WorkRunner
 from annotation.models import DatasetExport, Generator, JobStatus
 from training.ml.dpo import CONFIG_FILE, METRICS_FILE, check, last_checkpoint, load_config, train
 
@@ -252,8 +251,7 @@ class RunProgress:
         self.stop = self.lost or bool(row and row["cancel_requested"])
         return self.stop
 
-    def finish(self, status: str, message: str, error: str = "", **metrics: Any) -> None:
-        self.latest.update(metrics)
+    def finish(self, status: str, message: str, error: str = "") -> None:
         if not self.flush(status=status, finished_at=timezone.now(), error=error, message=message):
             self.log.warning("run %s was no longer running when it ended (%s); left as it is", self.run.pk, status)
 
@@ -291,55 +289,60 @@ def run_log(run: TrainingRun):
         handler.close()
 
 
-def run_training(run_id: int, worker: str = "") -> str:
-    """Train one queued run to its end and record how it ended; returns the final status."""
-    run = TrainingRun.claim(run_id, worker or _worker_name(), message="loading the model")
-    if run is None:
-        status = TrainingRun.objects.filter(pk=run_id).values_list("status", flat=True).first()
-        logger.info("training run %s is %s, not queued: nothing to do", run_id, status or "gone")
-        return status or "missing"
-    progress = RunProgress(run)
-    try:
-        with run_log(run) as log, Heartbeat(TrainingRun, run.pk):
-            progress.log = log
-            return _train_and_record(run, progress)
-    except Exception as exc:  # outside train(): a stored config edited into nonsense, an unwritable folder
-        logger.exception("training run %s could not start", run.pk)
-        progress.finish(JobStatus.FAILED, "failed before training started", error=f"{type(exc).__name__}: {exc}")
-        return JobStatus.FAILED
+class _Training(WorkRunner):
+    """Trains one claimed run, its progress and log bound to the run's row (``RunProgress``, ``run_log``)."""
 
+    model = TrainingRun
+    starting = "loading the model"
 
-def _train_and_record(run: TrainingRun, progress: RunProgress) -> str:
-    log = progress.log
-    script_args, training_args, model_args = load_config(run.config)
-    log.info("run %s (%s) started on %s: %s pairs file, base model %s", run.pk, run.name, run.worker,
-             script_args.dataset_path, model_args.model_name_or_path)
-    try:
+    def __init__(self, run: TrainingRun):
+        super().__init__(run)
+        self.progress = RunProgress(run)
+        self.training = False  # train() has been called
+
+    @contextmanager
+    def running(self):
+        with run_log(self.row) as log:
+            self.log = self.progress.log = log
+            yield
+
+    @property
+    def failed_message(self) -> str:
+        # Before train(): a stored config edited into nonsense, an unwritable folder.
+        return f"failed at step {self.progress.step}" if self.training else "failed before training started"
+
+    def stopped(self, exc: BaseException) -> tuple[str, str]:
+        return (f"stopped at step {self.progress.step}",
+                f"the worker stopped during the run ({type(exc).__name__}); resume it to go on")
+
+    def finish(self, status: str, message: str = "", error: str = "") -> None:
+        self.progress.finish(status, message, error)
+
+    def run(self) -> str:
+        run, progress = self.row, self.progress
+        script_args, training_args, model_args = load_config(run.config)
+        self.log.info("run %s (%s) started on %s: %s pairs file, base model %s", run.pk, run.name, run.worker,
+                      script_args.dataset_path, model_args.model_name_or_path)
+        self.training = True
         result = train(script_args, training_args, model_args, on_log=progress.on_log, should_stop=progress.should_stop)
-    except Exception as exc:
-        log.error("run failed:\n%s", traceback.format_exc())
-        progress.finish(JobStatus.FAILED, f"failed at step {progress.step}", error=f"{type(exc).__name__}: {exc}")
-        return JobStatus.FAILED
-    except BaseException as exc:  # the worker is shutting down: say so, then let it go
-        progress.finish(JobStatus.FAILED, f"stopped at step {progress.step}",
-                        error=f"the worker stopped during the run ({type(exc).__name__}); resume it to go on")
-        raise
-    progress.step, progress.total = result.global_step, result.max_steps
-    figures = dict(train_loss=result.train_loss, elapsed_s=round(result.elapsed_s, 1), eta_s=0)
-    if progress.lost:
-        log.warning("run %s was taken away while training (marked failed or deleted); stopped", run.pk)
-        return JobStatus.FAILED
-    if result.cancelled:
-        where = Path(result.last_checkpoint).name if result.last_checkpoint else "no checkpoint"
-        progress.finish(JobStatus.CANCELLED, f"cancelled by an admin after step {result.global_step} of "
-                        f"{result.max_steps}; resume continues from {where}", **figures)
-        log.info("cancelled after step %s", result.global_step)
-        return JobStatus.CANCELLED
-    loss = f"; training loss {result.train_loss:.4f}" if result.train_loss is not None else ""
-    progress.finish(JobStatus.SUCCEEDED, f"finished {result.global_step} steps in {result.elapsed_s:.0f} s{loss}",
-                    **figures)
-    log.info("adapter saved in %s", result.adapter_dir)
-    return JobStatus.SUCCEEDED
+        progress.step, progress.total = result.global_step, result.max_steps
+        progress.latest.update(train_loss=result.train_loss, elapsed_s=round(result.elapsed_s, 1), eta_s=0)
+        if progress.lost:
+            raise Lost(run)
+        if result.cancelled:
+            self.log.info("cancelled after step %s", result.global_step)
+            where = Path(result.last_checkpoint).name if result.last_checkpoint else "no checkpoint"
+            raise Cancelled(f"cancelled by an admin after step {result.global_step} of {result.max_steps}; resume "
+                            f"continues from {where}")
+        self.log.info("adapter saved in %s", result.adapter_dir)
+        loss = f"; training loss {result.train_loss:.4f}" if result.train_loss is not None else ""
+        return f"finished {result.global_step} steps in {result.elapsed_s:.0f} s{loss}"
+
+
+def run_training(run_id: int, worker: str = "") -> str:
+    """Train one queued run to its end and record how it ended; returns the final status (the run's own when it
+    was not queued)."""
+    return _Training.start(run_id, worker or _worker_name())
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -31,6 +31,12 @@ LOG_TAIL_LINES = 80
 # process, so the evaluation views import it when they run.
 
 
+def _cancel(request: HttpRequest, row, page: str) -> HttpResponse:
+    """Ask a run, an evaluation or a round to stop, and go back to its page saying what happened."""
+    messages.info(request, f"{row.name}: {row.request_cancel()}.")
+    return redirect(page, pk=row.pk)
+
+
 def _get_run(pk: int) -> TrainingRun:
     # Opening a page is one of the moments a dead worker's run gets noticed (annotation.jobs.liveness).
     mark_stale()
@@ -86,9 +92,7 @@ def run_detail(request: HttpRequest, pk: int) -> HttpResponse:
 @staff_permission_required("training.run_training")
 @require_POST
 def run_cancel(request: HttpRequest, pk: int) -> HttpResponse:
-    run = _get_run(pk)
-    messages.info(request, f"{run.name}: {run.request_cancel()}.")
-    return redirect("training:run", pk=pk)
+    return _cancel(request, _get_run(pk), "training:run")
 
 
 @staff_permission_required("training.run_training")
@@ -215,9 +219,7 @@ def evaluation_detail(request: HttpRequest, pk: int) -> HttpResponse:
 @staff_permission_required("training.run_evaluation")
 @require_POST
 def evaluation_cancel(request: HttpRequest, pk: int) -> HttpResponse:
-    evaluation = _get_evaluation(pk)
-    messages.info(request, f"{evaluation.name}: {evaluation.request_cancel()}.")
-    return redirect("training:evaluation", pk=pk)
+    return _cancel(request, _get_evaluation(pk), "training:evaluation")
 
 
 @staff_permission_required("training.run_evaluation", "annotation.add_campaign")
@@ -312,6 +314,4 @@ def round_detail(request: HttpRequest, pk: int) -> HttpResponse:
 @staff_permission_required("training.run_round")
 @require_POST
 def round_cancel(request: HttpRequest, pk: int) -> HttpResponse:
-    row = _get_round(pk)
-    messages.info(request, f"{row.name}: {row.request_cancel()}.")
-    return redirect("training:round", pk=pk)
+    return _cancel(request, _get_round(pk), "training:round")

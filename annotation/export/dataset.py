@@ -50,7 +50,7 @@ from django.utils import timezone
 from django.utils.text import slugify
 
 from ..agreement import figures as agreement
-from ..jobs.lifecycle import JobCancelled, run_job
+from ..jobs.lifecycle import Cancelled, run_job
 from ..models import (
     DatasetExport, Document, ExportFormat, ExportPolicy, Job, JobKind, JobStatus, Judge, JudgeOrders, JudgeVerdict,
     Profile, Sample, SampleDocument, Split,
@@ -184,17 +184,18 @@ def sample_batches(source: Source, size: int | None = None) -> Iterator[list[int
 
 def read_batch(source: Source, sample_ids: list[int], test_fraction: float) -> Batch:
     """One batch of samples with everything their rows need, in a few queries whatever its size."""
-    comparisons = list(source.comparisons().filter(sample_id__in=sample_ids).order_by("sample_id", "id")
-                       .values_list("id", "sample_id", "profile_a_id", "profile_b_id"))
-    # By the comparisons' ids, not through a join on their samples: a join makes the database read every
-    # vote and verdict of the export for every batch.
-    comparison_ids = [c[0] for c in comparisons]
+    # A batch is a run of consecutive samples (sample_batches): its comparisons are those of the samples in the
+    # range of its first and last id, and the votes and verdicts are read through that range, not as IN lists
+    # of every comparison's id, which Django and the driver handle parameter by parameter.
+    in_batch = source.comparisons().filter(sample_id__gte=sample_ids[0], sample_id__lte=sample_ids[-1])
+    comparisons = list(in_batch.order_by("sample_id", "id").values_list("id", "sample_id", "profile_a_id",
+                                                                         "profile_b_id"))
     profiles = Profile.objects.filter(sample_id__in=sample_ids).order_by().values_list("id", "raw_text", "is_valid")
     return Batch(
         samples=_samples(sample_ids, test_fraction),
         comparisons=comparisons,
-        votes=_votes(source, comparison_ids),
-        verdicts=_verdicts(comparison_ids),
+        votes=_votes(source.votes().filter(comparison__in=in_batch.values("id"))),
+        verdicts=_verdicts(JudgeVerdict.objects.filter(comparison__in=in_batch.values("id"))),
         profiles={pid: ProfileText(pid, text, valid) for pid, text, valid in profiles},
     )
 
@@ -233,22 +234,22 @@ def _split_of(sample_split: str, prompt: list[dict[str, str]], test_fraction: fl
     return "test" if bucket < test_fraction else "train"
 
 
-def _votes(source: Source, comparison_ids: list[int]) -> dict[int, list[VoteTuple]]:
-    votes: dict[int, list[VoteTuple]] = defaultdict(list)
-    rows = source.votes().filter(comparison_id__in=comparison_ids).order_by("comparison_id", "id")
-    for vote_id, comparison_id, expert_id, choice in rows.values_list("id", "comparison_id", "expert_id", "choice"):
-        votes[comparison_id].append((vote_id, expert_id, choice))
-    return votes
+def _votes(votes) -> dict[int, list[VoteTuple]]:
+    grouped: dict[int, list[VoteTuple]] = defaultdict(list)
+    rows = votes.order_by("comparison_id", "id").values_list("id", "comparison_id", "expert_id", "choice")
+    for vote_id, comparison_id, expert_id, choice in rows:
+        grouped[comparison_id].append((vote_id, expert_id, choice))
+    return grouped
 
 
-def _verdicts(comparison_ids: list[int]) -> dict[int, VerdictKey]:
+def _verdicts(verdicts) -> dict[int, VerdictKey]:
     """Each comparison's verdicts, one (judge, ab, ba, rows) entry per judge, grouped by the database."""
-    per_judge = (JudgeVerdict.objects.filter(comparison_id__in=comparison_ids).per_pair()
-                 .order_by("comparison_id", "judge_id").values_list("comparison_id", "judge_id", "ab", "ba", "answered"))
-    verdicts: dict[int, VerdictKey] = defaultdict(tuple)
+    per_judge = (verdicts.per_pair().order_by("comparison_id", "judge_id")
+                 .values_list("comparison_id", "judge_id", "ab", "ba", "answered"))
+    grouped: dict[int, VerdictKey] = defaultdict(tuple)
     for comparison_id, *entry in per_judge:
-        verdicts[comparison_id] += (tuple(entry),)
-    return verdicts
+        grouped[comparison_id] += (tuple(entry),)
+    return grouped
 
 
 # --- labels ------------------------------------------------------------------------------------------
@@ -567,7 +568,7 @@ def _check_target(target: Path) -> None:
 
 
 def _status_for(exc: BaseException) -> str:
-    return JobStatus.CANCELLED if isinstance(exc, JobCancelled) else JobStatus.FAILED
+    return JobStatus.CANCELLED if isinstance(exc, Cancelled) else JobStatus.FAILED
 
 
 def _set_status(export: DatasetExport, status: str, error: str = "") -> None:

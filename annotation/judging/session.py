@@ -204,6 +204,6 @@ class Session:
             JudgeVerdict.objects.bulk_create(rows, ignore_conflicts=True)
             rows.clear()
         if report:
-            self.report(self.tally)  # may raise JobCancelled: everything answered so far is stored
+            self.report(self.tally)  # may raise Cancelled: everything answered so far is stored
 
 

@@ -1,8 +1,8 @@
 from django.core.management.base import BaseCommand, CommandError
 
 from annotation.documents.models import TitleOnly
-from annotation.jobs.lifecycle import follow
-from annotation.models import Generator, JobStatus, Sample, Split
+from annotation.jobs.lifecycle import follow_in
+from annotation.models import Generator, Sample, Split
 from annotation.start import start_generation
 
 
@@ -31,9 +31,4 @@ class Command(BaseCommand):
         except TitleOnly as exc:
             raise CommandError(str(exc)) from exc
         self.stdout.write(f"Queued job #{job.pk} for {job.total} sample(s) on the 'generation' queue.")
-        if options["no_wait"]:
-            return
-        job = follow(job, self.stderr)
-        if job.status != JobStatus.SUCCEEDED:
-            raise CommandError(f"job #{job.pk} {job.status}: {job.error or job.message}")
-        self.stdout.write(self.style.SUCCESS(job.message))
+        follow_in(self, job, options["no_wait"])

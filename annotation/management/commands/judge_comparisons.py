@@ -1,8 +1,8 @@
 from django.core.management.base import BaseCommand, CommandError
 
 from annotation.documents.models import TitleOnly
-from annotation.jobs.lifecycle import follow
-from annotation.models import PAIRINGS, Campaign, JobStatus, Judge, Sample, Split
+from annotation.jobs.lifecycle import follow_in
+from annotation.models import PAIRINGS, Campaign, Judge, Sample, Split
 from annotation.start import start_judging
 
 
@@ -42,9 +42,4 @@ class Command(BaseCommand):
         except TitleOnly as exc:
             raise CommandError(str(exc)) from exc
         self.stdout.write(f"Queued job #{job.pk} ({options['pairing']}) for judge {judge.name} on the 'judging' queue.")
-        if options["no_wait"]:
-            return
-        job = follow(job, self.stderr)
-        if job.status != JobStatus.SUCCEEDED:
-            raise CommandError(f"job #{job.pk} {job.status}: {job.error or job.message}")
-        self.stdout.write(self.style.SUCCESS(job.message))
+        follow_in(self, job, options["no_wait"])
