@@ -59,14 +59,19 @@ class Progress:
 
 
 def campaign_progress(campaign: Campaign, expert) -> Progress:
-    items, taken = _campaign_totals(campaign)
-    theirs = Vote.objects.in_campaign(campaign).filter(expert=expert).aggregate(
-        mine=Count("pk"), counted=Count("pk", filter=Q(assignment__item__gold_answer="")), last=Max("pk"))
+    totals = _campaign_totals(campaign)
+    theirs = Vote.objects.filter(campaign_id=campaign.pk, expert_id=expert.pk)
+    if totals.gold:
+        mine = theirs.aggregate(mine=Count("pk"), counted=Count("pk", filter=Q(assignment__item__gold_answer="")),
+                                last=Max("pk"))
+    else:  # no gold pairs: every vote counts, and the count needs no join to the items
+        mine = theirs.aggregate(mine=Count("pk"), last=Max("pk"))
+        mine["counted"] = mine["mine"]
     # The totals may be a moment old; they never show less than the expert has just done themselves (gold
     # pairs are extra: the totals leave them out).
-    taken = max(taken, theirs["counted"])
-    return Progress(needed=max(items * campaign.overlap, taken), taken=taken, mine=theirs["mine"],
-                    last_vote_id=theirs["last"])
+    taken = max(totals.taken, mine["counted"])
+    return Progress(needed=max(totals.items * campaign.overlap, taken), taken=taken, mine=mine["mine"],
+                    last_vote_id=mine["last"])
 
 
 def skipped_count(expert, campaign: Campaign) -> int:
@@ -74,14 +79,22 @@ def skipped_count(expert, campaign: Campaign) -> int:
     return Assignment.objects.filter(expert=expert, item__campaign=campaign, skipped_at__isnull=False).count()
 
 
-def _campaign_totals(campaign: Campaign) -> tuple[int, int]:
-    """The campaign's non-gold items and the sum of their assignment counts, counted at most once per
-    settings.REVIEW_PROGRESS_CACHE_SECONDS in each process: the count reads every item of the campaign."""
+@dataclass(frozen=True)
+class Totals:
+    items: int  # non-gold items not withdrawn
+    taken: int  # the sum of their assignment counts
+    gold: int  # gold items, withdrawn ones included
 
-    def count() -> tuple[int, int]:
-        totals = CampaignItem.objects.filter(campaign=campaign, gold_answer="", withdrawn_at__isnull=True).aggregate(
-            items=Count("pk"), taken=Coalesce(Sum("assignment_count"), 0))
-        return totals["items"], totals["taken"]
+
+def _campaign_totals(campaign: Campaign) -> Totals:
+    """The campaign's totals, counted at most once per settings.REVIEW_PROGRESS_CACHE_SECONDS in each process:
+    the count reads every item of the campaign."""
+
+    def count() -> Totals:
+        counted = Q(gold_answer="", withdrawn_at__isnull=True)
+        return Totals(**CampaignItem.objects.filter(campaign_id=campaign.pk).aggregate(
+            items=Count("pk", filter=counted), taken=Coalesce(Sum("assignment_count", filter=counted), 0),
+            gold=Count("pk", filter=~Q(gold_answer=""))))
 
     seconds = settings.REVIEW_PROGRESS_CACHE_SECONDS
     return caches["process"].get_or_set(f"review-totals:{campaign.pk}", count, seconds) if seconds else count()
@@ -138,7 +151,7 @@ def for_answer(expert):
     """The expert's own assignments as a vote or a skip needs them: with their campaign, and ``others_open``
     (whether the expert has other pairs waiting in that campaign, so the look for one after the answer is
     spared when there is none). The answer is stored by the assignment's ``flipped``: no profiles."""
-    others = Assignment.objects.waiting_for(expert).filter(item__campaign=OuterRef("item__campaign"))
+    others = Assignment.objects.waiting_for(expert).filter(item__campaign_id=OuterRef("item__campaign_id"))
     return (Assignment.objects.of_expert(expert).select_related("item__campaign")
             .annotate(others_open=Exists(others.exclude(pk=OuterRef("pk")))))
 

@@ -66,10 +66,10 @@ class CampaignItemQuerySet(models.QuerySet):
         """What the expert may be given next in the campaign, least reviewed first: never a comparison they
         already have, in any campaign (a vote is unique per expert and comparison), and never an item whose
         overlap is met; gold items go to every expert, uncapped."""
-        theirs = Assignment.objects.filter(expert=expert, item__comparison=OuterRef("comparison"))
+        theirs = Assignment.objects.filter(expert_id=expert.pk).values("item__comparison_id")
         open_slot = Q(assignment_count__lt=campaign.overlap) | ~Q(gold_answer="")
-        return self.filter(open_slot, ~Exists(theirs), campaign=campaign, withdrawn_at__isnull=True).order_by(
-            "assignment_count", "id")
+        return (self.filter(open_slot, campaign_id=campaign.pk, withdrawn_at__isnull=True)
+                .exclude(comparison_id__in=theirs).order_by("assignment_count", "id"))
 
     def answered(self):
         """Items someone voted on: they are withdrawn, never deleted (their answers stay)."""
@@ -121,11 +121,11 @@ class AssignmentQuerySet(models.QuerySet):
 
     def waiting_for(self, expert):
         """The expert's pairs still waiting for an answer: a handful, found by the index of waiting pairs."""
-        return self.waiting().filter(expert=expert)
+        return self.waiting().filter(expert_id=expert.pk)
 
     def of_expert(self, expert):
         """The expert's own assignments, in the active campaigns they still review in, on items not withdrawn."""
-        return self.filter(expert=expert, item__campaign__is_active=True, item__campaign__experts=expert,
+        return self.filter(expert_id=expert.pk, item__campaign__is_active=True, item__campaign__experts=expert.pk,
                            item__withdrawn_at__isnull=True)
 
 
