@@ -347,10 +347,8 @@ def test_requests_run_concurrently_up_to_the_judges_limit(server):
 
     server.script = slow
     make_profiles(make_sample(), [1, 2, 3, 4, 5])  # 10 comparisons, 20 requests
-    started = time.monotonic()
     judge_in_process(http_judge(server, concurrency=4))
-    assert server.max_in_flight == 4
-    assert time.monotonic() - started < 20 * 0.15 / 2  # far faster than one at a time
+    assert server.max_in_flight == 4  # four requests were open at once: concurrency, not a wall-clock guess
     assert JudgeVerdict.objects.count() == 20
 
 
