@@ -342,7 +342,7 @@ def test_nul_and_html_in_the_output_are_kept(server):
 def test_requests_run_concurrently_up_to_the_judges_limit(server):
     def slow(request):
         reply = consistent_judge(request)
-        reply.delay = 0.15
+        reply.delay = 0.5  # long enough that four requests overlap even on a loaded machine
         return reply
 
     server.script = slow
