@@ -26,12 +26,12 @@ def vocab(tokenizer):
     return Vocabulary(tokenizer, [tokenizer.eos_token_id])
 
 
-def run(vocab, tokens: list[int]) -> tuple[FormatGuide, set[int]]:
+def run(vocab, tokens: list[int], max_new_tokens: int | None = None) -> tuple[FormatGuide, set[int]]:
     """Feed ``tokens`` one step at a time, as generate does; return the guide and the ids allowed next."""
     import torch
 
     prompt = [0]
-    guide = FormatGuide(vocab, len(prompt))
+    guide = FormatGuide(vocab, len(prompt), max_new_tokens=max_new_tokens)
     for end in range(len(tokens) + 1):
         scores = torch.zeros(1, vocab.size)
         guide(torch.tensor([prompt + tokens[:end]]), scores)
@@ -110,19 +110,11 @@ def test_a_long_description_ends_at_its_next_sentence_end_and_at_the_limit_in_an
 
 
 def test_an_item_ends_early_when_the_budget_needs_the_items_still_to_come(tokenizer, vocab):
-    import torch
-
     tokens = profile_tokens(tokenizer, vocab, ["Skill 0: shown in the second abstract"])
     tokens += [vocab.dash] + ids(tokenizer, " Skill 1: shown in the first abstract")
-    allowed = {}
     # After this item one more is needed: room for it (and a newline and the end) or not.
-    for budget in (len(tokens) + ITEM_RESERVE_TOKENS + 10, len(tokens) + ITEM_RESERVE_TOKENS):
-        guide = FormatGuide(vocab, 1, max_new_tokens=budget)
-        for end in range(len(tokens) + 1):
-            scores = torch.zeros(1, vocab.size)
-            guide(torch.tensor([[0] + tokens[:end]]), scores)
-        allowed[budget] = set(torch.isfinite(scores[0]).nonzero().flatten().tolist())
-    roomy, tight = allowed.values()
+    _, roomy = run(vocab, tokens, max_new_tokens=len(tokens) + ITEM_RESERVE_TOKENS + 10)
+    _, tight = run(vocab, tokens, max_new_tokens=len(tokens) + ITEM_RESERVE_TOKENS)
     assert vocab.single_newline in roomy and len(roomy) > 1
     assert tight == {vocab.single_newline}
 
@@ -180,16 +172,8 @@ def test_the_real_model_writes_guided_profiles(fp32_model, conversations):
 
 
 def test_no_item_is_begun_that_the_token_budget_cannot_finish(tokenizer, vocab):
-    import torch
-
     tokens = profile_tokens(tokenizer, vocab, [f"Skill {n}: shown in the second abstract" for n in range(3)])
-    allowed = {}
-    for budget in (len(tokens) + ITEM_RESERVE_TOKENS + 1, len(tokens) + ITEM_RESERVE_TOKENS - 1):
-        guide = FormatGuide(vocab, 1, max_new_tokens=budget)
-        for end in range(len(tokens) + 1):
-            scores = torch.zeros(1, vocab.size)
-            guide(torch.tensor([[0] + tokens[:end]]), scores)
-        allowed[budget] = set(torch.isfinite(scores[0]).nonzero().flatten().tolist())
-    roomy, tight = allowed.values()
+    _, roomy = run(vocab, tokens, max_new_tokens=len(tokens) + ITEM_RESERVE_TOKENS + 1)
+    _, tight = run(vocab, tokens, max_new_tokens=len(tokens) + ITEM_RESERVE_TOKENS - 1)
     assert roomy == {vocab.dash, tokenizer.eos_token_id}
     assert tight == {tokenizer.eos_token_id}
