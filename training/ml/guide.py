@@ -88,6 +88,7 @@ class Vocabulary:
         self.colon = torch.tensor([ok and ":" in t for ok, t in zip(inline, texts)])
         # A quote may only close the domain (end the token): `"X", "Y"` would be two domains on one line.
         self.no_inner_quote = torch.tensor([ok and '"' not in t.rstrip('"') for ok, t in zip(inline, texts)])
+        self.no_quote = torch.tensor([ok and '"' not in t for ok, t in zip(inline, texts)])
         self.banned_masks: dict[int, dict[tuple, torch.Tensor]] = {}  # filled by _Masks
 
 
@@ -177,8 +178,8 @@ class FormatGuide:
             return (vocab.blank_line,)
         if len(text) >= MAX_DOMAIN_CHARS:
             return tuple(vocab.close_quote)
-        long_enough = len(text.strip('"')) >= MIN_DOMAIN_CHARS
-        return ("no_inner_quote", *vocab.close_quote) if long_enough else ("no_inner_quote",)
+        # The closing quote may end a token ("no_inner_quote"), once the domain has a few characters.
+        return ("no_inner_quote",) if len(text.strip('"')) >= MIN_DOMAIN_CHARS else ("no_quote",)
 
 
 def _item_must_end(description: str, items: int, tokens_left: int | None) -> bool:
