@@ -5,9 +5,9 @@ demo abstracts 0 of 28 unguided candidates parsed as profiles, so no sample had 
 compare. The guide is a logits processor that decides only *where lines begin and end*; every word is the
 model's own choice:
 
-- the domain is written in quotes: the opening quote is forced, the line may end only with a blank line,
-  after at least a few characters, must end once its closing quote is written, and is closed at a short
-  domain's length (a 135M model otherwise lists topics until the token limit);
+- the domain is written in quotes: the opening quote is forced, the closing one may come after a few
+  characters and is forced at a short domain's length (a 135M model otherwise lists topics until the token
+  limit), and a blank line follows it;
 - then ``Competencies:`` and the first ``-`` are forced;
 - an item's text starts with a word; its name must reach its colon within a name's length; the item may
   end (with one newline) only once it has a ``Name: description`` shape, and ends at the first sentence end
