@@ -60,9 +60,10 @@ PRESETS = {
                    label_margin=0.0, grader_model="default", abstracts_per_sample=2,
                    training={"max_steps": 2, "gradient_accumulation_steps": 1, "max_length": 1024,
                              "activation_checkpointing": False, "save_steps": 50}),
-    # ≤ 60 minutes on two CPU cores: two abstracts per sample (prompts of ~600 tokens instead of ~1,500); eight
-    # candidates per train sample (about four valid: six pairs); twelve per held-out sample and model on every
-    # held-out sample, since only pairs with both profiles valid are judged (about a quarter of them).
+    # Meant for ≤ 60 minutes on two CPU cores (measured 65 on a shared one, README): two abstracts per sample
+    # (prompts of ~600 tokens instead of ~1,500); eight candidates per train sample, of which the guide keeps
+    # most valid; only the pairs the labeller decides clearly (margin 0.1) train, for about one epoch; six
+    # profiles per held-out sample and model.
     "cpu": Preset("cpu", train_samples=None, heldout_samples=None, candidates=8, eval_candidates=6,
                   max_new_tokens=256, abstracts_per_sample=2, label_margin=0.1,
                   training={"max_steps": 40, "gradient_accumulation_steps": 2, "max_length": 1024,
