@@ -37,7 +37,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-from bench.refs import unpack  # noqa: E402
+from bench._refs import unpack  # noqa: E402
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # before transformers is imported
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
